@@ -1,0 +1,61 @@
+"""FastAPI dependencies as Annotated aliases."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.core.config import Settings
+from service.core.errors import ApiError, not_found
+from service.core.security import KeyRing
+from service.dispatch import Dispatcher
+from service.storage.base import ObjectStore
+from service.store.base import JobRecord, JobStore
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    store: JobStore
+    objects: ObjectStore
+    dispatcher: Dispatcher
+    keyring: KeyRing
+    model_profile: str | None = None  # what workers report on results (embedded: resolved at start)
+
+
+def get_ctx(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+Ctx = Annotated[AppContext, Depends(get_ctx)]
+_bearer = HTTPBearer(auto_error=False, description="API key; each key is a tenant.")
+
+
+def get_tenant(ctx: Ctx, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    tenant = ctx.keyring.tenant_for(creds.credentials if creds else None)
+    if tenant is None:
+        raise ApiError(401, "Unauthorized", "missing or unknown API key (Authorization: Bearer <key>)",
+                       code="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+    return tenant
+
+
+Tenant = Annotated[str, Depends(get_tenant)]
+
+
+def base_url(request: Request, ctx: Ctx) -> str:
+    return (ctx.settings.public_url or str(request.base_url)).rstrip("/")
+
+
+BaseUrl = Annotated[str, Depends(base_url)]
+
+
+def owned_job(job_id: str, ctx: Ctx, tenant: Tenant) -> JobRecord:
+    job = ctx.store.get_job(job_id) if job_id.startswith("job_") and len(job_id) == 28 else None
+    if job is None or job.tenant != tenant:  # another tenant's job is indistinguishable from none
+        raise not_found("job")
+    return job
+
+
+OwnedJob = Annotated[JobRecord, Depends(owned_job)]

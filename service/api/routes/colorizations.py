@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
+
+from service.api.deps import BaseUrl, Ctx, Tenant
+from service.core.errors import field_error
+from service.jobs import render, submit
+from service.schemas import ColorizationRequest, Job
+from service.uploads import IMAGE_TYPES
+
+router = APIRouter(prefix="/v1/colorizations", tags=["colorization"])
+
+
+def image_upload(ctx, tenant: str, upload_id: str, field: str):
+    rec = ctx.store.get_upload(upload_id)
+    if rec is None or rec.tenant != tenant:
+        raise field_error(field, f"no upload {upload_id} (upload the file first with POST /v1/uploads)")
+    if rec.content_type not in IMAGE_TYPES:
+        raise field_error(field, f"upload {upload_id} is {rec.content_type}, not an image")
+    return rec
+
+
+@router.post("", status_code=202, response_model=Job, summary="Colorize a photo (Control Color)",
+             responses={202: {"headers": {"Location": {"schema": {"type": "string"}}}}})
+def create_colorization(body: ColorizationRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl, response: Response,
+                        idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Job:
+    s = ctx.settings
+    image_upload(ctx, tenant, body.image, "image")
+    if body.steps > s.max_steps:
+        raise field_error("steps", f"at most {s.max_steps} steps", limit=s.max_steps)
+    if body.num_outputs > s.max_outputs:
+        raise field_error("num_outputs", f"at most {s.max_outputs} outputs", limit=s.max_outputs)
+    if len(body.prompt) > s.max_prompt_chars:
+        raise field_error("prompt", f"at most {s.max_prompt_chars} characters", limit=s.max_prompt_chars)
+    job, created = submit(ctx.store, ctx.dispatcher, tenant=tenant, kind="colorize", params=body.model_dump(),
+                          max_attempts=s.max_attempts, model_profile=ctx.model_profile,
+                          idempotency_key=idempotency_key)
+    response.headers["Location"] = f"{base}/v1/jobs/{job.id}"
+    if not created:
+        response.status_code = 200  # the same Idempotency-Key: the job accepted earlier
+    return render(job, ctx.store, ctx.objects, base, s.url_ttl_s)

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import mimetypes
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
+from fastapi.security import HTTPAuthorizationCredentials
+
+from service.api.deps import Ctx, _bearer
+from service.core.errors import not_found
+from service.storage.base import InvalidKey, check_key
+from fastapi import Depends
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+
+@router.get("/{key:path}", response_class=FileResponse, summary="Download a result by its signed, expiring URL",
+            responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+def get_file(key: str, ctx: Ctx, expires: Annotated[int, Query()], tenant: Annotated[str, Query(max_length=64)],
+             signature: Annotated[str, Query(max_length=128)],
+             creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None) -> FileResponse:
+    """The signature is the credential (like a presigned S3 URL), bound to the key, its expiry and the
+    owning tenant. A request that also presents another tenant's key gets 404."""
+    verify = getattr(ctx.objects, "verify", None)
+    try:
+        check_key(key)
+    except InvalidKey:
+        raise not_found("file")
+    if verify is None or not verify(key, expires, tenant, signature):
+        raise not_found("file")
+    if creds is not None and not ctx.keyring.anonymous and ctx.keyring.tenant_for(creds.credentials) != tenant:
+        raise not_found("file")
+    try:
+        path = ctx.objects.open_path(key)
+    except (InvalidKey, KeyError, FileNotFoundError):
+        raise not_found("file")
+    if not path.is_file():
+        raise not_found("file")
+    media_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=300"})

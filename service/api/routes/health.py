@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+
+from service.api.deps import Ctx
+from service.core.errors import ApiError
+from service.metrics import render_metrics
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Alive")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Job store and object storage reachable")
+def readyz(ctx: Ctx) -> dict:
+    checks = {}
+    for name, target in (("store", ctx.store), ("storage", ctx.objects)):
+        try:
+            target.ping()
+            checks[name] = "ok"
+        except Exception as exc:
+            raise ApiError(503, "Not ready", f"{name}: {exc}", code="not_ready", headers={"Retry-After": "5"})
+    return {"status": "ready", "checks": checks}
+
+
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+def metrics(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(render_metrics(request.app.state.registry),
+                             media_type="text/plain; version=0.0.4; charset=utf-8")

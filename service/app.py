@@ -1,0 +1,61 @@
+"""The FastAPI application factory (the HTTP edge: no torch, no worker code)."""
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI
+
+from service.api.deps import AppContext
+from service.api.routes import colorizations, files, health, jobs, uploads
+from service.core.config import Settings, get_settings
+from service.core.errors import install_handlers
+from service.core.security import KeyRing
+from service.dispatch import CeleryDispatcher, Dispatcher, LocalDispatcher
+from service.metrics import build_registry
+from service.reaper import Reaper
+from service.storage import build_object_store
+from service.store import build_job_store
+
+log = logging.getLogger("visionjobs.api")
+API_VERSION = "1.0.0"
+# Long-polls and SSE streams each hold a worker thread while they wait.
+THREADPOOL_TOKENS = 512
+
+
+def build_context(settings: Settings, *, anonymous: bool = False, dispatcher: Dispatcher | None = None,
+                  model_profile: str | None = None) -> AppContext:
+    store = build_job_store(settings)
+    objects = build_object_store(settings)
+    if dispatcher is None:
+        dispatcher = CeleryDispatcher(settings.redis_url) if settings.redis_url else LocalDispatcher()
+    keyring = KeyRing(settings.key_map(), allow_anonymous=anonymous or settings.allow_anonymous)
+    return AppContext(settings, store, objects, dispatcher, keyring, model_profile)
+
+
+def create_app(ctx: AppContext | None = None, *, run_reaper: bool = True) -> FastAPI:
+    """`ctx` None: built from the environment at start-up (so `visionjobs openapi` touches nothing)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        nonlocal ctx
+        ctx = ctx or build_context(get_settings())
+        app.state.ctx = ctx
+        app.state.registry = build_registry(ctx.store)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = THREADPOOL_TOKENS
+        reaper = Reaper(ctx.store, ctx.dispatcher, ctx.settings.reaper_interval_s) if run_reaper else None
+        if reaper:
+            reaper.start()
+        if ctx.keyring.anonymous:
+            log.warning("no API keys configured: serving one anonymous tenant, no authentication")
+        yield
+        if reaper:
+            reaper.stop()
+
+    app = FastAPI(title="visionjobs", version=API_VERSION, lifespan=lifespan,
+                  description="GPU inference jobs for vision diffusion methods: submit, poll or stream, cancel, download.")
+    install_handlers(app)
+    for module in (uploads, colorizations, jobs, files, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,66 @@
+"""Settings shared by every process kind (env prefix VISIONJOBS_).
+
+The worker extends these in worker/config.py. Every field here is listed in the README's
+configuration table; tests/test_docs.py fails when one is missing.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VISIONJOBS_", extra="ignore")
+
+    # --- mode and auth ---
+    redis_url: str | None = Field(None, description="Redis URL; set = distributed mode (Redis job store + Celery broker).")
+    api_keys: str = Field("", description="Comma-separated API keys; `name:key` names the tenant. Each key is a tenant.")
+    allow_anonymous: bool = Field(False, description="Serve one anonymous tenant when no keys are set (always on for `visionjobs run`).")
+    data_dir: Path = Field(Path("./data"), description="Embedded job store and local object store directory.")
+    public_url: str | None = Field(None, description="Absolute base URL clients reach the API at; default: the request's own base URL.")
+    signing_secret: str | None = Field(None, description="HMAC secret for local file URLs. Required outside embedded mode.")
+
+    # --- object storage ---
+    s3_bucket: str | None = Field(None, description="S3 bucket; set = S3-compatible object store instead of the local one.")
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint the services use (e.g. http://minio:9000).")
+    s3_public_endpoint_url: str | None = Field(None, description="S3 endpoint clients reach; presigned URLs are signed for it.")
+    s3_region: str = Field("us-east-1", description="S3 region.")
+    s3_access_key_id: str | None = Field(None, description="S3 access key id.")
+    s3_secret_access_key: str | None = Field(None, description="S3 secret access key.")
+    url_ttl_s: int = Field(3600, description="Lifetime of signed result URLs, seconds.")
+
+    # --- limits ---
+    max_upload_bytes: int = Field(25 * 1024 * 1024, description="Largest accepted upload, bytes.")
+    max_image_pixels: int = Field(4096 * 4096, description="Largest accepted image, width x height.")
+    max_prompt_chars: int = Field(1000, description="Longest accepted prompt, characters.")
+    max_steps: int = Field(100, description="Most denoising steps a job may ask for.")
+    max_outputs: int = Field(4, description="Most outputs one job may ask for.")
+
+    # --- jobs ---
+    lease_s: float = Field(30.0, description="Running-job lease; a worker renews it every lease_s/3.")
+    max_attempts: int = Field(3, description="Attempts before a job whose worker vanished fails with `worker_lost`.")
+    retention_s: int = Field(7 * 24 * 3600, description="How long final jobs, their events and uploads are kept, seconds.")
+    reaper_interval_s: float = Field(5.0, description="How often API and workers look for expired leases, seconds.")
+    progress_interval_s: float = Field(0.25, description="Least time between two progress writes of one job, seconds.")
+
+    # --- models ---
+    model_profile: str = Field("pretrained", description="tiny | pretrained | auto (auto: pretrained where present, else tiny).")
+    model_dir: Path | None = Field(None, description="Root of diffusers-format model folders for the pretrained profile.")
+
+    @property
+    def embedded(self) -> bool:
+        return not self.redis_url
+
+    def key_map(self) -> dict[str, str]:
+        """API key -> tenant id."""
+        from service.core.security import parse_api_keys
+
+        return parse_api_keys(self.api_keys)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,84 @@
+"""One error type for the HTTP layer, rendered as RFC 9457 problem+json."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.store.base import StoreUnavailable
+
+PROBLEM = "application/problem+json"
+log = logging.getLogger("visionjobs.api")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, title: str, detail: str = "", *, code: str | None = None,
+                 errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None):
+        super().__init__(detail or title)
+        self.status, self.title, self.detail = status, title, detail
+        self.code = code or title.lower().replace(" ", "_")
+        self.errors, self.headers = errors, headers
+
+
+def field_error(field: str, message: str, status: int = 422, **extra) -> ApiError:
+    """A validation problem naming one field (and its limit, when there is one)."""
+    return ApiError(status, "Invalid request", f"{field}: {message}", code="validation_error",
+                    errors=[{"field": field, "message": message, **extra}])
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, "Not found", f"no {what} with this id", code="not_found")
+
+
+def problem(request: Request, status: int, title: str, detail: str, code: str,
+            errors=None, headers=None) -> JSONResponse:
+    body: dict[str, Any] = {"type": f"https://visionjobs.dev/problems/{code}", "title": title,
+                            "status": status, "detail": detail, "instance": request.url.path, "code": code}
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _loc_to_field(loc) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return problem(request, exc.status, exc.title, exc.detail, exc.code, exc.errors, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        errors = []
+        for err in exc.errors():
+            item = {"field": _loc_to_field(err.get("loc", ())), "message": err.get("msg", ""), "type": err.get("type")}
+            ctx = err.get("ctx") or {}
+            for key in ("le", "ge", "lt", "gt", "max_length", "min_length"):
+                if key in ctx:
+                    item["limit"] = ctx[key] if isinstance(ctx[key], (int, float, str)) else str(ctx[key])
+            errors.append(item)
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        return problem(request, 422, "Invalid request", detail, "validation_error", errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        title = {404: "Not found", 405: "Method not allowed", 401: "Unauthorized"}.get(exc.status_code, "HTTP error")
+        return problem(request, exc.status_code, title, str(exc.detail), title.lower().replace(" ", "_"),
+                       headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(StoreUnavailable)
+    async def _unavailable(request: Request, exc: StoreUnavailable):
+        log.warning("job store unavailable: %s", exc)
+        return problem(request, 503, "Service unavailable", "the job store cannot be reached; retry shortly",
+                       "store_unavailable", headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return problem(request, 500, "Internal error", "an unexpected error occurred", "internal_error")

@@ -1,0 +1,50 @@
+"""How the API hands a job id to the workers.
+
+Distributed: a Celery message naming the job id on the kind's queue (the API needs only
+the Celery client, never the worker code). Embedded: nothing to send; the in-process runner
+takes the oldest queued job from the store.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from service.kinds import queue_for
+
+RUN_JOB_TASK = "visionjobs.run_job"
+log = logging.getLogger("visionjobs.dispatch")
+
+
+def celery_base_config(redis_url: str, visibility_timeout_s: int) -> dict:
+    """Settings both the producer (API) and the consumers (workers) must agree on."""
+    return {
+        "broker_url": redis_url,
+        "broker_transport_options": {"visibility_timeout": visibility_timeout_s},
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,  # the job store holds results, not Celery
+        "task_default_queue": "colorize",
+    }
+
+
+class Dispatcher(Protocol):
+    def dispatch(self, job_id: str, kind: str) -> None: ...
+
+
+class LocalDispatcher:
+    """Embedded mode: the store itself is the queue."""
+
+    def dispatch(self, job_id: str, kind: str) -> None:
+        return None
+
+
+class CeleryDispatcher:
+    def __init__(self, redis_url: str, visibility_timeout_s: int = 6 * 3600):
+        from celery import Celery
+
+        self.app = Celery("visionjobs-api")
+        self.app.conf.update(celery_base_config(redis_url, visibility_timeout_s))
+
+    def dispatch(self, job_id: str, kind: str) -> None:
+        self.app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue_for(kind))

@@ -1,0 +1,20 @@
+"""Job kinds: name -> queue. Routing to workers is configuration (`--queues`), not code."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    queue: str
+    description: str
+
+
+KINDS: dict[str, JobKind] = {
+    "colorize": JobKind("colorize", "colorize", "Control Color image colorization"),
+}
+
+
+def queue_for(kind: str) -> str:
+    return KINDS[kind].queue

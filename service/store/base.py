@@ -1,0 +1,165 @@
+"""The job store: the single source of truth for jobs and uploads.
+
+Celery (or the embedded runner) only moves job ids around; every state change goes
+through one of the atomic operations below. Two implementations share these semantics:
+RedisJobStore (distributed) and SqliteJobStore (embedded, no server).
+"""
+from __future__ import annotations
+
+import abc
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
+FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELED})
+ALL_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED)
+
+
+_id_lock = threading.Lock()
+_id_last = [0, 0]  # last millisecond, sequence within it
+
+
+def new_id(prefix: str) -> str:
+    """Time-sortable id: 12 hex digits of milliseconds, a 4-digit sequence (ordered within one
+    process and millisecond), 8 random hex digits."""
+    with _id_lock:
+        ms = max(int(time.time() * 1000), _id_last[0])
+        _id_last[1] = _id_last[1] + 1 if ms == _id_last[0] else 0
+        _id_last[0] = ms
+        seq = _id_last[1] & 0xFFFF
+    return f"{prefix}_{ms:012x}{seq:04x}{secrets.token_hex(4)}"
+
+
+@dataclass
+class JobRecord:
+    id: str
+    tenant: str
+    kind: str
+    params: dict[str, Any]
+    status: str = QUEUED
+    progress: float = 0.0
+    stage: str | None = "queued"
+    attempt: int = 0
+    max_attempts: int = 3
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: dict[str, str] | None = None
+    result: dict[str, Any] | None = None
+    model_profile: str | None = None
+    cancel_requested: bool = False
+    worker: str | None = None
+    version: int = 0
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class UploadRecord:
+    id: str
+    tenant: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    key: str
+    created_at: float = field(default_factory=time.time)
+    width: int | None = None
+    height: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Claim:
+    """Outcome of a claim: `job` is set only when this caller now owns the attempt."""
+
+    job: JobRecord | None
+    reason: str = ""  # "claimed" | "not_found" | "canceled" | "not_queued"
+
+
+class StoreUnavailable(RuntimeError):
+    """The backing server cannot be reached (the API answers 503)."""
+
+
+class JobStore(abc.ABC):
+    # --- API side ---
+    @abc.abstractmethod
+    def create_job(self, job: JobRecord, idempotency_key: str | None = None) -> tuple[JobRecord, bool]:
+        """Insert a queued job. With an idempotency key already used by this tenant,
+        return the existing job and False instead."""
+
+    @abc.abstractmethod
+    def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    @abc.abstractmethod
+    def list_jobs(self, tenant: str, *, kind: str | None = None, status: str | None = None,
+                  cursor: str | None = None, limit: int = 20) -> tuple[list[JobRecord], str | None]:
+        """Newest first. `cursor` is the last id of the previous page."""
+
+    @abc.abstractmethod
+    def queue_position(self, job: JobRecord) -> int | None:
+        """1-based position among queued jobs of the same kind; None unless queued."""
+
+    @abc.abstractmethod
+    def request_cancel(self, job_id: str) -> JobRecord | None:
+        """Queued -> canceled at once; running -> cancel_requested; final: unchanged."""
+
+    @abc.abstractmethod
+    def wait_for_change(self, job_id: str, version: int, timeout: float) -> JobRecord | None:
+        """Block until the job's version exceeds `version` or the timeout passes."""
+
+    @abc.abstractmethod
+    def put_upload(self, upload: UploadRecord) -> None: ...
+
+    @abc.abstractmethod
+    def get_upload(self, upload_id: str) -> UploadRecord | None: ...
+
+    # --- worker side ---
+    @abc.abstractmethod
+    def claim(self, job_id: str, worker: str, lease_s: float) -> Claim:
+        """Atomically move a queued job to running (attempt + 1) under a lease."""
+
+    @abc.abstractmethod
+    def heartbeat(self, job_id: str, attempt: int, lease_s: float, *,
+                  progress: float | None = None, stage: str | None = None) -> bool:
+        """Renew the lease (and optionally report progress) while this attempt owns the job.
+        Returns True when the job should stop: cancel requested, or the attempt lost ownership."""
+
+    @abc.abstractmethod
+    def finish(self, job_id: str, attempt: int, status: str, *, result: dict | None = None,
+               error: dict | None = None, model_profile: str | None = None) -> JobRecord | None:
+        """Move this attempt's running job to a final state. None if it no longer owns it."""
+
+    @abc.abstractmethod
+    def reap_expired(self, now: float | None = None) -> list[str]:
+        """Re-queue running jobs whose lease expired (or fail them with `worker_lost` after
+        max_attempts). Returns the ids re-queued, for the caller to dispatch again."""
+
+    @abc.abstractmethod
+    def next_queued(self, kinds: list[str] | None = None) -> str | None:
+        """Oldest queued job id (embedded runner; the Celery path gets ids from messages)."""
+
+    @abc.abstractmethod
+    def queue_depth(self, kind: str) -> int: ...
+
+    # --- operations ---
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailable when the backing store cannot be reached."""
+
+    @abc.abstractmethod
+    def counts(self) -> dict[tuple[str, str], int]:
+        """(kind, status) -> number of known jobs, for /metrics."""
+
+    def close(self) -> None:  # pragma: no cover - optional
+        pass

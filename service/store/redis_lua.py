@@ -1,0 +1,157 @@
+"""Lua scripts for RedisJobStore: every state transition is one atomic script.
+
+Scripts take the key prefix in ARGV[1] and build per-job keys from it (single Redis, not
+Cluster). Time comes from the Redis server (TIME), so leases do not depend on host clocks.
+Only scalar hash fields are touched here; JSON blobs (params, result, error) are written
+as opaque strings from Python, never decoded in Lua (cjson would turn [] into {}).
+"""
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+
+# An event is the job's version plus its visible scalar state; streams are capped.
+_EVENT = """
+local function bump(jk, ek)
+  local v = redis.call('HINCRBY', jk, 'version', 1)
+  local f = redis.call('HMGET', jk, 'status', 'progress', 'stage')
+  redis.call('XADD', ek, 'MAXLEN', '~', 200, '*', 'version', v, 'status', f[1],
+             'progress', f[2] or '0', 'stage', f[3] or '')
+  return v
+end
+local function count(p, kind, from, to)
+  if from then redis.call('HINCRBY', p .. 'counts', kind .. '|' .. from, -1) end
+  if to then redis.call('HINCRBY', p .. 'counts', kind .. '|' .. to, 1) end
+end
+"""
+
+# KEYS: none. ARGV: prefix, id, tenant, kind, created_ms, idem_key|'', retention, then field/value pairs.
+CREATE = _EVENT + """
+local p, id, tenant, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local idem = ARGV[6]
+if idem ~= '' then
+  local existing = redis.call('GET', p .. 'idem:' .. tenant .. ':' .. idem)
+  if existing and redis.call('EXISTS', p .. 'job:' .. existing) == 1 then return {0, existing} end
+  redis.call('SET', p .. 'idem:' .. tenant .. ':' .. idem, id, 'EX', tonumber(ARGV[7]))
+end
+local jk = p .. 'job:' .. id
+local fields = {}
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', jk, unpack(fields))
+redis.call('ZADD', p .. 'queue:' .. kind, tonumber(ARGV[5]), id)
+redis.call('ZADD', p .. 'tenant:' .. tenant, 0, id)
+count(p, kind, nil, 'queued')
+bump(jk, p .. 'events:' .. id)
+return {1, id}
+"""
+
+# ARGV: prefix, id, worker, lease_s
+CLAIM = _NOW + _EVENT + """
+local p, id = ARGV[1], ARGV[2]
+local jk = p .. 'job:' .. id
+local f = redis.call('HMGET', jk, 'status', 'kind', 'attempt')
+if not f[1] then return 'not_found' end
+if f[1] == 'canceled' then return 'canceled' end
+if f[1] ~= 'queued' then return 'not_queued' end
+redis.call('HSET', jk, 'status', 'running', 'attempt', tonumber(f[3]) + 1, 'started_at', now,
+           'worker', ARGV[3], 'stage', 'starting', 'progress', 0, 'lease_until', now + tonumber(ARGV[4]))
+redis.call('ZADD', p .. 'leases', now + tonumber(ARGV[4]), id)
+redis.call('ZREM', p .. 'queue:' .. f[2], id)
+count(p, f[2], 'queued', 'running')
+bump(jk, p .. 'events:' .. id)
+return 'claimed'
+"""
+
+# ARGV: prefix, id, attempt, lease_s, progress|'', stage|''. Returns 1 = stop.
+HEARTBEAT = _NOW + _EVENT + """
+local p, id = ARGV[1], ARGV[2]
+local jk = p .. 'job:' .. id
+local f = redis.call('HMGET', jk, 'status', 'attempt', 'cancel_requested')
+if f[1] ~= 'running' or f[2] ~= ARGV[3] then return 1 end
+redis.call('ZADD', p .. 'leases', now + tonumber(ARGV[4]), id)
+redis.call('HSET', jk, 'lease_until', now + tonumber(ARGV[4]))
+if ARGV[5] ~= '' then
+  redis.call('HSET', jk, 'progress', ARGV[5], 'stage', ARGV[6])
+  bump(jk, p .. 'events:' .. id)
+end
+if f[3] == '1' then return 1 end
+return 0
+"""
+
+# ARGV: prefix, id, attempt, status, result_json, error_json, retention_s, model_profile|''. Returns 1 when done.
+FINISH = _NOW + _EVENT + """
+local p, id = ARGV[1], ARGV[2]
+local jk = p .. 'job:' .. id
+local f = redis.call('HMGET', jk, 'status', 'attempt', 'kind', 'progress')
+if f[1] ~= 'running' or f[2] ~= ARGV[3] then return 0 end
+local progress = f[4]
+if ARGV[4] == 'succeeded' then progress = 1 end
+redis.call('HSET', jk, 'status', ARGV[4], 'finished_at', now, 'result', ARGV[5], 'error', ARGV[6],
+           'stage', ARGV[4], 'progress', progress)
+if ARGV[8] ~= '' then redis.call('HSET', jk, 'model_profile', ARGV[8]) end
+redis.call('ZREM', p .. 'leases', id)
+count(p, f[3], 'running', ARGV[4])
+bump(jk, p .. 'events:' .. id)
+redis.call('EXPIRE', jk, tonumber(ARGV[7]))
+redis.call('EXPIRE', p .. 'events:' .. id, tonumber(ARGV[7]))
+return 1
+"""
+
+# ARGV: prefix, id, retention_s. Returns the status after the call, or false.
+CANCEL = _NOW + _EVENT + """
+local p, id = ARGV[1], ARGV[2]
+local jk = p .. 'job:' .. id
+local f = redis.call('HMGET', jk, 'status', 'kind', 'cancel_requested')
+if not f[1] then return false end
+if f[1] == 'queued' then
+  redis.call('HSET', jk, 'status', 'canceled', 'finished_at', now, 'stage', 'canceled',
+             'cancel_requested', 1, 'error', '{"code": "canceled", "message": "canceled by the client before it started"}')
+  redis.call('ZREM', p .. 'queue:' .. f[2], id)
+  count(p, f[2], 'queued', 'canceled')
+  bump(jk, p .. 'events:' .. id)
+  redis.call('EXPIRE', jk, tonumber(ARGV[3]))
+  redis.call('EXPIRE', p .. 'events:' .. id, tonumber(ARGV[3]))
+  return 'canceled'
+end
+if f[1] == 'running' and f[3] ~= '1' then
+  redis.call('HSET', jk, 'cancel_requested', 1, 'stage', 'canceling')
+  bump(jk, p .. 'events:' .. id)
+end
+return f[1]
+"""
+
+# ARGV: prefix, retention_s, limit, worker_lost_error_json. Returns re-queued ids.
+REAP = _NOW + _EVENT + """
+local p = ARGV[1]
+local ids = redis.call('ZRANGEBYSCORE', p .. 'leases', '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+local requeued = {}
+for _, id in ipairs(ids) do
+  redis.call('ZREM', p .. 'leases', id)
+  local jk = p .. 'job:' .. id
+  local f = redis.call('HMGET', jk, 'status', 'attempt', 'max_attempts', 'kind', 'cancel_requested', 'created_at')
+  if f[1] == 'running' then
+    local final = nil
+    if f[5] == '1' then
+      final = 'canceled'
+      redis.call('HSET', jk, 'error', '{"code": "canceled", "message": "canceled by the client"}')
+    elseif tonumber(f[2]) >= tonumber(f[3]) then
+      final = 'failed'
+      redis.call('HSET', jk, 'error', ARGV[4])
+    end
+    if final then
+      redis.call('HSET', jk, 'status', final, 'finished_at', now, 'stage', final)
+      count(p, f[4], 'running', final)
+      redis.call('EXPIRE', jk, tonumber(ARGV[2]))
+      redis.call('EXPIRE', p .. 'events:' .. id, tonumber(ARGV[2]))
+    else
+      redis.call('HSET', jk, 'status', 'queued', 'stage', 'requeued after lost worker', 'worker', '', 'progress', 0)
+      redis.call('ZADD', p .. 'queue:' .. f[4], math.floor(tonumber(f[6]) * 1000), id)
+      count(p, f[4], 'running', 'queued')
+      requeued[#requeued + 1] = id
+    end
+    bump(jk, p .. 'events:' .. id)
+  end
+end
+return requeued
+"""

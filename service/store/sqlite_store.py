@@ -1,0 +1,255 @@
+"""Embedded job store: one SQLite file, no server.
+
+Each transition is one `BEGIN IMMEDIATE` transaction, so it is atomic across threads and
+across processes sharing the file. Waiters are woken in-process by a condition variable and
+poll the file every 0.25 s to see changes made by other processes.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from service.store.base import (
+    CANCELED, FAILED, FINAL_STATES, QUEUED, RUNNING, SUCCEEDED, Claim, JobRecord, JobStore, UploadRecord,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+  id TEXT PRIMARY KEY, tenant TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
+  created_at REAL NOT NULL, lease_until REAL, expires_at REAL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant, id);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, kind, created_at);
+CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY, expires_at REAL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (tenant TEXT, key TEXT, job_id TEXT, expires_at REAL,
+  PRIMARY KEY (tenant, key));
+"""
+_WORKER_LOST = {"code": "worker_lost", "message": "the worker running this job stopped answering on every attempt"}
+
+
+class SqliteJobStore(JobStore):
+    def __init__(self, path: Path, *, retention_s: int = 7 * 86400):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.retention_s = retention_s
+        self._local = threading.local()
+        self._changed = threading.Condition()
+        self._db().executescript(_SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _tx(self):
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _save(self, db, job: JobRecord, lease_until: float | None = None) -> JobRecord:
+        job.version += 1
+        expires = time.time() + self.retention_s if job.final else None
+        db.execute("INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?)",
+                   (job.id, job.tenant, job.kind, job.status, job.created_at, lease_until, expires,
+                    json.dumps(job.to_dict())))
+        return job
+
+    def _notify(self):
+        with self._changed:
+            self._changed.notify_all()
+
+    @staticmethod
+    def _load(row) -> JobRecord | None:
+        return JobRecord(**json.loads(row[0])) if row else None
+
+    def _get(self, db, job_id) -> JobRecord | None:
+        return self._load(db.execute("SELECT doc FROM jobs WHERE id=? AND (expires_at IS NULL OR expires_at>?)",
+                                     (job_id, time.time())).fetchone())
+
+    # --- API side ---
+    def create_job(self, job, idempotency_key=None):
+        with self._tx() as db:
+            if idempotency_key:
+                row = db.execute("SELECT job_id FROM idempotency WHERE tenant=? AND key=? AND expires_at>?",
+                                 (job.tenant, idempotency_key, time.time())).fetchone()
+                existing = row and self._get(db, row[0])
+                if existing:
+                    return existing, False
+                db.execute("INSERT OR REPLACE INTO idempotency VALUES (?,?,?,?)",
+                           (job.tenant, idempotency_key, job.id, time.time() + self.retention_s))
+            self._save(db, job)
+        self._notify()
+        return job, True
+
+    def get_job(self, job_id):
+        return self._get(self._db(), job_id)
+
+    def list_jobs(self, tenant, *, kind=None, status=None, cursor=None, limit=20):
+        sql, args = "SELECT doc FROM jobs WHERE tenant=? AND (expires_at IS NULL OR expires_at>?)", [tenant, time.time()]
+        for column, value in (("kind", kind), ("status", status)):
+            if value:
+                sql += f" AND {column}=?"
+                args.append(value)
+        if cursor:
+            sql += " AND id<?"
+            args.append(cursor)
+        rows = self._db().execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit + 1)).fetchall()
+        jobs = [self._load(r) for r in rows[:limit]]
+        return jobs, (jobs[-1].id if len(rows) > limit else None)
+
+    def queue_position(self, job):
+        if job.status != QUEUED:
+            return None
+        (ahead,) = self._db().execute(
+            "SELECT COUNT(*) FROM jobs WHERE status=? AND kind=? AND (created_at<? OR (created_at=? AND id<?))",
+            (QUEUED, job.kind, job.created_at, job.created_at, job.id)).fetchone()
+        return ahead + 1
+
+    def queue_depth(self, kind):
+        return self._db().execute("SELECT COUNT(*) FROM jobs WHERE status=? AND kind=?", (QUEUED, kind)).fetchone()[0]
+
+    def request_cancel(self, job_id):
+        with self._tx() as db:
+            job = self._get(db, job_id)
+            if job is None:
+                return None
+            if job.status == QUEUED:
+                job.status, job.stage, job.finished_at = CANCELED, CANCELED, time.time()
+                job.cancel_requested = True
+                job.error = {"code": "canceled", "message": "canceled by the client before it started"}
+                self._save(db, job)
+            elif job.status == RUNNING and not job.cancel_requested:
+                job.cancel_requested, job.stage = True, "canceling"
+                self._save(db, job, self._lease(db, job_id))
+        self._notify()
+        return job
+
+    def wait_for_change(self, job_id, version, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get_job(job_id)
+            remaining = deadline - time.monotonic()
+            if job is None or job.version > version or remaining <= 0:
+                return job
+            with self._changed:
+                self._changed.wait(min(remaining, 0.25))
+
+    def put_upload(self, upload):
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO uploads VALUES (?,?,?)",
+                       (upload.id, time.time() + self.retention_s, json.dumps(upload.to_dict())))
+
+    def get_upload(self, upload_id):
+        row = self._db().execute("SELECT doc FROM uploads WHERE id=? AND expires_at>?",
+                                 (upload_id, time.time())).fetchone()
+        return UploadRecord(**json.loads(row[0])) if row else None
+
+    # --- worker side ---
+    @staticmethod
+    def _lease(db, job_id) -> float | None:
+        row = db.execute("SELECT lease_until FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return row[0] if row else None
+
+    def claim(self, job_id, worker, lease_s):
+        with self._tx() as db:
+            job = self._get(db, job_id)
+            if job is None:
+                return Claim(None, "not_found")
+            if job.status != QUEUED:
+                return Claim(None, "canceled" if job.status == CANCELED else "not_queued")
+            now = time.time()
+            job.status, job.stage, job.progress, job.worker = RUNNING, "starting", 0.0, worker
+            job.attempt += 1
+            job.started_at = now
+            self._save(db, job, now + lease_s)
+        self._notify()
+        return Claim(job, "claimed")
+
+    def heartbeat(self, job_id, attempt, lease_s, *, progress=None, stage=None):
+        with self._tx() as db:
+            job = self._get(db, job_id)
+            if job is None or job.status != RUNNING or job.attempt != attempt:
+                return True
+            if progress is not None:
+                job.progress, job.stage = float(progress), stage
+                self._save(db, job, time.time() + lease_s)
+            else:
+                db.execute("UPDATE jobs SET lease_until=? WHERE id=?", (time.time() + lease_s, job_id))
+        if progress is not None:
+            self._notify()
+        return job.cancel_requested
+
+    def finish(self, job_id, attempt, status, *, result=None, error=None, model_profile=None):
+        assert status in FINAL_STATES
+        with self._tx() as db:
+            job = self._get(db, job_id)
+            if job is None or job.status != RUNNING or job.attempt != attempt:
+                return None
+            job.status, job.stage, job.finished_at = status, status, time.time()
+            job.result, job.error = result, error
+            job.model_profile = model_profile or job.model_profile
+            if status == SUCCEEDED:
+                job.progress = 1.0
+            self._save(db, job)
+        self._notify()
+        return job
+
+    def reap_expired(self, now=None, limit=100):
+        now = time.time() if now is None else now
+        requeued = []
+        with self._tx() as db:
+            rows = db.execute("SELECT doc FROM jobs WHERE status=? AND lease_until<? LIMIT ?",
+                              (RUNNING, now, limit)).fetchall()
+            for row in rows:
+                job = self._load(row)
+                if job.cancel_requested:
+                    job.status, job.error = CANCELED, {"code": "canceled", "message": "canceled by the client"}
+                elif job.attempt >= job.max_attempts:
+                    job.status, job.error = FAILED, dict(_WORKER_LOST)
+                else:
+                    job.status, job.stage, job.worker, job.progress = QUEUED, "requeued after lost worker", None, 0.0
+                    requeued.append(job.id)
+                if job.final:
+                    job.stage, job.finished_at = job.status, now
+                self._save(db, job)
+            # Retention: drop expired rows while we hold the write lock anyway.
+            db.execute("DELETE FROM jobs WHERE expires_at IS NOT NULL AND expires_at<?", (now,))
+            db.execute("DELETE FROM uploads WHERE expires_at<?", (now,))
+            db.execute("DELETE FROM idempotency WHERE expires_at<?", (now,))
+        if rows:
+            self._notify()
+        return requeued
+
+    def next_queued(self, kinds=None):
+        sql, args = "SELECT id FROM jobs WHERE status=?", [QUEUED]
+        if kinds:
+            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
+            args += kinds
+        row = self._db().execute(sql + " ORDER BY created_at, id LIMIT 1", args).fetchone()
+        return row[0] if row else None
+
+    def wait_for_queued(self, timeout: float) -> None:
+        """Sleep until some job changes (in-process) or `timeout` passes."""
+        with self._changed:
+            self._changed.wait(timeout)
+
+    # --- operations ---
+    def ping(self):
+        self._db().execute("SELECT 1").fetchone()
+
+    def counts(self):
+        rows = self._db().execute("SELECT kind, status, COUNT(*) FROM jobs GROUP BY kind, status").fetchall()
+        return {(k, s): n for k, s, n in rows}

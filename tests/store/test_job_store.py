@@ -1,0 +1,153 @@
+"""The job store contract, run against both implementations (SQLite and the real Redis)."""
+from __future__ import annotations
+
+import threading
+import time
+
+from service.store.base import JobRecord, UploadRecord, new_id
+
+
+def make_job(store, tenant="t1", kind="colorize", max_attempts=3, idem=None):
+    job = JobRecord(id=new_id("job"), tenant=tenant, kind=kind, params={"strokes": [], "seed": 7},
+                    max_attempts=max_attempts)
+    return store.create_job(job, idem)
+
+
+def test_create_get_round_trip_keeps_params_and_queue_order(store):
+    a, created = make_job(store)
+    b, _ = make_job(store)
+    assert created
+    got = store.get_job(a.id)
+    assert got.status == "queued" and got.params == {"strokes": [], "seed": 7}  # [] survives (no Lua JSON)
+    assert store.queue_position(got) == 1
+    assert store.queue_position(store.get_job(b.id)) == 2
+    assert store.queue_depth("colorize") == 2
+    assert store.get_job("job_000000000000000000000000") is None
+
+
+def test_idempotency_key_returns_the_same_job_per_tenant(store):
+    a, created_a = make_job(store, idem="k1")
+    b, created_b = make_job(store, idem="k1")
+    c, created_c = make_job(store, tenant="t2", idem="k1")
+    assert created_a and not created_b and created_c
+    assert a.id == b.id != c.id
+
+
+def test_only_one_concurrent_claim_wins(store):
+    job, _ = make_job(store)
+    results = []
+    barrier = threading.Barrier(8)
+
+    def claim(i):
+        barrier.wait()
+        results.append(store.claim(job.id, f"w{i}", 30).job)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1 and winners[0].attempt == 1 and winners[0].status == "running"
+    assert store.queue_position(store.get_job(job.id)) is None
+    assert store.claim(job.id, "late", 30).reason == "not_queued"
+
+
+def test_heartbeat_progress_bumps_version_and_reports_cancel(store):
+    job, _ = make_job(store)
+    job = store.claim(job.id, "w", 30).job
+    assert store.heartbeat(job.id, 1, 30, progress=0.5, stage="denoising 1/2") is False
+    after = store.get_job(job.id)
+    assert after.progress == 0.5 and after.stage == "denoising 1/2" and after.version > job.version
+    store.request_cancel(job.id)
+    assert store.get_job(job.id).cancel_requested
+    assert store.heartbeat(job.id, 1, 30) is True
+    assert store.heartbeat(job.id, 2, 30) is True  # a wrong attempt must stop too
+
+
+def test_cancel_queued_job_is_final_and_never_claimed(store):
+    job, _ = make_job(store)
+    canceled = store.request_cancel(job.id)
+    assert canceled.status == "canceled" and canceled.error["code"] == "canceled"
+    assert store.claim(job.id, "w", 30).reason == "canceled"
+    assert store.queue_depth("colorize") == 0
+    # cancelling a final job changes nothing
+    assert store.request_cancel(job.id).version == canceled.version
+
+
+def test_finish_needs_the_owning_attempt(store):
+    job, _ = make_job(store)
+    store.claim(job.id, "w", 30)
+    assert store.finish(job.id, 2, "succeeded", result={"x": 1}) is None
+    done = store.finish(job.id, 1, "succeeded", result={"images": []}, model_profile="tiny")
+    assert done.status == "succeeded" and done.progress == 1.0 and done.result == {"images": []}
+    assert done.model_profile == "tiny" and done.finished_at is not None
+    assert store.finish(job.id, 1, "failed") is None  # final stays final
+
+
+def test_expired_lease_requeues_then_fails_with_worker_lost(store):
+    job, _ = make_job(store, max_attempts=2)
+    store.claim(job.id, "w1", 0.2)
+    time.sleep(0.35)
+    assert store.reap_expired() == [job.id]
+    requeued = store.get_job(job.id)
+    assert requeued.status == "queued" and requeued.attempt == 1
+    assert store.heartbeat(job.id, 1, 30) is True  # the lost attempt is told to stop
+    second = store.claim(job.id, "w2", 0.2).job
+    assert second.attempt == 2
+    time.sleep(0.35)
+    assert store.reap_expired() == []
+    failed = store.get_job(job.id)
+    assert failed.status == "failed" and failed.error["code"] == "worker_lost"
+
+
+def test_live_lease_is_not_reaped(store):
+    job, _ = make_job(store)
+    store.claim(job.id, "w", 0.3)
+    for _ in range(3):
+        time.sleep(0.15)
+        store.heartbeat(job.id, 1, 0.3)
+        assert store.reap_expired() == []
+    assert store.get_job(job.id).status == "running"
+
+
+def test_wait_for_change_wakes_on_update_and_times_out(store):
+    job, _ = make_job(store)
+    t0 = time.monotonic()
+    assert store.wait_for_change(job.id, job.version, 0.3).version == job.version
+    assert time.monotonic() - t0 >= 0.28
+    threading.Timer(0.2, lambda: store.claim(job.id, "w", 30)).start()
+    t0 = time.monotonic()
+    changed = store.wait_for_change(job.id, job.version, 5)
+    assert changed.status == "running" and time.monotonic() - t0 < 2
+
+
+def test_list_jobs_pages_newest_first_with_filters(store):
+    ids = [make_job(store)[0].id for _ in range(5)]
+    make_job(store, tenant="other")
+    store.request_cancel(ids[0])
+    page1, cursor = store.list_jobs("t1", limit=2)
+    page2, cursor2 = store.list_jobs("t1", limit=2, cursor=cursor)
+    page3, cursor3 = store.list_jobs("t1", limit=2, cursor=cursor2)
+    assert [j.id for j in page1 + page2 + page3] == ids[::-1] and cursor3 is None
+    canceled, _ = store.list_jobs("t1", status="canceled")
+    assert [j.id for j in canceled] == [ids[0]]
+    assert store.list_jobs("t1", kind="nope")[0] == []
+
+
+def test_uploads_and_counts(store):
+    up = UploadRecord(id=new_id("upl"), tenant="t1", filename="a.png", content_type="image/png", size=3,
+                      sha256="00", key="uploads/t1/x", width=2, height=1)
+    store.put_upload(up)
+    assert store.get_upload(up.id) == up
+    job, _ = make_job(store)
+    make_job(store)
+    store.claim(job.id, "w", 30)
+    counts = store.counts()
+    assert counts[("colorize", "queued")] == 1 and counts[("colorize", "running")] == 1
+
+
+def test_next_queued_is_oldest_of_given_kinds(store):
+    a, _ = make_job(store)
+    make_job(store, kind="other")
+    assert store.next_queued(["colorize"]) == a.id
+    store.claim(a.id, "w", 30)
+    assert store.next_queued(["colorize"]) is None

@@ -1,0 +1,44 @@
+"""`visionjobs run`: the whole service in one process with no other server.
+
+SQLite job store and local object store under --data-dir, the API, and one worker thread
+that takes queued jobs from the store. Model profile `auto` unless set.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+log = logging.getLogger("visionjobs")
+
+
+def run_embedded(host: str, port: int, data_dir: Path) -> None:
+    import uvicorn
+
+    from service.app import build_context, create_app
+    from service.kinds import KINDS
+    from worker.config import WorkerSettings
+    from worker.process import poll_loop
+    from worker.runner import Runner
+
+    overrides = {"data_dir": data_dir, "redis_url": None, "s3_bucket": None}
+    if "VISIONJOBS_MODEL_PROFILE" not in os.environ:
+        overrides["model_profile"] = "auto"
+    settings = WorkerSettings(**overrides)
+    runner_store_ctx = build_context(settings, anonymous=True)
+    runner = Runner(settings, runner_store_ctx.store, runner_store_ctx.objects, name="embedded")
+    runner_store_ctx.model_profile = runner.profile  # resolves `auto`, warning loudly when it falls back to tiny
+    if runner.profile == "tiny":
+        log.warning("MODEL PROFILE: tiny (random weights; outputs are not meaningful images)")
+    keys = settings.key_map()
+    log.warning("visionjobs embedded: data in %s; %s", data_dir.resolve(),
+                f"{len(keys)} API key(s)" if keys else "no API keys: one anonymous tenant, no authentication")
+
+    stop = threading.Event()
+    threading.Thread(target=poll_loop, args=(runner, list(KINDS), stop), name="embedded-worker",
+                     daemon=True).start()
+    try:
+        uvicorn.run(create_app(runner_store_ctx), host=host, port=port, log_level="info")
+    finally:
+        stop.set()

@@ -1,0 +1,53 @@
+"""The Celery app (distributed mode). One task: run the job named by the message.
+
+The message carries only a job id; the job store decides whether it runs (atomic claim).
+A redelivered or duplicate message for a job already running or final is simply dropped.
+"""
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from kombu import Queue
+
+from service.dispatch import RUN_JOB_TASK, celery_base_config
+from service.kinds import KINDS
+from worker.config import WorkerSettings
+
+log = logging.getLogger("visionjobs.worker")
+
+
+def make_celery(settings: WorkerSettings) -> Celery:
+    app = Celery("visionjobs")
+    app.conf.update(celery_base_config(settings.redis_url or "redis://127.0.0.1:6379/0", settings.visibility_timeout_s))
+    app.conf.update(
+        task_acks_late=True,              # a message is acked only after the job ran
+        task_reject_on_worker_lost=True,  # and requeued if the process running it dies
+        worker_prefetch_multiplier=1,     # never hold a second GPU job hostage
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_queues=[Queue(kind.queue) for kind in KINDS.values()],
+    )
+    return app
+
+
+settings = WorkerSettings()
+app = make_celery(settings)
+_runner = None
+
+
+def get_runner():
+    """Built lazily inside the worker process (solo pool: no fork after this)."""
+    global _runner
+    if _runner is None:
+        from service.storage import build_object_store
+        from service.store import build_job_store
+        from worker.runner import Runner
+
+        _runner = Runner(settings, build_job_store(settings), build_object_store(settings))
+    return _runner
+
+
+@app.task(name=RUN_JOB_TASK, ignore_result=True)
+def run_job(job_id: str) -> str:
+    return get_runner().execute(job_id)

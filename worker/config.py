@@ -1,0 +1,17 @@
+"""Worker-only settings (env prefix VISIONJOBS_), on top of the shared ones."""
+from __future__ import annotations
+
+from pydantic import Field
+
+from service.core.config import Settings
+
+
+class WorkerSettings(Settings):
+    gpus: str = Field("", description="Comma-separated CUDA device ids for `visionjobs worker`; empty = CPU processes.")
+    queues: str = Field("colorize", description="Comma-separated queues (job kinds) this worker consumes.")
+    concurrency: int = Field(1, description="Worker processes per GPU (or CPU processes when no GPU).")
+    preload: bool = Field(False, description="Load the queues' models before taking the first job.")
+    model_cache_gb: float = Field(0.0, description="Bound of the warm model cache in GiB of parameters; 0 = one model per kind.")
+    visibility_timeout_s: int = Field(6 * 3600, description="Redis broker visibility timeout; above the longest job.")
+    job_time_limit_s: float = Field(3600.0, description="Longest a job may run before it fails with `timeout`.")
+    device: str = Field("auto", description="torch device for pipelines: auto | cpu | cuda.")

@@ -1,0 +1,77 @@
+"""`visionjobs worker`: one child process per GPU (x concurrency), pinned with
+CUDA_VISIBLE_DEVICES, restarted with backoff when one dies. The launcher never imports torch."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+log = logging.getLogger("visionjobs.launcher")
+
+
+@dataclass
+class Child:
+    slot: str
+    gpu: str | None
+    cmd: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    started: float = field(default=0.0)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, env=self.env)
+        self.started = time.monotonic()
+        log.info("started worker %s (pid %d, CUDA_VISIBLE_DEVICES=%r)", self.slot, self.proc.pid,
+                 self.env["CUDA_VISIBLE_DEVICES"])
+
+
+def plan(gpus: list[str], queues: list[str], concurrency: int, preload: bool, hostname: str) -> list[Child]:
+    children = []
+    for gpu in gpus or [None]:
+        for i in range(concurrency):
+            slot = f"{'gpu' + gpu if gpu is not None else 'cpu'}-{i}"
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu if gpu is not None else "")
+            cmd = [sys.executable, "-m", "worker.process", "--queues", ",".join(queues),
+                   "--name", f"{hostname}-{slot}"] + (["--preload"] if preload else [])
+            children.append(Child(slot, gpu, cmd, env))
+    return children
+
+
+def run(children: list[Child], *, max_backoff_s: float = 30.0) -> int:
+    stopping = False
+
+    def stop(signum, _frame):
+        nonlocal stopping
+        stopping = True
+        for c in children:
+            if c.proc and c.proc.poll() is None:
+                c.proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for c in children:
+        c.start()
+    while not stopping:
+        time.sleep(0.5)
+        for c in children:
+            code = c.proc.poll()
+            if code is None or stopping:
+                continue
+            # A crash loop backs off; a child that ran a while restarts at once.
+            c.restarts = 0 if time.monotonic() - c.started > 60 else c.restarts + 1
+            delay = min(max_backoff_s, 0.5 * 2 ** c.restarts) if c.restarts else 0
+            log.warning("worker %s exited with %s; restarting in %.1f s", c.slot, code, delay)
+            time.sleep(delay)
+            c.start()
+    deadline = time.monotonic() + 30
+    for c in children:
+        try:
+            c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            c.proc.kill()
+    return 0

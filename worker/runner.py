@@ -1,0 +1,143 @@
+"""Runs one job: claim, heartbeat, the kind's handler, outputs to storage, final state.
+
+Shared by the Celery task (distributed) and the store-polling loop (embedded). Never lets
+an exception escape: every outcome ends as a job state, and the worker keeps serving.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from service.storage.base import ObjectNotFound, ObjectStore
+from service.store.base import CANCELED, FAILED, SUCCEEDED, JobRecord, JobStore
+from worker.config import WorkerSettings
+from worker.control import JobControl
+from worker.errors import InvalidInput, JobCanceled, JobFailed, ModelsNotReady, OwnershipLost
+from worker.model_cache import ModelCache, release_memory
+
+log = logging.getLogger("visionjobs.worker")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    # torch.cuda.OutOfMemoryError without importing torch here; MPS/CPU allocators say the same words.
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+@dataclass
+class JobContext:
+    """What a job handler may touch."""
+
+    job: JobRecord
+    control: JobControl
+    runner: "Runner"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.job.params
+
+    def read_upload(self, upload_id: str, field: str) -> bytes:
+        rec = self.runner.store.get_upload(upload_id)
+        if rec is None or rec.tenant != self.job.tenant:
+            raise InvalidInput(f"{field}: upload {upload_id} no longer exists")
+        try:
+            return self.runner.objects.get(rec.key)
+        except ObjectNotFound:
+            raise InvalidInput(f"{field}: the file of upload {upload_id} is gone")
+
+    def write_output(self, name: str, data: bytes, content_type: str) -> str:
+        self.control.check()  # a stale attempt must not overwrite the live one's files
+        key = f"jobs/{self.job.id}/{name}"
+        self.runner.objects.put(key, data, content_type)
+        return key
+
+    def pipeline(self, kind: str):
+        return self.runner.pipeline(kind)
+
+
+class Runner:
+    def __init__(self, settings: WorkerSettings, store: JobStore, objects: ObjectStore, name: str | None = None):
+        self.settings, self.store, self.objects = settings, store, objects
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.cache = ModelCache(int(settings.model_cache_gb * 2**30))
+        self._device: str | None = None
+        self._profile: str | None = None
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            import torch  # first touch of CUDA happens here, in the worker process, never before a fork
+
+            want = self.settings.device
+            self._device = ("cuda" if torch.cuda.is_available() else "cpu") if want == "auto" else want
+        return self._device
+
+    @property
+    def profile(self) -> str:
+        if self._profile is None:
+            from models.profiles import resolve_profile
+
+            self._profile = resolve_profile(self.settings.model_profile, self.settings.model_dir)
+        return self._profile
+
+    def pipeline(self, kind: str):
+        from models.profiles import load_pipeline
+
+        from models.profiles import WeightsMissing
+
+        key = (kind, self.profile, self.device)
+        try:
+            return self.cache.get(key, lambda: load_pipeline(kind, self.profile, self.settings.model_dir, self.device))
+        except WeightsMissing as exc:
+            raise ModelsNotReady(str(exc)) from exc
+
+    def preload(self, kinds: list[str]) -> None:
+        from worker.jobs import HANDLERS
+
+        for kind in kinds:
+            if kind in HANDLERS:
+                log.info("preloading %s (%s profile on %s)", kind, self.profile, self.device)
+                self.pipeline(kind)
+
+    def execute(self, job_id: str) -> str:
+        from worker.jobs import HANDLERS
+
+        claim = self.store.claim(job_id, self.name, self.settings.lease_s)
+        if claim.job is None:
+            log.info("job %s not claimed: %s", job_id, claim.reason)
+            return claim.reason
+        job = claim.job
+        log.info("job %s (%s) attempt %d started on %s", job.id, job.kind, job.attempt, self.name)
+        control = JobControl(self.store, job, lease_s=self.settings.lease_s,
+                             progress_interval_s=self.settings.progress_interval_s,
+                             time_limit_s=self.settings.job_time_limit_s)
+        status, result, error = FAILED, None, None
+        with control:
+            try:
+                handler = HANDLERS.get(job.kind)
+                if handler is None:
+                    raise JobFailed(f"this worker has no handler for kind {job.kind!r}", "unsupported_kind")
+                control.report(0.0, "loading model", force=True)
+                result = handler(JobContext(job, control, self))
+                status = SUCCEEDED
+            except OwnershipLost:
+                log.warning("job %s attempt %d lost its lease; stopping without a final write", job.id, job.attempt)
+                return "ownership_lost"
+            except JobCanceled as exc:
+                status, error = CANCELED, {"code": exc.code, "message": str(exc)}
+            except JobFailed as exc:
+                error = {"code": exc.code, "message": str(exc)}
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    error = {"code": "out_of_memory", "message": f"the device ran out of memory: {exc}"[:500]}
+                else:
+                    log.exception("job %s failed", job.id)
+                    error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:500]}
+            finally:
+                if status != SUCCEEDED:
+                    release_memory()
+        done = self.store.finish(job.id, job.attempt, status, result=result, error=error, model_profile=self._profile)
+        log.info("job %s -> %s%s", job.id, status, "" if done else " (not recorded: ownership lost)")
+        return status
