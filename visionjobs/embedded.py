@@ -26,10 +26,11 @@ def run_embedded(host: str, port: int, data_dir: Path) -> None:
     if "VISIONJOBS_MODEL_PROFILE" not in os.environ:
         overrides["model_profile"] = "auto"
     settings = WorkerSettings(**overrides)
-    runner_store_ctx = build_context(settings, anonymous=True)
-    runner = Runner(settings, runner_store_ctx.store, runner_store_ctx.objects, name="embedded")
-    runner_store_ctx.model_profile = runner.profile  # resolves `auto`, warning loudly when it falls back to tiny
-    if runner.profile == "tiny":
+    ctx = build_context(settings, anonymous=True)
+    runner = Runner(settings, ctx.store, ctx.objects, name="embedded")
+    # resolves `auto`, warning loudly when it falls back to tiny
+    ctx.model_profile = runner.profile_for("colorize")
+    if ctx.model_profile == "tiny":
         log.warning("MODEL PROFILE: tiny (random weights; outputs are not meaningful images)")
     keys = settings.key_map()
     log.warning("visionjobs embedded: data in %s; %s", data_dir.resolve(),
@@ -39,6 +40,6 @@ def run_embedded(host: str, port: int, data_dir: Path) -> None:
     threading.Thread(target=poll_loop, args=(runner, list(KINDS), stop), name="embedded-worker",
                      daemon=True).start()
     try:
-        uvicorn.run(create_app(runner_store_ctx), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(ctx), host=host, port=port, log_level="info")
     finally:
         stop.set()

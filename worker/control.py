@@ -42,11 +42,16 @@ class JobControl:
 
     # --- progress and checks ---
     def report(self, progress: float, stage: str, *, force: bool = False) -> None:
+        """Called at every step: writes progress at most every interval, but looks for a
+        cancel every time, so a running job stops within one step of the request."""
         now = time.monotonic()
         if force or now - self._last_write >= self.interval_s:
             self._last_write = now
-            if self.store.heartbeat(self.job.id, self.job.attempt, self.lease_s, progress=progress, stage=stage):
-                self._stop.set()
+            stop = self.store.heartbeat(self.job.id, self.job.attempt, self.lease_s, progress=progress, stage=stage)
+        else:
+            stop = self.store.should_stop(self.job.id, self.job.attempt)
+        if stop:
+            self._stop.set()
         self.check()
 
     def check(self) -> None:

@@ -63,7 +63,7 @@ class Runner:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.cache = ModelCache(int(settings.model_cache_gb * 2**30))
         self._device: str | None = None
-        self._profile: str | None = None
+        self._profiles: dict[str, str] = {}
 
     @property
     def device(self) -> str:
@@ -74,22 +74,21 @@ class Runner:
             self._device = ("cuda" if torch.cuda.is_available() else "cpu") if want == "auto" else want
         return self._device
 
-    @property
-    def profile(self) -> str:
-        if self._profile is None:
+    def profile_for(self, kind: str) -> str:
+        """`tiny` or `pretrained`; `auto` is resolved once per kind (with a loud warning on tiny)."""
+        if kind not in self._profiles:
             from models.profiles import resolve_profile
 
-            self._profile = resolve_profile(self.settings.model_profile, self.settings.model_dir)
-        return self._profile
+            self._profiles[kind] = resolve_profile(self.settings.model_profile, self.settings.model_dir, kind)
+        return self._profiles[kind]
 
     def pipeline(self, kind: str):
-        from models.profiles import load_pipeline
+        from models.profiles import WeightsMissing, load
 
-        from models.profiles import WeightsMissing
-
-        key = (kind, self.profile, self.device)
+        profile = self.profile_for(kind)
         try:
-            return self.cache.get(key, lambda: load_pipeline(kind, self.profile, self.settings.model_dir, self.device))
+            return self.cache.get((kind, profile, self.device),
+                                  lambda: load(kind, profile, self.settings.model_dir, self.device))
         except WeightsMissing as exc:
             raise ModelsNotReady(str(exc)) from exc
 
@@ -98,7 +97,7 @@ class Runner:
 
         for kind in kinds:
             if kind in HANDLERS:
-                log.info("preloading %s (%s profile on %s)", kind, self.profile, self.device)
+                log.info("preloading %s (%s profile on %s)", kind, self.profile_for(kind), self.device)
                 self.pipeline(kind)
 
     def execute(self, job_id: str) -> str:
@@ -138,6 +137,7 @@ class Runner:
             finally:
                 if status != SUCCEEDED:
                     release_memory()
-        done = self.store.finish(job.id, job.attempt, status, result=result, error=error, model_profile=self._profile)
+        done = self.store.finish(job.id, job.attempt, status, result=result, error=error,
+                                 model_profile=self._profiles.get(job.kind))
         log.info("job %s -> %s%s", job.id, status, "" if done else " (not recorded: ownership lost)")
         return status

@@ -1,16 +1,16 @@
 from __future__ import annotations
 
-import mimetypes
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials
 
+from fastapi import Depends
+
 from service.api.deps import Ctx, _bearer
 from service.core.errors import not_found
-from service.storage.base import InvalidKey, check_key
-from fastapi import Depends
+from service.storage.base import InvalidKey, ObjectNotFound, check_key
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -33,9 +33,9 @@ def get_file(key: str, ctx: Ctx, expires: Annotated[int, Query()], tenant: Annot
         raise not_found("file")
     try:
         path = ctx.objects.open_path(key)
-    except (InvalidKey, KeyError, FileNotFoundError):
+    except (InvalidKey, ObjectNotFound, FileNotFoundError):
         raise not_found("file")
     if not path.is_file():
         raise not_found("file")
-    media_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
+    media_type = ctx.objects.content_type(key)
     return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=300"})
