@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     from worker.celery_app import app, get_runner, settings
 
     runner = get_runner()
-    runner.name = name
+    runner.name = f"{name}:{os.getpid()}"  # the pid tells operators (and tests) which process runs a job
     if args.preload or settings.preload:
         runner.preload(queues)
     if settings.redis_url:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         Reaper(runner.store, CeleryDispatcher(settings.redis_url, settings.visibility_timeout_s),
                settings.reaper_interval_s).start()
         app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--queues={','.join(queues)}",
-                         f"--hostname={name}@%h", "--prefetch-multiplier=1", "--without-gossip",
+                         f"--hostname={name}-{os.getpid()}@%h", "--prefetch-multiplier=1", "--without-gossip",
                          "--without-mingle", "--loglevel=INFO"])
         return
     stop = threading.Event()

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(5.0, description="How often API and workers look for expired leases, seconds.")
     progress_interval_s: float = Field(0.25, description="Least time between two progress writes of one job, seconds.")
 
+    log_level: str = Field("INFO", description="Python logging level of every process.")
+
     # --- models ---
     model_profile: str = Field("pretrained", description="tiny | pretrained | auto (auto: pretrained where present, else tiny).")
     model_dir: Path | None = Field(None, description="Root of diffusers-format model folders for the pretrained profile.")

@@ -135,6 +135,11 @@ class JobStore(abc.ABC):
         """Renew the lease (and optionally report progress) while this attempt owns the job.
         Returns True when the job should stop: cancel requested, or the attempt lost ownership."""
 
+    def should_stop(self, job_id: str, attempt: int) -> bool:
+        """A cheap read, done at every denoising step: cancel requested or ownership lost."""
+        job = self.get_job(job_id)
+        return job is None or job.status != RUNNING or job.attempt != attempt or job.cancel_requested
+
     @abc.abstractmethod
     def finish(self, job_id: str, attempt: int, status: str, *, result: dict | None = None,
                error: dict | None = None, model_profile: str | None = None) -> JobRecord | None:

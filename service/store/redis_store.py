@@ -145,6 +145,11 @@ class RedisJobStore(JobStore):
         return bool(self._run("HEARTBEAT", job_id, attempt, lease_s,
                               "" if progress is None else repr(float(progress)), stage or ""))
 
+    def should_stop(self, job_id, attempt):
+        status, current, cancel = self._call(self.r.hmget, f"{self.p}job:{job_id}", "status", "attempt",
+                                             "cancel_requested")
+        return status != "running" or current != str(attempt) or cancel == "1"
+
     def finish(self, job_id, attempt, status, *, result=None, error=None, model_profile=None):
         done = self._run("FINISH", job_id, attempt, status, json.dumps(result) if result is not None else "",
                          json.dumps(error) if error is not None else "", self.retention_s, model_profile or "")

@@ -226,9 +226,10 @@ class SqliteJobStore(JobStore):
                     job.stage, job.finished_at = job.status, now
                 self._save(db, job)
             # Retention: drop expired rows while we hold the write lock anyway.
-            db.execute("DELETE FROM jobs WHERE expires_at IS NOT NULL AND expires_at<?", (now,))
-            db.execute("DELETE FROM uploads WHERE expires_at<?", (now,))
-            db.execute("DELETE FROM idempotency WHERE expires_at<?", (now,))
+            wall = time.time()
+            db.execute("DELETE FROM jobs WHERE expires_at IS NOT NULL AND expires_at<?", (wall,))
+            db.execute("DELETE FROM uploads WHERE expires_at<?", (wall,))
+            db.execute("DELETE FROM idempotency WHERE expires_at<?", (wall,))
         if rows:
             self._notify()
         return requeued

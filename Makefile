@@ -1,0 +1,28 @@
+# Two entry points that work from a clean clone: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test openapi bench clean
+
+# torch first and pinned: the CPU build lies in the local wheel cache on dev/CI machines,
+# and a later unpinned requirement would otherwise pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[ml,test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/visionjobs run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+openapi: $(STAMP)
+	$(BIN)/visionjobs openapi --out openapi/openapi.json
+
+clean:
+	rm -rf $(VENV) data
