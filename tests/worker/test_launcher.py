@@ -1,0 +1,34 @@
+"""The per-GPU launcher: pinning and supervision, with real child processes."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+from worker.launcher import Child, plan, run
+
+
+def test_one_pinned_process_per_gpu_and_concurrency():
+    children = plan(["0", "1"], ["colorize"], 2, preload=True, hostname="h")
+    assert [c.env["CUDA_VISIBLE_DEVICES"] for c in children] == ["0", "0", "1", "1"]
+    assert len({c.slot for c in children}) == 4
+    cmd = children[0].cmd
+    assert cmd[1:3] == ["-m", "worker.process"] and "--preload" in cmd and cmd[cmd.index("--queues") + 1] == "colorize"
+    cpu = plan([], ["colorize"], 1, preload=False, hostname="h")
+    assert len(cpu) == 1 and cpu[0].env["CUDA_VISIBLE_DEVICES"] == "" and "--preload" not in cpu[0].cmd
+
+
+def test_dead_children_are_restarted_and_sigterm_stops_all(tmp_path):
+    marker = tmp_path / "starts"
+    script = f"open({str(marker)!r}, 'a').write('x'); import time; time.sleep(0.3)"  # exits after 0.3 s
+    child = Child("cpu-0", None, [sys.executable, "-c", script], dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+    old = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        assert run([child], max_backoff_s=0.5) == 0
+    finally:
+        signal.signal(signal.SIGTERM, old[0])
+        signal.signal(signal.SIGINT, old[1])
+    assert len(marker.read_text()) >= 2  # it died and came back
+    assert child.proc.poll() is not None
