@@ -86,9 +86,15 @@ class Runner:
         from models.profiles import WeightsMissing, load
 
         profile = self.profile_for(kind)
+
+        def loader():
+            pipe = load(kind, profile, self.settings.model_dir, self.device)
+            if hasattr(pipe, "set_progress_bar_config"):
+                pipe.set_progress_bar_config(disable=True)  # progress goes to the job store, not the log
+            return pipe
+
         try:
-            return self.cache.get((kind, profile, self.device),
-                                  lambda: load(kind, profile, self.settings.model_dir, self.device))
+            return self.cache.get((kind, profile, self.device), loader)
         except WeightsMissing as exc:
             raise ModelsNotReady(str(exc)) from exc
 

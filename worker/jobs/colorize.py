@@ -25,9 +25,12 @@ def run(ctx: "JobContext") -> dict:
     ctx.control.report(0.05, "preparing", force=True)
     # CPU generator: the same seed gives the same noise on any device.
     generator = torch.Generator("cpu").manual_seed(int(p["seed"]))
-    out = pipe(image=image, prompt=p.get("prompt", ""), num_inference_steps=p["steps"],
-               num_images=p["num_outputs"], generator=generator,
-               callback_on_step_end=ctx.control.step_callback(p["steps"], "denoising", 0.05, 0.95))
+    try:
+        out = pipe(image=image, prompt=p.get("prompt") or "", num_inference_steps=p["steps"],
+                   num_images=p["num_outputs"], generator=generator,
+                   callback_on_step_end=ctx.control.step_callback(p["steps"], "denoising", 0.05, 0.95))
+    except ValueError as exc:  # the pipeline's check_inputs: names the argument and the fix
+        raise InvalidInput(str(exc)) from exc
     ctx.control.report(0.95, "encoding", force=True)
     images = []
     for i, img in enumerate(out.images):

@@ -1,0 +1,170 @@
+"""The model registry: profiles tiny | pretrained | auto, weights checks, pretrained round trip."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+from models import profiles
+from models.colorization.pipeline import ControlColorPipeline
+from models.colorization.tiny import tiny_components
+from models.profiles import (
+    MODEL_DIR_ENV,
+    WeightsMissing,
+    default_dtype,
+    load_colorization,
+    missing_weights,
+    required_weights,
+    resolve_profile,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # Tiny models gain nothing from intra-op threads, and on a small shared CPU OpenMP's
+    # spinning threads make them ~10x slower (measured: 0.1 s vs 1-7 s per call). Restored after.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def no_env_model_dir(monkeypatch):
+    monkeypatch.delenv(MODEL_DIR_ENV, raising=False)
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    return Image.fromarray(skimage.data.astronaut()).resize((70, 45), Image.LANCZOS)
+
+
+@pytest.fixture(scope="module")
+def saved_dir(tmp_path_factory):
+    """A model dir holding the tiny pipeline saved in diffusers format under controlcolor/."""
+    root = tmp_path_factory.mktemp("models")
+    pipe = load_colorization("tiny")
+    pipe.save_pretrained(root / "controlcolor")
+    return root
+
+
+def colorize(pipe, image, seed):
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(image, num_inference_steps=2, generator=torch.Generator().manual_seed(seed))
+    return np.asarray(out.images[0])
+
+
+def test_tiny_builds_are_identical():
+    a, b = tiny_components(), tiny_components()
+    for name in ("unet", "controlnet", "vae", "text_encoder"):
+        sa, sb = a[name].state_dict(), b[name].state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), name
+    # building does not disturb the caller's RNG stream
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    tiny_components()
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_tiny_architecture_matches_control_color_shape():
+    c = tiny_components()
+    assert c["unet"].config.in_channels == 9 and c["unet"].config.out_channels == 4
+    assert c["controlnet"].config.in_channels == 4 and c["controlnet"].config.conditioning_channels == 3
+    assert c["unet"].config.down_block_types == c["controlnet"].config.down_block_types
+    # the ControlNet's pixel hint embedding and the VAE both downsample 8x
+    hint = torch.zeros(1, 3, 64, 64)
+    assert c["controlnet"].controlnet_cond_embedding(hint).shape[-2:] == (8, 8)
+    assert c["vae"].encode(hint).latent_dist.mean.shape == (1, 4, 8, 8)
+    s = c["scheduler"].config
+    assert (s.beta_schedule, s.beta_start, s.beta_end, s.num_train_timesteps) == ("scaled_linear", 0.00085, 0.012, 1000)
+    assert (s.set_alpha_to_one, s.steps_offset, s.clip_sample) == (False, 1, False)
+    assert c["text_encoder"].config.max_position_embeddings == 77 == c["tokenizer"].model_max_length
+    ids = c["tokenizer"](["a cat"]).input_ids[0]
+    assert ids[0] == c["tokenizer"].bos_token_id and ids[-1] == c["tokenizer"].eos_token_id
+
+
+def test_load_tiny(photo):
+    pipe = load_colorization("tiny")
+    assert isinstance(pipe, ControlColorPipeline) and pipe.model_profile == "tiny"
+    assert (pipe.config.short_side, pipe.config.max_long_side) == (64, 192)
+    assert pipe.unet.dtype == torch.float32
+    override = load_colorization("tiny", short_side=128, max_long_side=256)
+    assert override.working_size_for(photo) == (192, 128)
+
+
+def test_pretrained_round_trip_gives_identical_outputs(saved_dir, photo):
+    assert missing_weights("colorize", saved_dir) == []
+    tiny = load_colorization("tiny")
+    pre = load_colorization("pretrained", saved_dir)
+    assert pre.model_profile == "pretrained"
+    assert (pre.config.short_side, pre.config.max_long_side) == (512, 1536)
+    for name in ("unet", "controlnet", "vae", "text_encoder"):
+        a, b = getattr(tiny, name).state_dict(), getattr(pre, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    # same weights at the same working size -> the same pixels for the same seed
+    pre.register_to_config(short_side=64, max_long_side=192)
+    same = colorize(pre, photo, 3)
+    assert np.array_equal(colorize(tiny, photo, 3), same)
+    assert not np.array_equal(colorize(pre, photo, 4), same)
+
+
+def test_auto_uses_pretrained_when_present(saved_dir):
+    assert resolve_profile("auto", saved_dir) == "pretrained"
+    assert load_colorization("auto", saved_dir, short_side=64).model_profile == "pretrained"
+
+
+def test_auto_falls_back_to_tiny_loudly(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="models.profiles"):
+        assert resolve_profile("auto", tmp_path) == "tiny"
+        assert resolve_profile("auto", None) == "tiny"
+        pipe = load_colorization("auto", tmp_path)
+    assert pipe.model_profile == "tiny"
+    assert any("TINY" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_pretrained_missing_names_what_is_missing(tmp_path, saved_dir):
+    with pytest.raises(WeightsMissing) as err:
+        load_colorization("pretrained", tmp_path)
+    msg = str(err.value)
+    assert MODEL_DIR_ENV in msg and str(tmp_path) in msg
+    for folder in ("unet", "controlnet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert f"controlcolor/{folder}/" in msg
+    assert err.value.missing == required_weights("colorize")
+    # a partial install names only what is absent
+    partial = tmp_path / "partial"
+    shutil.copytree(saved_dir, partial)
+    shutil.rmtree(partial / "controlcolor" / "controlnet")
+    assert missing_weights("colorize", partial) == [
+        "controlcolor/controlnet/config.json", "controlcolor/controlnet/diffusion_pytorch_model.safetensors"]
+    with pytest.raises(WeightsMissing, match="controlnet") as err:
+        load_colorization("pretrained", partial)
+    assert "unet" not in str(err.value)
+    # no model dir at all
+    with pytest.raises(WeightsMissing, match=f"{MODEL_DIR_ENV} is not set"):
+        load_colorization("pretrained", None)
+
+
+def test_model_dir_from_env(monkeypatch, saved_dir):
+    monkeypatch.setenv(MODEL_DIR_ENV, str(saved_dir))
+    assert missing_weights("colorize", None) == []
+    assert resolve_profile("auto", None) == "pretrained"
+
+
+def test_unknown_profile_and_kind():
+    with pytest.raises(ValueError, match="profile"):
+        resolve_profile("huge", None)
+    with pytest.raises(ValueError, match="kind"):
+        required_weights("teleport")
+
+
+def test_registry_and_dtype():
+    assert "colorize" in profiles.REGISTRY
+    assert default_dtype("cpu") == torch.float32
+    assert default_dtype("cuda") == torch.float16
