@@ -38,15 +38,20 @@ def submit(store: JobStore, dispatcher: Dispatcher, *, tenant: str, kind: str, p
 
 
 def _sign_files(value: Any, objects: ObjectStore, tenant: str, base_url: str, ttl_s: int) -> Any:
-    """Every {"key": ...} in a stored result becomes {"url", "expires_at", ...} for the client."""
+    """Object keys in a stored result become signed URLs for the client."""
     if isinstance(value, list):
         return [_sign_files(v, objects, tenant, base_url, ttl_s) for v in value]
     if not isinstance(value, dict):
         return value
-    out = {k: _sign_files(v, objects, tenant, base_url, ttl_s) for k, v in value.items() if k != "key"}
-    if "key" in value:
-        signed = objects.signed_url(value["key"], tenant=tenant, base_url=base_url, ttl_s=ttl_s)
-        out["url"], out["expires_at"] = signed.url, _ts(signed.expires_at)
+    out = {}
+    for k, v in value.items():
+        if k == "key" or (k.endswith("_key") and isinstance(v, str)):
+            # {"key": k} -> {"url", "expires_at"}; {"thumbnail_key": k} -> {"thumbnail_url", "thumbnail_expires_at"}
+            prefix = k[: -len("key")]
+            signed = objects.signed_url(v, tenant=tenant, base_url=base_url, ttl_s=ttl_s)
+            out[prefix + "url"], out[prefix + "expires_at"] = signed.url, _ts(signed.expires_at)
+        else:
+            out[k] = _sign_files(v, objects, tenant, base_url, ttl_s)
     return out
 
 

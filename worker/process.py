@@ -14,6 +14,7 @@ import threading
 
 from service.dispatch import LocalDispatcher
 from service.reaper import Reaper
+from worker.capabilities import start_reporting
 
 log = logging.getLogger("visionjobs.worker")
 
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     runner.name = f"{name}:{os.getpid()}"  # the pid tells operators (and tests) which process runs a job
     if args.preload or settings.preload:
         runner.preload(queues)
+    start_reporting(runner, queues)
     if settings.redis_url:
         from service.dispatch import CeleryDispatcher
 

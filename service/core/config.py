@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(1000, description="Longest accepted prompt, characters.")
     max_steps: int = Field(100, description="Most denoising steps a job may ask for.")
     max_outputs: int = Field(4, description="Most outputs one job may ask for.")
+    max_video_frames: int = Field(481, description="Most pixel frames one generated video may have (30 s at 16 fps).")
+    max_video_pixels: int = Field(720 * 480, description="Largest generated frame, width x height.")
 
     # --- jobs ---
     lease_s: float = Field(30.0, description="Running-job lease; a worker renews it every lease_s/3.")

@@ -157,6 +157,14 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def queue_depth(self, kind: str) -> int: ...
 
+    # --- what live workers can do (so the API can refuse what no worker could run) ---
+    @abc.abstractmethod
+    def put_capabilities(self, kind: str, worker: str, caps: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def get_capabilities(self, kind: str, max_age_s: float = 120.0) -> list[dict[str, Any]]:
+        """Capabilities reported by workers of `kind` within the last `max_age_s` seconds."""
+
     # --- operations ---
     @abc.abstractmethod
     def ping(self) -> None:

@@ -169,6 +169,14 @@ class RedisJobStore(JobStore):
     def queue_depth(self, kind: str) -> int:
         return self._call(self.r.zcard, f"{self.p}queue:{kind}")
 
+    def put_capabilities(self, kind, worker, caps):
+        self._call(self.r.hset, f"{self.p}caps:{kind}", worker, json.dumps({**caps, "seen_at": time.time()}))
+
+    def get_capabilities(self, kind, max_age_s=120.0):
+        raw = self._call(self.r.hgetall, f"{self.p}caps:{kind}")
+        fresh = [json.loads(v) for v in raw.values()]
+        return [c for c in fresh if c.get("seen_at", 0) > time.time() - max_age_s]
+
     # --- operations ---
     def ping(self):
         try:

@@ -24,6 +24,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant, id);
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, kind, created_at);
 CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY, expires_at REAL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS capabilities (kind TEXT, worker TEXT, seen_at REAL, doc TEXT,
+  PRIMARY KEY (kind, worker));
 CREATE TABLE IF NOT EXISTS idempotency (tenant TEXT, key TEXT, job_id TEXT, expires_at REAL,
   PRIMARY KEY (tenant, key));
 """
@@ -246,6 +248,16 @@ class SqliteJobStore(JobStore):
         """Sleep until some job changes (in-process) or `timeout` passes."""
         with self._changed:
             self._changed.wait(timeout)
+
+    def put_capabilities(self, kind, worker, caps):
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO capabilities VALUES (?,?,?,?)",
+                       (kind, worker, time.time(), json.dumps(caps)))
+
+    def get_capabilities(self, kind, max_age_s=120.0):
+        rows = self._db().execute("SELECT doc FROM capabilities WHERE kind=? AND seen_at>?",
+                                  (kind, time.time() - max_age_s)).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     # --- operations ---
     def ping(self):

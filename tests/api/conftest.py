@@ -19,3 +19,23 @@ def ctx(tmp_path):
 def client(ctx):
     with TestClient(create_app(ctx, run_reaper=False)) as c:
         yield c
+
+
+@pytest.fixture
+def live(ctx, client):
+    """The API plus an in-process worker on the same store (the embedded arrangement), tiny models."""
+    import threading
+
+    from worker.config import WorkerSettings
+    from worker.process import poll_loop
+    from worker.runner import Runner
+    from service.kinds import KINDS
+
+    settings = WorkerSettings(**{**ctx.settings.model_dump(), "model_profile": "tiny", "progress_interval_s": 0.05})
+    runner = Runner(settings, ctx.store, ctx.objects, name="live-test")
+    stop = threading.Event()
+    thread = threading.Thread(target=poll_loop, args=(runner, list(KINDS), stop, 0.05), daemon=True)
+    thread.start()
+    yield client
+    stop.set()
+    thread.join(timeout=60)

@@ -151,3 +151,12 @@ def test_next_queued_is_oldest_of_given_kinds(store):
     assert store.next_queued(["colorize"]) == a.id
     store.claim(a.id, "w", 30)
     assert store.next_queued(["colorize"]) is None
+
+
+def test_capabilities_are_fresh_only(store):
+    store.put_capabilities("colorize", "w1", {"exemplar": False})
+    store.put_capabilities("colorize", "w2", {"exemplar": True})
+    assert sorted(c["exemplar"] for c in store.get_capabilities("colorize")) == [False, True]
+    assert store.get_capabilities("other") == []
+    time.sleep(0.05)
+    assert store.get_capabilities("colorize", max_age_s=0.01) == []

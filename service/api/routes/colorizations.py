@@ -7,10 +7,31 @@ from fastapi import APIRouter, Header, Response
 from service.api.deps import BaseUrl, Ctx, Tenant
 from service.core.errors import field_error
 from service.jobs import render, submit
-from service.schemas import ColorizationRequest, Job
+from service.schemas import MAX_TOTAL_POINTS, ColorizationRequest, Job
 from service.uploads import IMAGE_TYPES
 
 router = APIRouter(prefix="/v1/colorizations", tags=["colorization"])
+
+
+def check_strokes(body: ColorizationRequest, width: int, height: int) -> None:
+    total = 0
+    for i, stroke in enumerate(body.strokes):
+        total += len(stroke.points)
+        for j, (x, y) in enumerate(stroke.points):
+            if not (0 <= x <= width and 0 <= y <= height):
+                raise field_error(f"strokes.{i}.points.{j}", f"({x:g}, {y:g}) lies outside the {width}x{height} image",
+                                  limit=[width, height])
+    if total > MAX_TOTAL_POINTS:
+        raise field_error("strokes", f"{total} points in all; the limit is {MAX_TOTAL_POINTS}", limit=MAX_TOTAL_POINTS)
+
+
+def exemplar_unsupported(ctx) -> str | None:
+    """Refuse an exemplar only when live colorize workers have reported and none can use one
+    (their pretrained weights lack the exemplar encoder); the message names what is missing."""
+    caps = ctx.store.get_capabilities("colorize")
+    if not caps or any(c.get("exemplar") for c in caps):
+        return None
+    return caps[0].get("exemplar_missing") or "exemplar encoder weights"
 
 
 def image_upload(ctx, tenant: str, upload_id: str, field: str):
@@ -27,7 +48,18 @@ def image_upload(ctx, tenant: str, upload_id: str, field: str):
 def create_colorization(body: ColorizationRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl, response: Response,
                         idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Job:
     s = ctx.settings
-    image_upload(ctx, tenant, body.image, "image")
+    image = image_upload(ctx, tenant, body.image, "image")
+    check_strokes(body, image.width, image.height)
+    if body.stroke_image:
+        strokes = image_upload(ctx, tenant, body.stroke_image, "stroke_image")
+        if (strokes.width, strokes.height) != (image.width, image.height):
+            raise field_error("stroke_image", f"is {strokes.width}x{strokes.height}; it must match the image's "
+                                              f"{image.width}x{image.height}")
+    if body.exemplar:
+        image_upload(ctx, tenant, body.exemplar, "exemplar")
+        missing = exemplar_unsupported(ctx)
+        if missing:
+            raise field_error("exemplar", f"no worker can use an exemplar: missing under VISIONJOBS_MODEL_DIR: {missing}")
     if body.steps > s.max_steps:
         raise field_error("steps", f"at most {s.max_steps} steps", limit=s.max_steps)
     if body.num_outputs > s.max_outputs:

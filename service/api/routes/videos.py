@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Response
+
+from service.api.deps import BaseUrl, Ctx, Tenant
+from service.core.errors import field_error
+from service.jobs import render, submit
+from service.schemas import Job, VideoGenerationRequest, video_frame_count
+
+router = APIRouter(prefix="/v1", tags=["video"])
+
+
+@router.post("/video-generations", status_code=202, response_model=Job,
+             summary="Generate a long multi-prompt video (DiTCtrl on CogVideoX)",
+             responses={202: {"headers": {"Location": {"schema": {"type": "string"}}}}})
+def create_video_generation(body: VideoGenerationRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl, response: Response,
+                            idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Job:
+    s = ctx.settings
+    segments, latent, frames = video_frame_count(len(body.prompts), body.overlap, body.transition_segments, body.segments)
+    if frames > s.max_video_frames:
+        raise field_error("prompts", f"this layout makes {frames} frames ({segments} segments); the limit is "
+                                     f"{s.max_video_frames}: fewer prompts, segments or transition segments, or more overlap",
+                          limit=s.max_video_frames)
+    if body.width and body.height and body.width * body.height > s.max_video_pixels:
+        raise field_error("width", f"{body.width}x{body.height} exceeds {s.max_video_pixels} pixels per frame",
+                          limit=s.max_video_pixels)
+    if body.steps > s.max_steps:
+        raise field_error("steps", f"at most {s.max_steps} steps", limit=s.max_steps)
+    params = body.model_dump()
+    params.update(expected_frames=frames, expected_segments=segments, expected_latent_frames=latent)
+    job, created = submit(ctx.store, ctx.dispatcher, tenant=tenant, kind="video.generate", params=params,
+                          max_attempts=s.max_attempts, model_profile=ctx.model_profile, idempotency_key=idempotency_key)
+    response.headers["Location"] = f"{base}/v1/jobs/{job.id}"
+    if not created:
+        response.status_code = 200
+    return render(job, ctx.store, ctx.objects, base, s.url_ttl_s)

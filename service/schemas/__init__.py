@@ -1,0 +1,10 @@
+"""The API contract: request and response bodies of /v1 (openapi/openapi.json is generated from these)."""
+from service.schemas.colorization import ColorizationRequest, ColorizationResult, Guidance, Stroke
+from service.schemas.common import *  # noqa: F401,F403
+from service.schemas.common import ImageOutput, JobError, JobStatus, Problem, Upload
+from service.schemas.jobs import Job, JobPage
+from service.schemas.video import KvSharing, VideoGenerationRequest, VideoGenerationResult, video_frame_count
+
+__all__ = ["ColorizationRequest", "ColorizationResult", "Guidance", "ImageOutput", "Job", "JobError", "JobPage",
+           "JobStatus", "KvSharing", "Problem", "Stroke", "Upload", "VideoGenerationRequest", "VideoGenerationResult",
+           "video_frame_count"]

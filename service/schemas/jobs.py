@@ -1,0 +1,34 @@
+"""The Job resource: every kind's result schema is listed on it."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from service.schemas.colorization import ColorizationResult
+from service.schemas.common import JobError, JobStatus
+from service.schemas.video import VideoGenerationResult
+
+
+class Job(BaseModel):
+    id: str
+    kind: str
+    status: JobStatus
+    progress: float = Field(ge=0, le=1)
+    stage: str | None
+    queue_position: int | None = Field(description="1-based position in its queue while queued.")
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    params: dict[str, Any]
+    error: JobError | None
+    result: ColorizationResult | VideoGenerationResult | dict[str, Any] | None = Field(
+        description="Kind-specific; URLs are signed afresh on every read.")
+    model_profile: str | None
+
+
+class JobPage(BaseModel):
+    items: list[Job]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")

@@ -1,0 +1,85 @@
+"""POST /v1/video-generations (DiTCtrl multi-prompt long video on CogVideoX)."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from service.schemas.common import MAX_PROMPT, MAX_SEED, MAX_STEPS, REQUEST
+
+SEGMENT_LATENT_FRAMES = 13  # 49 pixel frames: the CogVideoX clip; the VAE compresses time 4x
+
+
+def video_frame_count(prompts: int, overlap: int, transition_segments: int, segments: int | None) -> tuple[int, int, int]:
+    """(segments S, latent frames L, pixel frames): S = N + (N - 1) T, L = 13 + (S - 1)(13 - overlap),
+    frames 4 (L' - 1) + 1 with L' = L rounded down to odd (the CogVideoX VAE decodes 1 + 2k latent
+    frames). Mirrors models/video/ditctrl/layout.py without torch; a test keeps them equal."""
+    s = segments if segments is not None else prompts + (prompts - 1) * transition_segments
+    latent = SEGMENT_LATENT_FRAMES + (s - 1) * (SEGMENT_LATENT_FRAMES - overlap)
+    decoded = latent if latent % 2 else latent - 1
+    return s, latent, 4 * (decoded - 1) + 1
+
+
+class KvSharing(BaseModel):
+    model_config = REQUEST
+
+    enabled: bool = True
+    steps: tuple[int, int] = Field((2, 25), description="Step window [a, b) of 50 steps; scaled to other step counts.")
+    layers: tuple[int, int] = Field((25, 30), description="Layer window [a, b) of 30 layers; scaled to other depths.")
+    subject_tokens: list[int | str] | None = Field(
+        None, max_length=16, description="Opt-in mask-guided KV sharing: token indices or words of the subject.")
+
+    @model_validator(mode="after")
+    def _windows(self):
+        for name, (a, b), top in (("steps", self.steps, 50), ("layers", self.layers, 30)):
+            if not 0 <= a < b <= top:
+                raise ValueError(f"{name} must be a window [a, b) with 0 <= a < b <= {top}")
+        return self
+
+
+class VideoGenerationRequest(BaseModel):
+    model_config = REQUEST
+
+    prompts: list[str] = Field(min_length=1, max_length=8, description="One prompt per part of the video, in order.")
+    segments: int | None = Field(None, ge=1, le=16,
+                                 description="Single prompt only: how many 49-frame segments to chain.")
+    overlap: int = Field(6, ge=0, le=12, description="Latent frames shared by adjacent segments (paper 6, repo 9).")
+    transition_segments: int = Field(1, ge=0, le=4, description="Segments blending each prompt into the next.")
+    kv_sharing: KvSharing = Field(default_factory=KvSharing)
+    steps: int = Field(50, ge=1, le=MAX_STEPS)
+    guidance_scale: float = Field(6.0, ge=0, le=30, description="Dynamic CFG scale.")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    width: int | None = Field(None, ge=16, le=1360, multiple_of=16, description="Default: the model's (720).")
+    height: int | None = Field(None, ge=16, le=1360, multiple_of=16, description="Default: the model's (480).")
+    fps: int = Field(16, ge=1, le=60)
+    metrics: list[Literal["cscv"]] = Field([], description="cscv: transition smoothness (CLIP frame similarity).")
+
+    @model_validator(mode="after")
+    def _prompts(self):
+        for i, p in enumerate(self.prompts):
+            if not p.strip() or len(p) > MAX_PROMPT:
+                raise ValueError(f"prompts[{i}] must have 1..{MAX_PROMPT} characters")
+        if self.segments is not None and len(self.prompts) != 1:
+            raise ValueError("segments applies to a single prompt; with several prompts the layout follows from them")
+        return self
+
+
+class VideoOutput(BaseModel):
+    url: str
+    expires_at: datetime
+    frames: int
+    fps: int
+    width: int
+    height: int
+    content_type: str
+
+
+class VideoGenerationResult(BaseModel):
+    video: VideoOutput
+    thumbnail_url: str
+    thumbnail_expires_at: datetime
+    segments: int
+    latent_frames: int
+    seed: int
+    metrics: dict[str, float] = {}
