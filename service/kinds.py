@@ -13,6 +13,7 @@ class JobKind:
 
 KINDS: dict[str, JobKind] = {
     "colorize": JobKind("colorize", "colorize", "Control Color image colorization"),
+    "video.edit": JobKind("video.edit", "video.edit", "Tune-A-Video one-shot tuning and editing"),
     "video.generate": JobKind("video.generate", "video.generate", "DiTCtrl multi-prompt long video on CogVideoX"),
 }
 

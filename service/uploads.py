@@ -28,7 +28,7 @@ def sniff_content_type(head: bytes) -> str | None:
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "image/tiff"
     if head[4:8] == b"ftyp":
-        return "video/mp4"
+        return "video/quicktime" if head[8:12] == b"qt  " else "video/mp4"
     if head[:4] == b"\x1a\x45\xdf\xa3":
         return "video/webm"
     if head[:4] == b"PK\x03\x04":

@@ -71,6 +71,7 @@ def worker(gpus: str | None, queues: str | None, concurrency: int | None, preloa
     s = WorkerSettings()
     gpu_list = [g.strip() for g in (s.gpus if gpus is None else gpus).split(",") if g.strip()]
     queue_list = [q.strip() for q in (s.queues if queues is None else queues).split(",") if q.strip()]
+    queue_list = queue_list or [k.queue for k in KINDS.values()]
     unknown = [q for q in queue_list if q not in {k.queue for k in KINDS.values()}]
     if unknown:
         raise click.ClickException(f"unknown queue(s) {', '.join(unknown)}; known: {', '.join(KINDS)}")

@@ -8,7 +8,7 @@ from service.core.config import Settings
 
 class WorkerSettings(Settings):
     gpus: str = Field("", description="Comma-separated CUDA device ids for `visionjobs worker`; empty = CPU processes.")
-    queues: str = Field("colorize", description="Comma-separated queues (job kinds) this worker consumes.")
+    queues: str = Field("", description="Comma-separated queues (job kinds) this worker consumes; empty = all.")
     concurrency: int = Field(1, description="Worker processes per GPU (or CPU processes when no GPU).")
     preload: bool = Field(False, description="Load the queues' models before taking the first job.")
     model_cache_gb: float = Field(0.0, description="Bound of the warm model cache in GiB of parameters; 0 = one model per kind.")

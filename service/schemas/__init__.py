@@ -3,8 +3,10 @@ from service.schemas.colorization import ColorizationRequest, ColorizationResult
 from service.schemas.common import *  # noqa: F401,F403
 from service.schemas.common import ImageOutput, JobError, JobStatus, Problem, Upload
 from service.schemas.jobs import Job, JobPage
-from service.schemas.video import KvSharing, VideoGenerationRequest, VideoGenerationResult, video_frame_count
+from service.schemas.video import (
+    KvSharing, VideoEditRequest, VideoEditResult, VideoGenerationRequest, VideoGenerationResult, video_frame_count,
+)
 
 __all__ = ["ColorizationRequest", "ColorizationResult", "Guidance", "ImageOutput", "Job", "JobError", "JobPage",
-           "JobStatus", "KvSharing", "Problem", "Stroke", "Upload", "VideoGenerationRequest", "VideoGenerationResult",
+           "JobStatus", "KvSharing", "Problem", "Stroke", "Upload", "VideoEditRequest", "VideoEditResult", "VideoGenerationRequest", "VideoGenerationResult",
            "video_frame_count"]

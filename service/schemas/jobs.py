@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from service.schemas.colorization import ColorizationResult
 from service.schemas.common import JobError, JobStatus
-from service.schemas.video import VideoGenerationResult
+from service.schemas.video import VideoEditResult, VideoGenerationResult
 
 
 class Job(BaseModel):
@@ -24,7 +24,7 @@ class Job(BaseModel):
     finished_at: datetime | None
     params: dict[str, Any]
     error: JobError | None
-    result: ColorizationResult | VideoGenerationResult | dict[str, Any] | None = Field(
+    result: ColorizationResult | VideoGenerationResult | VideoEditResult | dict[str, Any] | None = Field(
         description="Kind-specific; URLs are signed afresh on every read.")
     model_profile: str | None
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from service.schemas.common import MAX_PROMPT, MAX_SEED, MAX_STEPS, REQUEST
+from service.schemas.common import MAX_PROMPT, MAX_SEED, MAX_STEPS, REQUEST, UPLOAD_ID
 
 SEGMENT_LATENT_FRAMES = 13  # 49 pixel frames: the CogVideoX clip; the VAE compresses time 4x
 
@@ -83,3 +83,62 @@ class VideoGenerationResult(BaseModel):
     latent_frames: int
     seed: int
     metrics: dict[str, float] = {}
+
+
+TUNED_MODEL_ID = r"^tvm_[0-9a-f]{24}$"
+
+
+class VideoEditRequest(BaseModel):
+    """Tune-A-Video: tune on `video` (described by `source_prompt`), then one edit per prompt;
+    or reuse an earlier tuning with `tuned_model` (tuning and the clip settings are skipped)."""
+
+    model_config = REQUEST
+
+    video: str | None = Field(None, pattern=UPLOAD_ID, description="Upload id of the clip (MP4, WebM, MOV or GIF).")
+    tuned_model: str | None = Field(None, pattern=TUNED_MODEL_ID, description="A tuned model id from an earlier edit.")
+    source_prompt: str | None = Field(None, max_length=MAX_PROMPT, description="What the clip shows (with `video`).")
+    edits: list[str] = Field(min_length=1, max_length=8, description="One edited video per prompt.")
+    tune_steps: int = Field(500, ge=1, le=2000, description="One-shot tuning steps.")
+    frames: int | None = Field(None, ge=1, le=48, description="Frames sampled uniformly from the clip (default 24).")
+    width: int | None = Field(None, ge=64, le=1024, multiple_of=8, description="Default 512.")
+    height: int | None = Field(None, ge=64, le=1024, multiple_of=8, description="Default 512.")
+    steps: int = Field(50, ge=1, le=MAX_STEPS, description="DDIM inversion and sampling steps.")
+    guidance_scale: float = Field(12.5, ge=0, le=30)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    fps: int = Field(8, ge=1, le=60)
+    gif: bool = Field(False, description="Also write a GIF of each edit.")
+
+    @model_validator(mode="after")
+    def _source(self):
+        if (self.video is None) == (self.tuned_model is None):
+            raise ValueError("give exactly one of `video` (tune on it) or `tuned_model` (reuse a tuning)")
+        if self.video is not None and not (self.source_prompt or "").strip():
+            raise ValueError("source_prompt: describe the clip when tuning on `video`")
+        fixed = {"tune_steps", "frames", "width", "height", "source_prompt"} & self.model_fields_set
+        if self.tuned_model is not None and fixed:
+            raise ValueError(f"{', '.join(sorted(fixed))}: fixed by the tuned model; leave out")
+        for i, p in enumerate(self.edits):
+            if not p.strip() or len(p) > MAX_PROMPT:
+                raise ValueError(f"edits[{i}] must have 1..{MAX_PROMPT} characters")
+        return self
+
+
+class EditedVideo(BaseModel):
+    prompt: str
+    url: str
+    expires_at: datetime
+    frames: int
+    fps: int
+    width: int
+    height: int
+    content_type: str
+    gif_url: str | None = None
+    gif_expires_at: datetime | None = None
+
+
+class VideoEditResult(BaseModel):
+    tuned_model_id: str
+    tuning: Literal["ran", "skipped"]
+    tune_seconds: float
+    videos: list[EditedVideo]
+    seed: int

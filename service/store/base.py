@@ -157,6 +157,22 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def queue_depth(self, kind: str) -> int: ...
 
+    # --- tenant-owned resources made by jobs (tuned video models, anomaly models) ---
+    @abc.abstractmethod
+    def put_resource(self, kind: str, resource_id: str, tenant: str, doc: dict[str, Any]) -> None:
+        """Create or replace; kept until deleted."""
+
+    @abc.abstractmethod
+    def get_resource(self, kind: str, resource_id: str) -> dict[str, Any] | None:
+        """The doc with `id` and `tenant` added, or None."""
+
+    @abc.abstractmethod
+    def list_resources(self, kind: str, tenant: str) -> list[dict[str, Any]]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    def delete_resource(self, kind: str, resource_id: str) -> bool: ...
+
     # --- what live workers can do (so the API can refuse what no worker could run) ---
     @abc.abstractmethod
     def put_capabilities(self, kind: str, worker: str, caps: dict[str, Any]) -> None: ...

@@ -169,6 +169,31 @@ class RedisJobStore(JobStore):
     def queue_depth(self, kind: str) -> int:
         return self._call(self.r.zcard, f"{self.p}queue:{kind}")
 
+    def put_resource(self, kind, resource_id, tenant, doc):
+        pipe = self.r.pipeline()
+        pipe.set(f"{self.p}res:{kind}:{resource_id}", json.dumps({**doc, "id": resource_id, "tenant": tenant}))
+        pipe.zadd(f"{self.p}res:{kind}:tenant:{tenant}", {resource_id: 0})
+        self._call(pipe.execute)
+
+    def get_resource(self, kind, resource_id):
+        raw = self._call(self.r.get, f"{self.p}res:{kind}:{resource_id}")
+        return json.loads(raw) if raw else None
+
+    def list_resources(self, kind, tenant):
+        ids = self._call(self.r.zrevrangebylex, f"{self.p}res:{kind}:tenant:{tenant}", "+", "-")
+        docs = [self.get_resource(kind, i) for i in ids]
+        return [d for d in docs if d is not None]
+
+    def delete_resource(self, kind, resource_id):
+        doc = self.get_resource(kind, resource_id)
+        if doc is None:
+            return False
+        pipe = self.r.pipeline()
+        pipe.delete(f"{self.p}res:{kind}:{resource_id}")
+        pipe.zrem(f"{self.p}res:{kind}:tenant:{doc['tenant']}", resource_id)
+        self._call(pipe.execute)
+        return True
+
     def put_capabilities(self, kind, worker, caps):
         self._call(self.r.hset, f"{self.p}caps:{kind}", worker, json.dumps({**caps, "seen_at": time.time()}))
 

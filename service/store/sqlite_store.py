@@ -24,6 +24,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant, id);
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, kind, created_at);
 CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY, expires_at REAL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS resources (kind TEXT, id TEXT, tenant TEXT, doc TEXT, PRIMARY KEY (kind, id));
+CREATE INDEX IF NOT EXISTS resources_tenant ON resources (kind, tenant, id);
 CREATE TABLE IF NOT EXISTS capabilities (kind TEXT, worker TEXT, seen_at REAL, doc TEXT,
   PRIMARY KEY (kind, worker));
 CREATE TABLE IF NOT EXISTS idempotency (tenant TEXT, key TEXT, job_id TEXT, expires_at REAL,
@@ -248,6 +250,24 @@ class SqliteJobStore(JobStore):
         """Sleep until some job changes (in-process) or `timeout` passes."""
         with self._changed:
             self._changed.wait(timeout)
+
+    def put_resource(self, kind, resource_id, tenant, doc):
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO resources VALUES (?,?,?,?)",
+                       (kind, resource_id, tenant, json.dumps({**doc, "id": resource_id, "tenant": tenant})))
+
+    def get_resource(self, kind, resource_id):
+        row = self._db().execute("SELECT doc FROM resources WHERE kind=? AND id=?", (kind, resource_id)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def list_resources(self, kind, tenant):
+        rows = self._db().execute("SELECT doc FROM resources WHERE kind=? AND tenant=? ORDER BY id DESC",
+                                  (kind, tenant)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def delete_resource(self, kind, resource_id):
+        with self._tx() as db:
+            return db.execute("DELETE FROM resources WHERE kind=? AND id=?", (kind, resource_id)).rowcount > 0
 
     def put_capabilities(self, kind, worker, caps):
         with self._tx() as db:

@@ -36,6 +36,7 @@ def live(ctx, client):
     stop = threading.Event()
     thread = threading.Thread(target=poll_loop, args=(runner, list(KINDS), stop, 0.05), daemon=True)
     thread.start()
+    client.runner = runner  # tests may look at the warm pipelines
     yield client
     stop.set()
     thread.join(timeout=60)

@@ -160,3 +160,15 @@ def test_capabilities_are_fresh_only(store):
     assert store.get_capabilities("other") == []
     time.sleep(0.05)
     assert store.get_capabilities("colorize", max_age_s=0.01) == []
+
+
+def test_resources_are_tenant_indexed_and_deletable(store):
+    a, b = new_id("tvm"), new_id("tvm")
+    store.put_resource("tuned", a, "t1", {"name": "first", "files": []})
+    store.put_resource("tuned", b, "t1", {"name": "second"})
+    store.put_resource("tuned", new_id("tvm"), "t2", {"name": "other"})
+    assert store.get_resource("tuned", a) == {"name": "first", "files": [], "id": a, "tenant": "t1"}
+    assert [d["id"] for d in store.list_resources("tuned", "t1")] == [b, a]
+    assert store.delete_resource("tuned", a) and not store.delete_resource("tuned", a)
+    assert store.get_resource("tuned", a) is None and [d["id"] for d in store.list_resources("tuned", "t1")] == [b]
+    assert store.get_resource("other-kind", b) is None

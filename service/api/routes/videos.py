@@ -7,7 +7,7 @@ from fastapi import APIRouter, Header, Response
 from service.api.deps import BaseUrl, Ctx, Tenant
 from service.core.errors import field_error
 from service.jobs import render, submit
-from service.schemas import Job, VideoGenerationRequest, video_frame_count
+from service.schemas import Job, VideoEditRequest, VideoGenerationRequest, video_frame_count
 
 router = APIRouter(prefix="/v1", tags=["video"])
 
@@ -31,6 +31,36 @@ def create_video_generation(body: VideoGenerationRequest, ctx: Ctx, tenant: Tena
     params = body.model_dump()
     params.update(expected_frames=frames, expected_segments=segments, expected_latent_frames=latent)
     job, created = submit(ctx.store, ctx.dispatcher, tenant=tenant, kind="video.generate", params=params,
+                          max_attempts=s.max_attempts, model_profile=ctx.model_profile, idempotency_key=idempotency_key)
+    response.headers["Location"] = f"{base}/v1/jobs/{job.id}"
+    if not created:
+        response.status_code = 200
+    return render(job, ctx.store, ctx.objects, base, s.url_ttl_s)
+
+
+VIDEO_TYPES = {"video/mp4", "video/webm", "video/quicktime", "image/gif"}
+TUNED_VIDEO_MODEL = "tuned_video_model"  # resource kind in the job store
+
+
+@router.post("/video-edits", status_code=202, response_model=Job,
+             summary="Edit a video with text (Tune-A-Video), or re-edit with a tuned model",
+             responses={202: {"headers": {"Location": {"schema": {"type": "string"}}}}})
+def create_video_edit(body: VideoEditRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl, response: Response,
+                      idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Job:
+    s = ctx.settings
+    if body.video:
+        rec = ctx.store.get_upload(body.video)
+        if rec is None or rec.tenant != tenant:
+            raise field_error("video", f"no upload {body.video} (upload the file first with POST /v1/uploads)")
+        if rec.content_type not in VIDEO_TYPES:
+            raise field_error("video", f"upload {body.video} is {rec.content_type}, not a video (MP4, WebM, MOV, GIF)")
+    else:
+        model = ctx.store.get_resource(TUNED_VIDEO_MODEL, body.tuned_model)
+        if model is None or model["tenant"] != tenant:
+            raise field_error("tuned_model", f"no tuned model {body.tuned_model}")
+    if body.steps > s.max_steps:
+        raise field_error("steps", f"at most {s.max_steps} steps", limit=s.max_steps)
+    job, created = submit(ctx.store, ctx.dispatcher, tenant=tenant, kind="video.edit", params=body.model_dump(),
                           max_attempts=s.max_attempts, model_profile=ctx.model_profile, idempotency_key=idempotency_key)
     response.headers["Location"] = f"{base}/v1/jobs/{job.id}"
     if not created:

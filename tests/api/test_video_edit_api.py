@@ -1,0 +1,102 @@
+"""Tune-A-Video editing through the API (tiny profile, in-process worker)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from tests.helpers import ALICE, BOB, auth, photo
+
+
+def clip_mp4(frames: int = 12, size: int = 80) -> bytes:
+    """A real photo panning right: a short generated clip."""
+    from models.video.media import encode_mp4
+
+    base = np.asarray(photo(size + 2 * frames, size))
+    return encode_mp4(np.stack([base[:, 2 * i: 2 * i + size] for i in range(frames)]), fps=8)
+
+
+def upload(client, data: bytes, key=ALICE) -> str:
+    r = client.post("/v1/uploads", files={"file": ("clip.mp4", data, "application/octet-stream")}, headers=auth(key))
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def wait(client, job_id, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}", params={"wait": 10}, headers=auth(ALICE)).json()
+        if job["status"] in ("succeeded", "failed", "canceled"):
+            return job
+    raise TimeoutError(job_id)
+
+
+def test_tune_then_reuse_the_tuned_model(live):
+    from models.video.media import decode_mp4
+
+    video = upload(live, clip_mp4())
+    assert live.get(f"/v1/uploads/{video}", headers=auth(ALICE)).json()["content_type"] == "video/mp4"
+    body = {"video": video, "source_prompt": "a man in a space suit", "edits": ["a robot", "a bear"],
+            "tune_steps": 3, "frames": 4, "width": 64, "height": 64, "steps": 3, "seed": 1, "gif": True}
+    first = live.post("/v1/video-edits", json=body, headers=auth(ALICE))
+    assert first.status_code == 202, first.text
+    job = wait(live, first.json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    pipe = live.runner.pipeline("video.edit")
+    tunes = []
+    original_tune = pipe.tune
+    pipe.tune = lambda *a, **k: tunes.append(1) or original_tune(*a, **k)
+    res = job["result"]
+    assert res["tuning"] == "ran" and res["tuned_model_id"].startswith("tvm_")
+    assert [v["prompt"] for v in res["videos"]] == ["a robot", "a bear"]
+    for v in res["videos"]:
+        frames, info = decode_mp4(live.get(v["url"].removeprefix("http://testserver")).content)
+        assert info.frames == v["frames"] == 4 and (info.width, info.height) == (64, 64)
+        assert live.get(v["gif_url"].removeprefix("http://testserver")).headers["content-type"] == "image/gif"
+
+    again = live.post("/v1/video-edits", json={"tuned_model": res["tuned_model_id"], "edits": ["a cat"], "steps": 3,
+                                               "seed": 1}, headers=auth(ALICE))
+    assert again.status_code == 202, again.text
+    second = wait(live, again.json()["id"])
+    assert second["status"] == "succeeded", second["error"]
+    assert second["result"]["tuning"] == "skipped" and second["result"]["tune_seconds"] == 0
+    assert second["result"]["videos"][0]["frames"] == 4
+    assert tunes == []  # the second job did no tuning work at all
+    # another tenant cannot use it
+    r = live.post("/v1/video-edits", json={"tuned_model": res["tuned_model_id"], "edits": ["x"]}, headers=auth(BOB))
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "tuned_model"
+
+
+def test_unreadable_video_fails_with_invalid_input(live):
+    fake = upload(live, b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
+    r = live.post("/v1/video-edits", json={"video": fake, "source_prompt": "x", "edits": ["y"], "tune_steps": 1,
+                                           "steps": 1}, headers=auth(ALICE))
+    job = wait(live, r.json()["id"])
+    assert job["status"] == "failed" and job["error"]["code"] == "invalid_input"
+    assert job["error"]["message"].startswith("video:")
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"edits": ["a"]}, "body"),
+    ({"video": "upl_" + "0" * 24, "edits": ["a"]}, "body"),
+    ({"video": "upl_" + "0" * 24, "source_prompt": "s", "edits": []}, "edits"),
+    ({"video": "upl_" + "0" * 24, "source_prompt": "s", "edits": ["a"], "width": 100}, "width"),
+    ({"video": "upl_" + "0" * 24, "source_prompt": "s", "edits": ["a"], "frames": 49}, "frames"),
+    ({"video": "upl_" + "0" * 24, "source_prompt": "s", "edits": ["a"]}, "video"),
+    ({"tuned_model": "tvm_" + "0" * 24, "edits": ["a"], "frames": 4}, "body"),
+    ({"tuned_model": "tvm_" + "0" * 24, "edits": ["a"]}, "tuned_model"),
+])
+def test_invalid_edit_requests_name_the_field(client, body, field):
+    r = client.post("/v1/video-edits", json=body, headers=auth(ALICE))
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == field
+
+
+def test_an_image_is_not_a_video(client):
+    from tests.helpers import png_bytes
+
+    image = client.post("/v1/uploads", files={"file": ("a.png", png_bytes(photo()), "image/png")},
+                        headers=auth(ALICE)).json()["id"]
+    r = client.post("/v1/video-edits", json={"video": image, "source_prompt": "s", "edits": ["a"]}, headers=auth(ALICE))
+    assert r.status_code == 422 and "not a video" in r.json()["detail"]
