@@ -101,7 +101,8 @@ def models() -> None:
 
 
 @models.command("fetch")
-@click.option("--kind", "kinds", multiple=True, default=["colorize"], show_default=True)
+@click.option("--kind", "kinds", multiple=True, default=["colorize", "video.generate", "video.edit"],
+              show_default=True)
 @click.option("--model-dir", type=click.Path(path_type=Path), default=None,
               help="Default: VISIONJOBS_MODEL_DIR.")
 def models_fetch(kinds: tuple[str, ...], model_dir: Path | None) -> None:
