@@ -130,31 +130,40 @@ def load(kind: str, profile: str, model_dir: str | Path | None = None, device: s
 
 # ---------------------------------------------------------------- colorize (Control Color)
 
-CONTROLCOLOR_DIR = "controlcolor"
+# Path constants live in a torch-free module the API process can import (it must never import
+# torch, and this module does).
+from models.colorization import weights_layout as _cc_layout  # noqa: E402
+from models.colorization.weights_layout import (  # noqa: E402,F401  (re-exported for callers)
+    deformable_weights_missing,
+    exemplar_weights_missing,
+    guide_weights_missing,
+)
+
+CONTROLCOLOR_DIR = _cc_layout.CONTROLCOLOR_DIR
 PRETRAINED_SHORT_SIDE = 512  # the official demo's image_resolution
 PRETRAINED_MAX_LONG_SIDE = 1536  # our cap (the official code squeezes sides >= 800 to 768)
 
-_COLORIZE_REQUIRED = [
-    *[(f"{CONTROLCOLOR_DIR}/{m}/config.json",) for m in ("unet", "controlnet", "vae")],
-    *[tuple(f"{CONTROLCOLOR_DIR}/{m}/{w}" for w in _DIFFUSERS_WEIGHTS) for m in ("unet", "controlnet", "vae")],
-    (f"{CONTROLCOLOR_DIR}/text_encoder/config.json",),
-    tuple(f"{CONTROLCOLOR_DIR}/text_encoder/{w}" for w in _TRANSFORMERS_WEIGHTS),
-    # a fast tokenizer saves tokenizer.json; a slow one (or a hand-made folder) vocab.json + merges
-    (f"{CONTROLCOLOR_DIR}/tokenizer/tokenizer.json", f"{CONTROLCOLOR_DIR}/tokenizer/vocab.json"),
-    (f"{CONTROLCOLOR_DIR}/scheduler/scheduler_config.json",),
-]
+_COLORIZE_REQUIRED = _cc_layout.COLORIZE_REQUIRED
 
 
 def _load_colorize(profile: str, model_dir: Path | None, device, dtype, *, short_side: int | None = None,
-                   max_long_side: int | None = None, seed: int = 0):
+                   max_long_side: int | None = None, seed: int = 0, guide_dir: str | Path | None = None,
+                   optional: bool = True):
+    """tiny: everything built in code, optional parts included (exemplar encoder, deformable
+    VAE, a narrower guide pair). pretrained: the released model; the optional parts when their
+    folders exist (image_encoder/, deformable_vae/ under controlcolor/; the guide pair from
+    `guide_dir`, absolute or relative to the model dir). What is missing is recorded on
+    `pipe.missing_optional` and named in the error a request for that feature gets."""
     from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
-    from models.colorization.pipeline import ControlColorPipeline
     from models.colorization import tiny
+    from models.colorization.deformable import ContentGuidedVAE
+    from models.colorization.pipeline import ControlColorPipeline
 
+    missing: dict[str, list[str]] = {}
     if profile == "tiny":
-        components = tiny.tiny_components(seed)
+        components = tiny.tiny_components(seed, optional=optional)
         sizes = dict(short_side=tiny.TINY_SHORT_SIDE, max_long_side=tiny.TINY_MAX_LONG_SIDE)
     else:
         root = model_dir / CONTROLCOLOR_DIR
@@ -170,15 +179,39 @@ def _load_colorize(profile: str, model_dir: Path | None, device, dtype, *, short
             tokenizer=CLIPTokenizer.from_pretrained(root / "tokenizer", **kw),
             scheduler=DDIMScheduler.from_pretrained(root / "scheduler", **kw),
         )
+        if optional:
+            absent = _cc_layout.missing_files(model_dir, _cc_layout.EXEMPLAR_REQUIRED)
+            if absent:
+                missing["exemplar"] = absent
+            else:
+                components["image_encoder"] = CLIPVisionModel.from_pretrained(root / _cc_layout.EXEMPLAR_ENCODER, **kw)
+            absent = _cc_layout.missing_files(model_dir, _cc_layout.DEFORMABLE_REQUIRED)
+            if absent:
+                missing["deformable_decoder"] = absent
+            else:
+                components["deformable_vae"] = ContentGuidedVAE.from_pretrained(root / _cc_layout.DEFORMABLE_VAE, **dkw)
+            guide_root = _cc_layout.guide_dir_path(guide_dir, model_dir)
+            if guide_root is None:
+                missing["autoguidance"] = ["a guide dir (a diffusers folder with unet/ and controlnet/; "
+                                           "pass guide_dir, absolute or relative to the model dir)"]
+            else:
+                absent = _cc_layout.missing_files(guide_root, _cc_layout.GUIDE_REQUIRED)
+                if absent:  # configured but broken: the worker is not ready, loudly
+                    raise WeightsMissing("colorize (autoguidance guide)", guide_root, absent)
+                components["guide_unet"] = UNet2DConditionModel.from_pretrained(guide_root / "unet", **dkw)
+                components["guide_controlnet"] = ControlNetModel.from_pretrained(guide_root / "controlnet", **dkw)
         sizes = dict(short_side=PRETRAINED_SHORT_SIDE, max_long_side=PRETRAINED_MAX_LONG_SIDE)
     if short_side is not None:
         sizes["short_side"] = short_side
     if max_long_side is not None:
         sizes["max_long_side"] = max_long_side
-    for name in ("unet", "controlnet", "vae", "text_encoder"):
-        if components[name].dtype != dtype:  # cast only what differs: to() on a model warns
-            components[name] = components[name].to(dtype)
-    return ControlColorPipeline(**components, **sizes).to(device)
+    for name in ("unet", "controlnet", "vae", "text_encoder", "image_encoder", "deformable_vae",
+                 "guide_unet", "guide_controlnet"):
+        if components.get(name) is not None and components[name].dtype != dtype:
+            components[name] = components[name].to(dtype)  # cast only what differs: to() on a model warns
+    pipe = ControlColorPipeline(**components, **sizes).to(device)
+    pipe.missing_optional = missing
+    return pipe
 
 
 register(KindSpec("colorize", _load_colorize, _COLORIZE_REQUIRED))
@@ -188,5 +221,122 @@ def load_colorization(profile: str, model_dir: str | Path | None = None, device:
                       dtype: torch.dtype | None = None, **kwargs):
     """The Control Color pipeline (`ControlColorPipeline`) for `profile`.
 
-    kwargs: short_side / max_long_side override the profile's working size; seed (tiny)."""
+    kwargs: short_side / max_long_side override the profile's working size; seed (tiny);
+    guide_dir (pretrained: the autoguidance guide, a diffusers folder with unet/ and
+    controlnet/); optional=False skips the optional parts (exemplar, deformable, guide)."""
     return load("colorize", profile, model_dir, device, dtype, **kwargs)
+
+
+# ---------------------------------------------------------------- video.edit (Tune-A-Video)
+
+# Any SD 1.x text-to-image diffusers folder (the official configs use v1-4; v1-5 is the same
+# architecture). Its folder name is the base model id recorded in tuned-model artifacts.
+TUNEAVIDEO_BASE_DIR = "stable-diffusion-v1-5"
+
+_VIDEO_EDIT_REQUIRED = [
+    *[(f"{TUNEAVIDEO_BASE_DIR}/{m}/config.json",) for m in ("unet", "vae")],
+    *[tuple(f"{TUNEAVIDEO_BASE_DIR}/{m}/{w}" for w in _DIFFUSERS_WEIGHTS) for m in ("unet", "vae")],
+    (f"{TUNEAVIDEO_BASE_DIR}/text_encoder/config.json",),
+    tuple(f"{TUNEAVIDEO_BASE_DIR}/text_encoder/{w}" for w in _TRANSFORMERS_WEIGHTS),
+    (f"{TUNEAVIDEO_BASE_DIR}/tokenizer/tokenizer.json", f"{TUNEAVIDEO_BASE_DIR}/tokenizer/vocab.json"),
+    (f"{TUNEAVIDEO_BASE_DIR}/scheduler/scheduler_config.json",),
+]
+
+
+def _load_video_edit(profile: str, model_dir: Path | None, device, dtype, *, seed: int = 0, inflate_seed: int = 0):
+    from models.video.tuneavideo.loader import build_pipeline
+
+    root = model_dir / TUNEAVIDEO_BASE_DIR if model_dir is not None else None
+    return build_pipeline(profile, root, TUNEAVIDEO_BASE_DIR, device, dtype, seed=seed, inflate_seed=inflate_seed)
+
+
+register(KindSpec("video.edit", _load_video_edit, _VIDEO_EDIT_REQUIRED))
+
+
+def load_video_edit(profile: str, model_dir: str | Path | None = None, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None, **kwargs):
+    """The Tune-A-Video pipeline (`TuneAVideoPipeline`) for `profile`.
+
+    kwargs: seed (tiny weights), inflate_seed (init of the temporal attentions)."""
+    return load("video.edit", profile, model_dir, device, dtype, **kwargs)
+
+
+# ---------------------------------------------------------------- video.generate (DiTCtrl on CogVideoX)
+
+COGVIDEOX_DIR = "cogvideox-2b"  # diffusers folder of THUDM/CogVideoX-2b
+CLIP_B32_DIR = "clip-vit-base-patch32"  # openai/clip-vit-base-patch32 (CSCV metric)
+_DIFFUSERS_WEIGHTS_SHARDED = (*_DIFFUSERS_WEIGHTS, "diffusion_pytorch_model.safetensors.index.json")
+_TRANSFORMERS_WEIGHTS_SHARDED = (*_TRANSFORMERS_WEIGHTS, "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+_VIDEO_GENERATE_REQUIRED = [
+    *[(f"{COGVIDEOX_DIR}/{m}/config.json",) for m in ("transformer", "vae", "text_encoder")],
+    *[tuple(f"{COGVIDEOX_DIR}/{m}/{w}" for w in _DIFFUSERS_WEIGHTS_SHARDED) for m in ("transformer", "vae")],
+    tuple(f"{COGVIDEOX_DIR}/text_encoder/{w}" for w in _TRANSFORMERS_WEIGHTS_SHARDED),
+    (f"{COGVIDEOX_DIR}/tokenizer/tokenizer.json", f"{COGVIDEOX_DIR}/tokenizer/spiece.model"),
+    (f"{COGVIDEOX_DIR}/scheduler/scheduler_config.json",),
+]
+_VIDEO_CSCV_REQUIRED = [
+    (f"{CLIP_B32_DIR}/config.json",),
+    tuple(f"{CLIP_B32_DIR}/{w}" for w in _TRANSFORMERS_WEIGHTS),
+]
+
+
+def _load_video_generate(profile: str, model_dir: Path | None, device, dtype, *, seed: int = 0, num_layers: int = 2):
+    """DiTCtrlPipeline. tiny: 2-layer CogVideoX at 32x32 (kwargs seed, num_layers). pretrained:
+    CogVideoX-2B (fp16 on CUDA, as its model card runs it), the official DPM sampler."""
+    from models.video.ditctrl.pipeline import DiTCtrlPipeline
+
+    if profile == "tiny":
+        from models.video.ditctrl import tiny
+
+        components = tiny.tiny_components(seed, num_layers=num_layers)
+    else:
+        from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXTransformer3DModel
+        from transformers import T5EncoderModel, T5TokenizerFast
+
+        root = model_dir / COGVIDEOX_DIR
+        kw = dict(local_files_only=True)
+        dkw = dict(kw, torch_dtype=dtype, low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None)
+        components = dict(
+            transformer=CogVideoXTransformer3DModel.from_pretrained(root / "transformer", **dkw),
+            vae=AutoencoderKLCogVideoX.from_pretrained(root / "vae", **dkw),
+            text_encoder=T5EncoderModel.from_pretrained(root / "text_encoder", **kw),
+            tokenizer=T5TokenizerFast.from_pretrained(root / "tokenizer", **kw),
+            # the folder ships a DDIM config; the official sampler is DPM++ 2M SDE on the same schedule
+            scheduler=CogVideoXDPMScheduler.from_pretrained(root / "scheduler", **kw),
+        )
+    for name in ("transformer", "vae", "text_encoder"):
+        if components[name].dtype != dtype:
+            components[name] = components[name].to(dtype)
+    return DiTCtrlPipeline(**components).to(device)
+
+
+def _load_video_cscv(profile: str, model_dir: Path | None, device, dtype, *, seed: int = 5):
+    """CSCV scorer: CLIP ViT-B/32 vision tower (pretrained) or a tiny random CLIP ViT (tiny)."""
+    from models.video.ditctrl.metrics import CSCVScorer
+
+    if profile == "tiny":
+        from models.video.ditctrl.tiny import tiny_clip_vision
+
+        vision = tiny_clip_vision(seed)
+    else:
+        from transformers import CLIPVisionModel
+
+        vision = CLIPVisionModel.from_pretrained(model_dir / CLIP_B32_DIR, local_files_only=True)
+    return CSCVScorer(vision.to(device=device, dtype=dtype))
+
+
+register(KindSpec("video.generate", _load_video_generate, _VIDEO_GENERATE_REQUIRED))
+register(KindSpec("video.cscv", _load_video_cscv, _VIDEO_CSCV_REQUIRED))
+
+
+def load_video_generation(profile: str, model_dir: str | Path | None = None, device: str | torch.device = "cpu",
+                          dtype: torch.dtype | None = None, **kwargs):
+    """The DiTCtrl pipeline (`models.video.ditctrl.pipeline.DiTCtrlPipeline`) for `profile`."""
+    return load("video.generate", profile, model_dir, device, dtype, **kwargs)
+
+
+def load_cscv(profile: str, model_dir: str | Path | None = None, device: str | torch.device = "cpu",
+              dtype: torch.dtype | None = None, **kwargs):
+    """The CSCV scorer (`models.video.ditctrl.metrics.CSCVScorer`) for `profile`."""
+    return load("video.cscv", profile, model_dir, device, dtype, **kwargs)

@@ -8,7 +8,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from service.api.deps import AppContext
-from service.api.routes import colorizations, files, health, jobs, uploads, videos
+from service.api.routes import anomaly, colorizations, files, health, jobs, uploads, videos
 from service.core.config import Settings, get_settings
 from service.core.errors import install_handlers
 from service.core.security import KeyRing
@@ -56,6 +56,6 @@ def create_app(ctx: AppContext | None = None, *, run_reaper: bool = True) -> Fas
     app = FastAPI(title="visionjobs", version=API_VERSION, lifespan=lifespan,
                   description="GPU inference jobs for vision diffusion methods: submit, poll or stream, cancel, download.")
     install_handlers(app)
-    for module in (uploads, colorizations, videos, jobs, files, health):
+    for module in (uploads, colorizations, videos, anomaly, jobs, files, health):
         app.include_router(module.router)
     return app

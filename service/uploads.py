@@ -31,7 +31,7 @@ def sniff_content_type(head: bytes) -> str | None:
         return "video/quicktime" if head[8:12] == b"qt  " else "video/mp4"
     if head[:4] == b"\x1a\x45\xdf\xa3":
         return "video/webm"
-    if head[:4] == b"PK\x03\x04":
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):  # a ZIP, or an empty one
         return "application/zip"
     return None
 

@@ -120,5 +120,24 @@ def models_fetch(kinds: tuple[str, ...], model_dir: Path | None) -> None:
         raise click.ClickException(str(exc))
 
 
+@models.command("convert-ctrlcolor")
+@click.argument("main_ckpt", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--deformable-vae", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="content-guided_deformable_vae.ckpt of the official release.")
+@click.option("--clip-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="CLIP ViT-L/14 tokenizer/config folder (default: the one `models fetch` downloads).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="The model dir: writes controlcolor/{unet,controlnet,vae,...} under it.")
+def models_convert_ctrlcolor(main_ckpt: Path, deformable_vae: Path | None, clip_dir: Path | None, out_dir: Path) -> None:
+    """Convert the official Control Color checkpoint to diffusers folders (strict)."""
+    from models.colorization.convert import ConversionError, convert_ctrlcolor
+
+    try:
+        for folder in convert_ctrlcolor(main_ckpt, out_dir, deformable_vae, clip_dir=clip_dir):
+            click.echo(folder)
+    except ConversionError as exc:
+        raise click.ClickException(str(exc))
+
+
 if __name__ == "__main__":
     main()

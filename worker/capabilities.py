@@ -10,13 +10,21 @@ REPORT_INTERVAL_S = 30.0
 
 
 def colorize_capabilities(runner) -> dict:
+    """Optional Control Color features and, when absent, the files that would enable them."""
     profile = runner.profile_for("colorize")
-    missing: list[str] = []
-    if profile == "pretrained":
-        from models.colorization.weights_layout import exemplar_weights_missing
+    caps: dict = {"profile": profile}
+    for feature in ("exemplar", "deformable_decoder", "autoguidance"):
+        missing: list[str] = []
+        if profile == "pretrained":
+            from models.colorization import weights_layout as layout
 
-        missing = exemplar_weights_missing(runner.settings.model_dir)
-    return {"profile": profile, "exemplar": not missing, "exemplar_missing": ", ".join(missing)}
+            model_dir = runner.settings.model_dir
+            missing = {"exemplar": lambda: layout.exemplar_weights_missing(model_dir),
+                       "deformable_decoder": lambda: layout.deformable_weights_missing(model_dir),
+                       "autoguidance": lambda: layout.guide_weights_missing(runner.settings.autoguidance_dir, model_dir)
+                       if runner.settings.autoguidance_dir else ["VISIONJOBS_AUTOGUIDANCE_DIR (unset)"]}[feature]()
+        caps[feature], caps[f"{feature}_missing"] = not missing, ", ".join(missing)
+    return caps
 
 
 CAPABILITIES = {"colorize": colorize_capabilities}

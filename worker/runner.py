@@ -87,8 +87,10 @@ class Runner:
 
         profile = self.profile_for(kind)
 
+        extra = {"guide_dir": self.settings.autoguidance_dir} if kind == "colorize" else {}
+
         def loader():
-            pipe = load(kind, profile, self.settings.model_dir, self.device)
+            pipe = load(kind, profile, self.settings.model_dir, self.device, **extra)
             if hasattr(pipe, "set_progress_bar_config"):
                 pipe.set_progress_bar_config(disable=True)  # progress goes to the job store, not the log
             return pipe

@@ -1,19 +1,31 @@
-"""Control Color colorization: Lab helpers, the diffusers pipeline, tiny-profile builders."""
+"""Control Color colorization: Lab helpers, strokes, exemplar, SAG, deformable decoder, the
+diffusers pipeline, tiny-profile builders, the checkpoint converter.
 
-from models.colorization.lab import prepare_input, replace_l, working_size
-from models.colorization.pipeline import (
-    DEFAULT_NEGATIVE_PROMPT,
-    PROMPT_SUFFIX,
-    ColorizationOutput,
-    ControlColorPipeline,
-)
+Imports are lazy (PEP 562): `models.colorization.weights_layout` and `.stroke_spec` are
+standard-library only and the API process imports them without pulling in torch.
+"""
 
-__all__ = [
-    "ControlColorPipeline",
-    "ColorizationOutput",
-    "DEFAULT_NEGATIVE_PROMPT",
-    "PROMPT_SUFFIX",
-    "prepare_input",
-    "replace_l",
-    "working_size",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "ControlColorPipeline": "models.colorization.pipeline",
+    "ColorizationOutput": "models.colorization.pipeline",
+    "DEFAULT_NEGATIVE_PROMPT": "models.colorization.pipeline",
+    "PROMPT_SUFFIX": "models.colorization.pipeline",
+    "prepare_input": "models.colorization.lab",
+    "replace_l": "models.colorization.lab",
+    "working_size": "models.colorization.lab",
+    "validate_strokes": "models.colorization.stroke_spec",
+    "exemplar_weights_missing": "models.colorization.weights_layout",
+    "deformable_weights_missing": "models.colorization.weights_layout",
+    "guide_weights_missing": "models.colorization.weights_layout",
+    "convert_ctrlcolor": "models.colorization.convert",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,14 +3,26 @@
 Shape of one step, as in the official `ControlLDM.apply_model`:
     ControlNet(noisy latent [4 ch], pixel hint [3 ch], text) -> residuals
     UNet(cat(noisy latent, mask, masked-hint latent) [9 ch], text, + residuals) -> eps
-CFG runs [uncond, cond] as one batch. The loop is written out (not the stock ControlNet
-pipeline) because self-attention guidance and autoguidance need to re-enter it per step.
+Guidance (models.guidance): CFG runs [uncond, cond] as one batch; autoguidance runs the main
+pair and the weaker guide pair on the same conditional inputs; `none` runs the main pair only.
+Streamlined SAG (models.colorization.sag) re-enters the guided prediction on the degraded x0
+at the steps with t > sag_threshold. The loop is written out (not the stock ControlNet or SAG
+pipeline) because SAG and autoguidance need to re-enter it per step.
+
+Modes combine in one call: prompt + vector strokes and/or a stroke image + exemplar.
+
+SAG with autoguidance (our decision; the paper combines SAG with CFG only): SAG wraps whatever
+guided prediction the mode produces. x0 comes from the guided eps, the degraded pass repeats
+the same guided prediction (main and guide pairs), and the attention map is the main UNet's:
+its unconditional half under CFG (as the official code), its conditional pass under
+autoguidance and `none` (there is no unconditional pass; the guide is a different network).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -20,10 +32,16 @@ from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, DiffusionPi
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
+from models.colorization import weights_layout as layout
+from models.colorization.deformable import ContentGuidedVAE
+from models.colorization.exemplar import encode_exemplar
 from models.colorization.lab import PreparedInput, prepare_input, replace_l, working_size
-from models.guidance import cfg, split_cfg_batch
+from models.colorization.sag import MidBlockAttention, predicted_x0, sag_degrade
+from models.colorization.stroke_spec import validate_strokes
+from models.colorization.strokes import build_stroke_hint
+from models.guidance import GuidanceConfig, split_cfg_batch
 
 # The official demo's "added prompt" (joined as prompt + ", " + added) and negative prompt.
 PROMPT_SUFFIX = ", best quality, detailed, real"
@@ -31,6 +49,8 @@ DEFAULT_NEGATIVE_PROMPT = (
     "a black and white photo, longbody, lowres, bad anatomy, bad hands, missing fingers, "
     "extra digit, fewer digits, cropped, worst quality, low quality"
 )
+DEFAULT_SAG_SCALE = 0.05  # the demo's slider default
+DEFAULT_SAG_THRESHOLD = 600  # "1000 - SAG influence step": SAG where t > 600
 
 StepCallback = Callable[["ControlColorPipeline", int, torch.Tensor, dict], "dict | None"]
 
@@ -43,13 +63,16 @@ class ColorizationOutput(BaseOutput):
     prompt: str  # the prompt as fed to the text encoder (suffix included)
     negative_prompt: str
     seed: int | None  # initial seed of the generator used, if one was given
+    guidance: dict = field(default_factory=dict)  # {mode, scale} actually used
+    sag_steps: int = 0  # denoising steps that ran self-attention guidance
+    passes_per_image: float = 0.0  # UNet+ControlNet evaluations per output image (guide included)
 
 
 @dataclass
 class ModelInputs:
     """Everything besides the noisy latent that one ControlNet + UNet pass needs, batched."""
 
-    text: torch.Tensor  # (B, 77, D) text-encoder hidden states
+    text: torch.Tensor  # (B, 77 or 78, D) text hidden states (+ the exemplar token)
     hint: torch.Tensor  # (B, 3, H, W) ControlNet hint in [0, 1], pixel resolution
     mask: torch.Tensor  # (B, 1, h, w) latent resolution; 1 = generate, 0 = stroke
     masked_latents: torch.Tensor  # (B, 4, h, w) VAE latent of the masked hint image
@@ -59,8 +82,13 @@ class ModelInputs:
         return ModelInputs(*(torch.cat([a, b]) for a, b in zip(vars(first).values(), vars(second).values())))
 
 
+def _files(required: list[tuple[str, ...]]) -> str:
+    return ", ".join(alts[0] for alts in required)
+
+
 class ControlColorPipeline(DiffusionPipeline):
-    model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
+    model_cpu_offload_seq = "text_encoder->image_encoder->controlnet->unet->vae"
+    _optional_components = ["image_encoder", "deformable_vae", "guide_unet", "guide_controlnet"]
 
     def __init__(
         self,
@@ -70,27 +98,67 @@ class ControlColorPipeline(DiffusionPipeline):
         unet: UNet2DConditionModel,
         controlnet: ControlNetModel,
         scheduler: DDIMScheduler,
+        image_encoder: CLIPVisionModel | None = None,
+        deformable_vae: ContentGuidedVAE | None = None,
+        guide_unet: UNet2DConditionModel | None = None,
+        guide_controlnet: ControlNetModel | None = None,
         short_side: int = 512,
         max_long_side: int = 1536,
     ):
         super().__init__()
+        if image_encoder is not None and image_encoder.config.hidden_size != text_encoder.config.hidden_size:
+            raise ValueError(
+                f"the exemplar token is appended to the text tokens without a projection (as in the official "
+                f"design): image_encoder width {image_encoder.config.hidden_size} != text width "
+                f"{text_encoder.config.hidden_size}")
+        if (guide_unet is None) != (guide_controlnet is None):
+            raise ValueError("the autoguidance guide is a (UNet, ControlNet) pair: pass both or neither")
         self.register_modules(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet, scheduler=scheduler
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
+            scheduler=scheduler, image_encoder=image_encoder, deformable_vae=deformable_vae,
+            guide_unet=guide_unet, guide_controlnet=guide_controlnet,
         )
         # Working resolution: shorter side to `short_side` (512 as released; the tiny profile
         # uses 64 so latents are 8x8), long side capped (see lab.working_size).
         self.register_to_config(short_side=short_side, max_long_side=max_long_side)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        # Files a loader found missing for optional features, named in the errors a request
+        # for that feature gets (set by models.profiles for the pretrained profile).
+        self.missing_optional: dict[str, list[str]] = {}
+        self._passes = 0  # latent items evaluated by a UNet+ControlNet pair in this call
+
+    # ------------------------------------------------------------------ capabilities
+
+    @property
+    def supports_exemplar(self) -> bool:
+        return self.image_encoder is not None
+
+    @property
+    def supports_deformable_decoder(self) -> bool:
+        return self.deformable_vae is not None
+
+    @property
+    def supports_autoguidance(self) -> bool:
+        return self.guide_unet is not None and self.guide_controlnet is not None
+
+    def _missing(self, feature: str, default: str) -> str:
+        names = self.missing_optional.get(feature)
+        return ", ".join(names) if names else default
 
     # ------------------------------------------------------------------ inputs
 
     def working_size_for(self, image: Image.Image) -> tuple[int, int]:
-        """(width, height) the model will run at for this image; strokes and masks given to
-        __call__ must have this size."""
+        """(width, height) the model will run at for this image; `mask` / `masked_hint` given
+        to __call__ must have this size."""
         return working_size(image.width, image.height, self.config.short_side, self.config.max_long_side)
 
-    def check_inputs(self, image, prompt, negative_prompt, num_inference_steps, guidance_scale, num_images,
-                     generator, eta, mask, masked_hint, callback_on_step_end):
+    def check_inputs(self, image, prompt, negative_prompt, num_inference_steps, guidance, guidance_scale, num_images,
+                     generator, eta, mask, masked_hint, callback_on_step_end, strokes=None, stroke_image=None,
+                     exemplar=None, sag_scale=DEFAULT_SAG_SCALE, sag_threshold=DEFAULT_SAG_THRESHOLD,
+                     deformable_decoder=False) -> GuidanceConfig:
+        """Validate every argument before any model work; returns the guidance to use.
+        Every error is a ValueError naming the argument (the worker turns it into a 422-like
+        job error)."""
         if not isinstance(image, Image.Image):
             raise ValueError(f"`image` has to be a PIL.Image.Image (decode bytes with models.media.load_image), got {type(image).__name__}")
         if image.width < 1 or image.height < 1:
@@ -100,20 +168,33 @@ class ControlColorPipeline(DiffusionPipeline):
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise ValueError(f"`negative_prompt` has to be a str or None (None = the default), got {type(negative_prompt).__name__}")
         max_steps = self.scheduler.config.num_train_timesteps
-        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= max_steps:
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= max_steps:
             raise ValueError(f"`num_inference_steps` has to be an int in [1, {max_steps}], got {num_inference_steps!r}")
-        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"`guidance_scale` has to be a finite number >= 0 (1 disables CFG), got {guidance_scale!r}")
-        if not isinstance(num_images, int) or num_images < 1:
+        if guidance_scale is not None:
+            if guidance is not None:
+                raise ValueError("pass `guidance` or the legacy `guidance_scale`, not both")
+            if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+                raise ValueError(f"`guidance_scale` has to be a finite number >= 0 (1 disables CFG), got {guidance_scale!r}")
+            g = GuidanceConfig("cfg", guidance_scale)
+        else:
+            g = GuidanceConfig.parse(guidance)  # ValueErrors name `guidance`
+        if g.mode == "autoguidance" and not self.supports_autoguidance:
+            raise ValueError(
+                "`guidance.mode` 'autoguidance' needs a guide (UNet, ControlNet) pair and none is loaded: missing "
+                + self._missing("autoguidance", "the guide dir (a diffusers folder with unet/ and controlnet/; "
+                                                f"{_files(layout.GUIDE_REQUIRED)})"))
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"`num_images` has to be an int >= 1, got {num_images!r}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"`generator` has to be a torch.Generator or None, got {type(generator).__name__}")
-        if not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
             raise ValueError(f"`eta` has to be in [0, 1] (0 = deterministic DDIM), got {eta!r}")
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise ValueError("`callback_on_step_end` has to be callable(pipe, step_index, timestep, callback_kwargs)")
         if (mask is None) != (masked_hint is None):
             raise ValueError("`mask` and `masked_hint` go together: pass both (strokes) or neither (unconditional)")
+        if mask is not None and (strokes or stroke_image is not None):
+            raise ValueError("pass strokes as `strokes` / `stroke_image` or as precomputed `mask` + `masked_hint`, not both")
         if mask is not None:
             w, h = self.working_size_for(image)
             for name, t, c, lo in (("mask", mask, 1, 0.0), ("masked_hint", masked_hint, 3, -1.0)):
@@ -122,13 +203,44 @@ class ControlColorPipeline(DiffusionPipeline):
                     raise ValueError(f"`{name}` has to be a tensor of shape (1 or num_images, {c}, {h}, {w}) at the working size, got {got}")
                 if t.min() < lo or t.max() > 1:
                     raise ValueError(f"`{name}` values have to be in [{lo:g}, 1]")
+        if strokes is not None:
+            try:  # format only: points outside the image are rendered clipped
+                validate_strokes(strokes, image.width, image.height, check_bounds=False)
+            except ValueError as exc:
+                raise ValueError(f"`strokes`: {exc}") from None
+        if stroke_image is not None and not isinstance(stroke_image, Image.Image):
+            raise ValueError(f"`stroke_image` has to be a PIL.Image.Image (RGBA; alpha > 0 marks strokes), got {type(stroke_image).__name__}")
+        if exemplar is not None:
+            if not isinstance(exemplar, Image.Image):
+                raise ValueError(f"`exemplar` has to be a PIL.Image.Image, got {type(exemplar).__name__}")
+            if not self.supports_exemplar:
+                raise ValueError(
+                    "`exemplar` is not supported by this model: the exemplar encoder weights are missing ("
+                    + self._missing("exemplar", _files(layout.EXEMPLAR_REQUIRED))
+                    + f" under {layout.MODEL_DIR_ENV}); the released Control Color checkpoint was not trained "
+                      "with the exemplar token")
+        if isinstance(sag_scale, bool) or not isinstance(sag_scale, (int, float)) or not math.isfinite(sag_scale) or sag_scale < 0:
+            raise ValueError(f"`sag_scale` has to be a finite number >= 0 (0 = off), got {sag_scale!r}")
+        if isinstance(sag_threshold, bool) or not isinstance(sag_threshold, (int, float)) or not math.isfinite(sag_threshold):
+            raise ValueError(f"`sag_threshold` has to be a finite number (SAG runs where timestep > it), got {sag_threshold!r}")
+        if not isinstance(deformable_decoder, bool):
+            raise ValueError(f"`deformable_decoder` has to be a bool, got {type(deformable_decoder).__name__}")
+        if deformable_decoder and not self.supports_deformable_decoder:
+            raise ValueError(
+                "`deformable_decoder` is not available: the content-guided deformable VAE weights are missing ("
+                + self._missing("deformable_decoder", _files(layout.DEFORMABLE_REQUIRED))
+                + f" under {layout.MODEL_DIR_ENV}; convert them with convert_ctrlcolor(..., deformable_vae_ckpt=...))")
+        return g
 
-    def encode_prompt(self, prompt: str, device, num_images: int) -> torch.Tensor:
-        """CLIP last hidden state, 77 tokens (padded, truncated), repeated per output."""
+    def encode_prompt(self, prompt: str, device, num_images: int, extra_token: torch.Tensor | None = None) -> torch.Tensor:
+        """CLIP last hidden state, 77 tokens (padded, truncated), plus the exemplar token when
+        given (78), repeated per output."""
         ids = self.tokenizer(
             [prompt], padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids.to(device)
         emb = self.text_encoder(ids)[0]
+        if extra_token is not None:
+            emb = torch.cat([emb, extra_token.to(device=emb.device, dtype=emb.dtype)], dim=1)
         return emb.repeat(num_images, 1, 1)
 
     def encode_masked_hint(self, masked_hint: torch.Tensor, generator) -> torch.Tensor:
@@ -166,29 +278,65 @@ class ControlColorPipeline(DiffusionPipeline):
         autoguidance passes its weaker guide pair here."""
         unet = unet or self.unet
         controlnet = controlnet or self.controlnet
-        x = self.scheduler.scale_model_input(latents, t).to(unet.dtype)
+        self._passes += latents.shape[0]
+        x = self.scheduler.scale_model_input(latents, t)
         down, mid = controlnet(
-            x.to(controlnet.dtype), t, encoder_hidden_states=inputs.text, controlnet_cond=inputs.hint,
-            conditioning_scale=controlnet_conditioning_scale, return_dict=False,
+            x.to(controlnet.dtype), t, encoder_hidden_states=inputs.text.to(controlnet.dtype),
+            controlnet_cond=inputs.hint.to(controlnet.dtype), conditioning_scale=controlnet_conditioning_scale,
+            return_dict=False,
         )
-        sample = torch.cat([x, inputs.mask, inputs.masked_latents], dim=1)  # SD-inpainting order
+        sample = torch.cat([x.to(unet.dtype), inputs.mask.to(unet.dtype), inputs.masked_latents.to(unet.dtype)], dim=1)
         eps = unet(
-            sample, t, encoder_hidden_states=inputs.text,
-            down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
+            sample, t, encoder_hidden_states=inputs.text.to(unet.dtype),
+            down_block_additional_residuals=[d.to(unet.dtype) for d in down],
+            mid_block_additional_residual=mid.to(unet.dtype), return_dict=False,
         )[0]
         return eps.float()
 
-    def guided_noise(self, latents, t, inputs: ModelInputs, guidance_scale: float, **kw) -> torch.Tensor:
-        """Guided eps. With CFG `inputs` holds the [uncond, cond] batch (2N) and both halves
-        run in one forward; without (scale 1) it holds the cond batch only."""
-        if inputs.text.shape[0] == latents.shape[0]:
-            return self.predict_noise(latents, t, inputs, **kw)
-        eps_uncond, eps_cond = split_cfg_batch(self.predict_noise(torch.cat([latents, latents]), t, inputs, **kw))
-        return cfg(eps_uncond, eps_cond, guidance_scale)
+    def guided_noise(self, latents, t, guidance: GuidanceConfig, cond: ModelInputs, cfg_batch: ModelInputs | None = None,
+                     attention: MidBlockAttention | None = None, controlnet_conditioning_scale: float = 1.0) -> torch.Tensor:
+        """The guided eps for `guidance`. `cond` holds the conditional inputs (N items);
+        `cfg_batch` the [uncond, cond] inputs (2N) CFG needs, run as one batch through the main
+        pair; autoguidance runs the main pair then the guide pair on `cond`. With `attention`,
+        the main UNet's mid-block attention map of this evaluation is kept (the batch's first N
+        items: the unconditional half under CFG)."""
+        kw = dict(controlnet_conditioning_scale=controlnet_conditioning_scale)
+        capture = attention.capturing() if attention is not None else nullcontext()
+        if guidance.mode == "cfg" and guidance.needs_second_pass:
+            if cfg_batch is None:
+                raise ValueError("CFG needs the [uncond, cond] inputs")
+            with capture:
+                eps = self.predict_noise(torch.cat([latents, latents]), t, cfg_batch, **kw)
+            eps_uncond, eps_cond = split_cfg_batch(eps)
+            return guidance.combine(eps_cond, eps_uncond)
+        with capture:
+            eps_main = self.predict_noise(latents, t, cond, **kw)
+        if guidance.mode == "autoguidance" and guidance.needs_second_pass:
+            eps_guide = self.predict_noise(latents, t, cond, unet=self.guide_unet, controlnet=self.guide_controlnet, **kw)
+            return guidance.combine(eps_main, eps_guide)
+        return eps_main
 
-    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
-        """Latents -> uint8 (N, H, W, 3), as the official `x * 127.5 + 127.5`, clipped."""
-        x = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
+    def sag_step(self, latents, t, eps, guidance: GuidanceConfig, cond, cfg_batch, attention: MidBlockAttention,
+                 sag_scale: float, controlnet_conditioning_scale: float = 1.0) -> torch.Tensor:
+        """eps + s * (eps - eps(degraded x0)) -- see models.colorization.sag."""
+        n = latents.shape[0]
+        mask = attention.mask(slice(0, n), tuple(latents.shape[-2:])).to(latents.device)
+        x0 = predicted_x0(latents, eps, self.scheduler.alphas_cumprod[int(t)])
+        degraded = sag_degrade(x0, mask)
+        # fed at step t as is: no re-noising (the official streamlined variant)
+        eps_degraded = self.guided_noise(degraded, t, guidance, cond, cfg_batch,
+                                         controlnet_conditioning_scale=controlnet_conditioning_scale)
+        return eps + sag_scale * (eps - eps_degraded)
+
+    def decode_latents(self, latents: torch.Tensor, guide_z: torch.Tensor | None = None) -> np.ndarray:
+        """Latents -> uint8 (N, H, W, 3), as the official `x * 127.5 + 127.5`, clipped. With
+        `guide_z` the content-guided deformable VAE decodes (official: samples / scale_factor,
+        then `vae_model.decode(samples, gray_content_z)`)."""
+        z = latents / self.vae.config.scaling_factor
+        if guide_z is None:
+            x = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
+        else:
+            x = self.deformable_vae.decode(z, guide_z)
         x = (x.float() * 127.5 + 127.5).clamp(0, 255).to(torch.uint8)
         return x.permute(0, 2, 3, 1).cpu().numpy()
 
@@ -201,46 +349,85 @@ class ControlColorPipeline(DiffusionPipeline):
         prompt: str = "",
         negative_prompt: str | None = None,
         num_inference_steps: int = 20,
-        guidance_scale: float = 7.0,
+        guidance: GuidanceConfig | dict | float | None = None,
         num_images: int = 1,
         generator: torch.Generator | None = None,
+        strokes: list[dict] | None = None,
+        stroke_image: Image.Image | None = None,
+        exemplar: Image.Image | None = None,
+        sag_scale: float = DEFAULT_SAG_SCALE,
+        sag_threshold: float = DEFAULT_SAG_THRESHOLD,
+        deformable_decoder: bool = False,
+        callback_on_step_end: StepCallback | None = None,
+        *,
+        guidance_scale: float | None = None,
         eta: float = 0.0,
         mask: torch.Tensor | None = None,
         masked_hint: torch.Tensor | None = None,
-        callback_on_step_end: StepCallback | None = None,
         controlnet_conditioning_scale: float = 1.0,
     ) -> ColorizationOutput:
         """Colorize `image`. Returns `num_images` RGB images of the input's size whose Lab L
-        channel is the input's. `mask` (1 = generate, 0 = stroke) and `masked_hint` (hint in
-        [-1, 1] times (mask < 0.5)) are working-size pixel tensors; None = no strokes.
-        `callback_on_step_end(pipe, step_index, timestep, {"latents": ...})` runs after every
-        step; an exception raised there propagates (that is how a job is canceled)."""
-        self.check_inputs(image, prompt, negative_prompt, num_inference_steps, guidance_scale, num_images,
-                          generator, eta, mask, masked_hint, callback_on_step_end)
+        channel is the input's; all of them run as one batch.
+
+        guidance: {mode: cfg|autoguidance|none, scale} (default CFG 7.0); a number = CFG scale;
+            `guidance_scale` is the older spelling of a CFG scale.
+        strokes: vector strokes [{color: '#RRGGBB', width, points: [[x, y], ...]}] in input
+            pixel coordinates; stroke_image: RGBA, alpha > 0 marks strokes (combinable).
+        exemplar: a colour reference image (needs `supports_exemplar`).
+        sag_scale / sag_threshold: streamlined SAG at steps with t > threshold (0 = off).
+        deformable_decoder: decode with the content-guided deformable VAE.
+        mask / masked_hint: precomputed working-size stroke tensors (1 = generate; hint in
+            [-1, 1] times (mask < 0.5)), instead of strokes.
+        callback_on_step_end(pipe, step_index, timestep, {"latents": ...}) runs after every
+        denoising step (SAG's extra passes are inside the step); an exception raised there
+        propagates, which is how a job is canceled."""
+        g = self.check_inputs(image, prompt, negative_prompt, num_inference_steps, guidance, guidance_scale,
+                              num_images, generator, eta, mask, masked_hint, callback_on_step_end, strokes,
+                              stroke_image, exemplar, sag_scale, sag_threshold, deformable_decoder)
         device = self._execution_device
         full_prompt = prompt + PROMPT_SUFFIX
         negative_prompt = DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
         prepared = prepare_input(image, self.config.short_side, self.config.max_long_side)
         w, h = prepared.working_size
+        self._passes = 0
 
-        # Initial noise first, then the masked-hint latent sample: a fixed order keeps a seed
-        # reproducible. All outputs share one batch (one forward per step for all of them).
+        # Initial noise first, then the masked-hint latent sample, then (deformable decoder)
+        # the guide latent sample: a fixed order keeps a seed reproducible. All outputs share
+        # one batch (one forward per step for all of them).
         shape = (num_images, self.unet.config.out_channels, h // self.vae_scale_factor, w // self.vae_scale_factor)
         latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         latents = latents * self.scheduler.init_noise_sigma
 
-        cond = self.prepare_model_inputs(prepared, self.encode_prompt(full_prompt, device, num_images), mask, masked_hint, generator)
-        inputs = cond
-        if guidance_scale != 1.0:  # the official sampler skips the uncond pass only at scale 1
-            uncond_text = self.encode_prompt(negative_prompt, device, num_images).to(cond.text.dtype)
-            inputs = ModelInputs.cat(ModelInputs(uncond_text, cond.hint, cond.mask, cond.masked_latents), cond)
+        if strokes or stroke_image is not None:
+            stroke_hint = build_stroke_hint(prepared, strokes, stroke_image)
+            mask, masked_hint = stroke_hint.to_tensors()
+
+        # Exemplar: one token appended to both branches' text tokens. The official dual
+        # embedder encodes (text, image) pairs for every branch and its demo code builds one
+        # reference image per request, so the unconditional branch gets the negative prompt
+        # plus the same exemplar token: CFG then guides on the text only, the exemplar
+        # conditions both sides. Without an exemplar we feed the 77 text tokens (the released
+        # checkpoint's single-embedder path); the official dual embedder would append the token
+        # of a black reference image instead -- a named deviation, only relevant to
+        # exemplar-trained weights.
+        token = encode_exemplar(self.image_encoder, exemplar).to(device) if exemplar is not None else None
+        cond = self.prepare_model_inputs(prepared, self.encode_prompt(full_prompt, device, num_images, token),
+                                         mask, masked_hint, generator)
+        cfg_batch = None
+        if g.mode == "cfg" and g.needs_second_pass:  # the official sampler skips the uncond pass at scale 1
+            uncond_text = self.encode_prompt(negative_prompt, device, num_images, token).to(cond.text.dtype)
+            cfg_batch = ModelInputs.cat(ModelInputs(uncond_text, cond.hint, cond.mask, cond.masked_latents), cond)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
-        with self.progress_bar(total=len(timesteps)) as bar:
+        sag_at = [sag_scale > 0 and int(t) > sag_threshold for t in timesteps.tolist()]
+        kw = dict(controlnet_conditioning_scale=controlnet_conditioning_scale)
+        with (MidBlockAttention(self.unet) if any(sag_at) else nullcontext()) as attention, \
+                self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):
-                eps = self.guided_noise(latents, t, inputs, guidance_scale,
-                                        controlnet_conditioning_scale=controlnet_conditioning_scale)
+                eps = self.guided_noise(latents, t, g, cond, cfg_batch, attention if sag_at[i] else None, **kw)
+                if sag_at[i]:
+                    eps = self.sag_step(latents, t, eps, g, cond, cfg_batch, attention, sag_scale, **kw)
                 latents = self.scheduler.step(eps, t, latents, eta=eta, generator=generator, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     out = callback_on_step_end(self, i, t, {"latents": latents})
@@ -248,7 +435,14 @@ class ControlColorPipeline(DiffusionPipeline):
                         latents = out.get("latents", latents)
                 bar.update()
 
-        decoded = self.decode_latents(latents)
+        guide_z = None
+        if deformable_decoder:
+            # the resized L image in [0, 1] (the ControlNet hint), through the deformable VAE's
+            # own encoder, sampled (official get_gray_content_z); one sample shared by the batch
+            # (the official decoder concatenates a batch-1 guide and so only works for batch 1)
+            l_image = torch.from_numpy(prepared.hint).permute(2, 0, 1)[None]
+            guide_z = self.deformable_vae.encode_guide(l_image, generator)
+        decoded = self.decode_latents(latents, guide_z)
         images = [Image.fromarray(replace_l(x, prepared.l_original)) for x in decoded]
         self.maybe_free_model_hooks()
         return ColorizationOutput(
@@ -258,4 +452,7 @@ class ControlColorPipeline(DiffusionPipeline):
             prompt=full_prompt,
             negative_prompt=negative_prompt,
             seed=generator.initial_seed() if generator is not None else None,
+            guidance=g.as_dict(),
+            sag_steps=sum(sag_at),
+            passes_per_image=self._passes / num_images,
         )

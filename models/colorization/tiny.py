@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModel
+
+from models.colorization.deformable import ContentGuidedVAE
 
 # Working size of the tiny profile: shorter side 64 px -> 8x8 latents (SD's VAE factor 8).
 TINY_SHORT_SIDE = 64
@@ -157,10 +159,56 @@ def tiny_text_encoder(tokenizer: CLIPTokenizer, seed: int = 3) -> CLIPTextModel:
         return CLIPTextModel(config).eval()
 
 
-def tiny_components(seed: int = 0) -> dict:
-    """All pipeline components; the same seed gives bit-identical weights."""
+EXEMPLAR_IMAGE_SIZE = 32  # tiny CLIP ViT: 32 px, patch 8 -> 16 patches + CLS
+GUIDE_BLOCK_OUT_CHANNELS = (16, 32)  # the autoguidance guide: same family, half the width
+
+
+def tiny_image_encoder(seed: int = 4) -> CLIPVisionModel:
+    """CLIP ViT vision tower (the exemplar encoder; ViT-B/32 in the official design). Its width
+    equals the text tower's, as ViT-B/32 (768) equals ViT-L/14 text (768): the pooled token is
+    appended to the text tokens without a projection, as in the official code."""
+    config = CLIPVisionConfig(
+        hidden_size=TEXT_DIM,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=EXEMPLAR_IMAGE_SIZE,
+        patch_size=8,
+        hidden_act="quick_gelu",
+        projection_dim=TEXT_DIM,
+    )
+    with _seeded(seed):
+        return CLIPVisionModel(config).eval()
+
+
+def tiny_deformable_vae(seed: int = 5, vae_seed: int = 2) -> ContentGuidedVAE:
+    """The content-guided deformable VAE: the tiny VAE's weights (the official deformable VAE
+    was trained from the SD VAE with only the deformable convs learning) plus five seeded
+    deformable convs. Their offset predictors get small random weights instead of the
+    official zero init, so the tiny offsets are non-zero and the deformable sampling path is
+    exercised (zeros would make it a plain 0.5-modulated conv)."""
+    base = tiny_vae(vae_seed)
+    with _seeded(seed):
+        model = ContentGuidedVAE.from_vae(base)
+        for dcn in (model.dcn_in, *model.dcn_mid):
+            torch.nn.init.normal_(dcn.conv_offset.weight, std=0.05)
+            torch.nn.init.normal_(dcn.conv_offset.bias, std=0.5)
+            dcn.weight.data.mul_(0.5)
+    return model.eval()
+
+
+def tiny_guide_pair(seed: int = 10) -> tuple[UNet2DConditionModel, ControlNetModel]:
+    """The autoguidance guide: a (UNet, ControlNet) pair of the same family with fewer channels
+    (Karras et al. use a smaller, less-trained model of the same family)."""
+    return (tiny_unet(seed, GUIDE_BLOCK_OUT_CHANNELS).eval(),
+            tiny_controlnet(seed + 1, GUIDE_BLOCK_OUT_CHANNELS).eval())
+
+
+def tiny_components(seed: int = 0, optional: bool = True) -> dict:
+    """All pipeline components; the same seed gives bit-identical weights. `optional` adds the
+    exemplar encoder, the deformable VAE and the autoguidance guide pair."""
     tokenizer = tiny_tokenizer()
-    return dict(
+    components = dict(
         vae=tiny_vae(seed + 2).eval(),
         text_encoder=tiny_text_encoder(tokenizer, seed + 3),
         tokenizer=tokenizer,
@@ -168,3 +216,12 @@ def tiny_components(seed: int = 0) -> dict:
         controlnet=tiny_controlnet(seed + 1).eval(),
         scheduler=tiny_scheduler(),
     )
+    if optional:
+        guide_unet, guide_controlnet = tiny_guide_pair(seed + 10)
+        components.update(
+            image_encoder=tiny_image_encoder(seed + 4),
+            deformable_vae=tiny_deformable_vae(seed + 5, vae_seed=seed + 2),
+            guide_unet=guide_unet,
+            guide_controlnet=guide_controlnet,
+        )
+    return components

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # --- models ---
     model_profile: str = Field("pretrained", description="tiny | pretrained | auto (auto: pretrained where present, else tiny).")
     model_dir: Path | None = Field(None, description="Root of diffusers-format model folders for the pretrained profile.")
+    autoguidance_dir: Path | None = Field(
+        None, description="Colorization autoguidance guide: a folder with unet/ and controlnet/ of a weaker model "
+                          "(relative to the model dir or absolute). Tiny profile: built in code.")
 
     @property
     def embedded(self) -> bool:

@@ -1,4 +1,8 @@
 """The API contract: request and response bodies of /v1 (openapi/openapi.json is generated from these)."""
+from service.schemas.anomaly import (
+    AnomalyFitRequest, AnomalyFitResult, AnomalyModel, AnomalyModelList, AnomalyScoreRequest, AnomalyScoreResult,
+    ThresholdsPatch,
+)
 from service.schemas.colorization import ColorizationRequest, ColorizationResult, Guidance, Stroke
 from service.schemas.common import *  # noqa: F401,F403
 from service.schemas.common import ImageOutput, JobError, JobStatus, Problem, Upload
@@ -7,6 +11,7 @@ from service.schemas.video import (
     KvSharing, VideoEditRequest, VideoEditResult, VideoGenerationRequest, VideoGenerationResult, video_frame_count,
 )
 
-__all__ = ["ColorizationRequest", "ColorizationResult", "Guidance", "ImageOutput", "Job", "JobError", "JobPage",
+__all__ = ["AnomalyFitRequest", "AnomalyFitResult", "AnomalyModel", "AnomalyModelList", "AnomalyScoreRequest",
+           "AnomalyScoreResult", "ThresholdsPatch", "ColorizationRequest", "ColorizationResult", "Guidance", "ImageOutput", "Job", "JobError", "JobPage",
            "JobStatus", "KvSharing", "Problem", "Stroke", "Upload", "VideoEditRequest", "VideoEditResult", "VideoGenerationRequest", "VideoGenerationResult",
            "video_frame_count"]

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from service.schemas.anomaly import AnomalyFitResult, AnomalyScoreResult
 from service.schemas.colorization import ColorizationResult
 from service.schemas.common import JobError, JobStatus
 from service.schemas.video import VideoEditResult, VideoGenerationResult
@@ -24,7 +25,8 @@ class Job(BaseModel):
     finished_at: datetime | None
     params: dict[str, Any]
     error: JobError | None
-    result: ColorizationResult | VideoGenerationResult | VideoEditResult | dict[str, Any] | None = Field(
+    result: (ColorizationResult | VideoGenerationResult | VideoEditResult | AnomalyFitResult
+                                  | AnomalyScoreResult) | dict[str, Any] | None = Field(
         description="Kind-specific; URLs are signed afresh on every read.")
     model_profile: str | None
 

@@ -79,3 +79,15 @@ def test_exemplar_refused_when_no_live_worker_can_use_one(client, ctx, image_id)
     assert "controlcolor/image_encoder/config.json" in problem["detail"]
     ctx.store.put_capabilities("colorize", "w2", {"profile": "tiny", "exemplar": True})
     assert post(client, {"image": image_id, "exemplar": exemplar})[0] == 202
+
+
+def test_optional_features_refused_when_no_live_worker_has_their_weights(client, ctx, image_id):
+    ctx.store.put_capabilities("colorize", "w1", {"profile": "pretrained", "deformable_decoder": False,
+                                                  "deformable_decoder_missing": "controlcolor/vae_deformable",
+                                                  "autoguidance": False,
+                                                  "autoguidance_missing": "VISIONJOBS_AUTOGUIDANCE_DIR (unset)"})
+    status, problem = post(client, {"image": image_id, "deformable_decoder": True})
+    assert status == 422 and problem["errors"][0]["field"] == "deformable_decoder"
+    status, problem = post(client, {"image": image_id, "guidance": {"mode": "autoguidance", "scale": 2}})
+    assert status == 422 and problem["errors"][0]["field"] == "guidance.mode" and "AUTOGUIDANCE" in problem["detail"]
+    assert post(client, {"image": image_id})[0] == 202

@@ -270,8 +270,13 @@ def test_callback_exception_stops_the_loop(pipe, photo):
         return kw
 
     with UNetSpy(pipe) as spy, pytest.raises(Canceled):
-        run(pipe, photo, steps=10, callback_on_step_end=cb)
+        run(pipe, photo, steps=10, callback_on_step_end=cb, sag_scale=0.0)
     assert len(spy.samples) == 2  # steps 0 and 1 ran; nothing after the raise
+    # with SAG (default on) steps 0 and 1 (t = 901, 801 > 600) each add their degraded pass
+    # inside the step; still nothing after the raise
+    with UNetSpy(pipe) as spy, pytest.raises(Canceled):
+        run(pipe, photo, steps=10, callback_on_step_end=cb)
+    assert len(spy.samples) == 4
 
 
 def test_twenty_steps_timesteps_match_official_ddim(pipe):

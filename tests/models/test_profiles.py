@@ -18,6 +18,9 @@ from models.profiles import (
     MODEL_DIR_ENV,
     WeightsMissing,
     default_dtype,
+    deformable_weights_missing,
+    exemplar_weights_missing,
+    guide_weights_missing,
     load_colorization,
     missing_weights,
     required_weights,
@@ -168,3 +171,69 @@ def test_registry_and_dtype():
     assert "colorize" in profiles.REGISTRY
     assert default_dtype("cpu") == torch.float32
     assert default_dtype("cuda") == torch.float16
+
+
+# ---------------------------------------------------------------- colorize: optional parts
+
+
+def _subset(saved_dir, tmp_path, drop=()):
+    root = tmp_path / "models"
+    shutil.copytree(saved_dir, root)
+    for name in drop:
+        shutil.rmtree(root / "controlcolor" / name)
+    return root
+
+
+def test_pretrained_without_exemplar_weights_loads_and_names_them(saved_dir, tmp_path, photo):
+    root = _subset(saved_dir, tmp_path, drop=("image_encoder",))
+    expected = ["controlcolor/image_encoder/config.json", "controlcolor/image_encoder/model.safetensors"]
+    assert exemplar_weights_missing(root) == expected and missing_weights("colorize", root) == []
+    pipe = load_colorization("pretrained", root, short_side=64)
+    assert not pipe.supports_exemplar and pipe.supports_deformable_decoder
+    assert pipe.missing_optional["exemplar"] == expected
+    with pytest.raises(ValueError, match=r"`exemplar`.*controlcolor/image_encoder/config\.json.*VISIONJOBS_MODEL_DIR"):
+        pipe(photo, num_inference_steps=1, exemplar=photo)
+    assert colorize(pipe, photo, 1).shape == (45, 70, 3)  # everything else still works
+
+
+def test_optional_weights_checks(saved_dir, tmp_path, monkeypatch):
+    assert exemplar_weights_missing(saved_dir) == [] and deformable_weights_missing(saved_dir) == []
+    root = _subset(saved_dir, tmp_path, drop=("deformable_vae",))
+    assert deformable_weights_missing(root) == ["controlcolor/deformable_vae/config.json",
+                                                "controlcolor/deformable_vae/diffusion_pytorch_model.safetensors"]
+    assert len(exemplar_weights_missing(None)) == 2  # no model dir: everything is missing
+    monkeypatch.setenv(MODEL_DIR_ENV, str(saved_dir))
+    assert exemplar_weights_missing(None) == []
+    pipe = load_colorization("pretrained", root, short_side=64)
+    assert not pipe.supports_deformable_decoder and not pipe.supports_autoguidance
+    assert "guide dir" in pipe.missing_optional["autoguidance"][0]
+    assert load_colorization("pretrained", saved_dir, optional=False).missing_optional == {}
+
+
+def test_autoguidance_guide_dir(saved_dir, tmp_path, photo):
+    tiny = load_colorization("tiny")
+    guide = tmp_path / "guide"
+    tiny.guide_unet.save_pretrained(guide / "unet")
+    tiny.guide_controlnet.save_pretrained(guide / "controlnet")
+    assert guide_weights_missing(guide) == []
+    pre = load_colorization("pretrained", saved_dir, guide_dir=guide)
+    assert pre.supports_autoguidance
+    pre.register_to_config(short_side=64, max_long_side=192)
+    g = {"mode": "autoguidance", "scale": 2.0}
+    for p in (tiny, pre):
+        p.set_progress_bar_config(disable=True)
+    a = tiny(photo, num_inference_steps=2, guidance=g, generator=torch.Generator().manual_seed(1)).images[0]
+    b = pre(photo, num_inference_steps=2, guidance=g, generator=torch.Generator().manual_seed(1)).images[0]
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    # relative guide dirs resolve under the model dir
+    root = _subset(saved_dir, tmp_path)
+    shutil.copytree(guide, root / "guide-relative")
+    assert guide_weights_missing("guide-relative", root) == []
+    assert load_colorization("pretrained", root, guide_dir="guide-relative").supports_autoguidance
+    # a configured but broken guide dir is a loud not-ready, naming the files
+    shutil.rmtree(guide / "controlnet")
+    assert guide_weights_missing(guide) == [str(guide / "controlnet/config.json"),
+                                            str(guide / "controlnet/diffusion_pytorch_model.safetensors")]
+    with pytest.raises(WeightsMissing, match="controlnet/config.json"):
+        load_colorization("pretrained", saved_dir, guide_dir=guide)
+    assert guide_weights_missing(None) == ["<no guide dir configured>"]

@@ -25,13 +25,13 @@ def check_strokes(body: ColorizationRequest, width: int, height: int) -> None:
         raise field_error("strokes", f"{total} points in all; the limit is {MAX_TOTAL_POINTS}", limit=MAX_TOTAL_POINTS)
 
 
-def exemplar_unsupported(ctx) -> str | None:
-    """Refuse an exemplar only when live colorize workers have reported and none can use one
-    (their pretrained weights lack the exemplar encoder); the message names what is missing."""
+def unsupported(ctx, feature: str) -> str | None:
+    """Refuse an optional feature only when live colorize workers have reported and none can
+    use it (their pretrained weights lack it); the message names what is missing."""
     caps = ctx.store.get_capabilities("colorize")
-    if not caps or any(c.get("exemplar") for c in caps):
+    if not caps or any(c.get(feature) for c in caps):
         return None
-    return caps[0].get("exemplar_missing") or "exemplar encoder weights"
+    return caps[0].get(f"{feature}_missing") or f"{feature} weights"
 
 
 def image_upload(ctx, tenant: str, upload_id: str, field: str):
@@ -57,9 +57,12 @@ def create_colorization(body: ColorizationRequest, ctx: Ctx, tenant: Tenant, bas
                                               f"{image.width}x{image.height}")
     if body.exemplar:
         image_upload(ctx, tenant, body.exemplar, "exemplar")
-        missing = exemplar_unsupported(ctx)
+    for field, feature, wanted in (("exemplar", "exemplar", body.exemplar),
+                                   ("deformable_decoder", "deformable_decoder", body.deformable_decoder),
+                                   ("guidance.mode", "autoguidance", body.guidance.mode == "autoguidance")):
+        missing = unsupported(ctx, feature) if wanted else None
         if missing:
-            raise field_error("exemplar", f"no worker can use an exemplar: missing under VISIONJOBS_MODEL_DIR: {missing}")
+            raise field_error(field, f"no worker can run this: missing under VISIONJOBS_MODEL_DIR: {missing}")
     if body.steps > s.max_steps:
         raise field_error("steps", f"at most {s.max_steps} steps", limit=s.max_steps)
     if body.num_outputs > s.max_outputs:

@@ -1,0 +1,129 @@
+"""anomaly.fit and anomaly.score: PatchCore. A fitted model is a tenant resource
+`anomaly_model` (id from the job id, so a re-run overwrites) with its artifact files in
+object storage; thresholds live on the resource, so PATCH changes them without refitting."""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from worker.errors import InvalidInput, ModelsNotReady
+
+if TYPE_CHECKING:
+    from worker.runner import JobContext
+
+ANOMALY_MODEL = "anomaly_model"
+
+
+def _backbone(ctx: "JobContext", arch: str):
+    from models.anomaly.loader import BackboneWeightsMissing, load_backbone
+
+    runner = ctx.runner
+    try:
+        return runner.cache.get(("anomaly.backbone", arch, runner.settings.model_profile, runner.device),
+                                lambda: load_backbone(arch, runner.settings.model_profile, runner.settings.model_dir,
+                                                      runner.device))
+    except BackboneWeightsMissing as exc:
+        raise ModelsNotReady(str(exc)) from exc
+
+
+def _load(ctx: "JobContext", ids: list[str], field: str) -> list:
+    from models.media import load_image
+
+    images = []
+    for i, upload_id in enumerate(ids):
+        try:
+            images.append(load_image(ctx.read_upload(upload_id, f"{field}.{i}")))
+        except InvalidInput:
+            raise
+        except Exception as exc:
+            raise InvalidInput(f"{field}.{i}: cannot decode the upload ({exc})") from exc
+    return images
+
+
+def _progress(ctx: "JobContext", start: float, end: float):
+    stages = {"embedding": (0.0, 0.5), "coreset": (0.5, 0.8), "calibration": (0.8, 0.95), "scoring": (0.0, 1.0)}
+
+    def progress(stage, done, total):
+        lo, hi = stages.get(stage, (0.0, 1.0))
+        frac = lo + (hi - lo) * done / max(total, 1)
+        ctx.control.report(start + (end - start) * frac, f"{stage} {done}/{total}", force=done == total)
+
+    return progress
+
+
+def fit(ctx: "JobContext") -> dict:
+    from models.anomaly import PatchCoreConfig, Validation, fit_patchcore, save_artifact
+    from models.media import load_image
+    from service.archives import ArchiveError, read_images
+
+    p, job = ctx.params, ctx.job
+    profile = ctx.runner.settings.model_profile
+    arch = p.get("backbone") or ("tiny" if profile == "tiny" else "wide_resnet50_2")
+    ctx.control.report(0.01, "reading images", force=True)
+    if p.get("archive"):
+        try:
+            images = [load_image(blob) for _, blob in read_images(ctx.read_upload(p["archive"], "archive"))]
+        except (ArchiveError, ValueError) as exc:
+            raise InvalidInput(f"archive: {exc}") from exc
+    else:
+        images = _load(ctx, p["images"], "images")
+    if len({im.size for im in images}) > 1:
+        raise InvalidInput(f"images: training images must share one size, got {sorted({im.size for im in images})}")
+    v = p.get("validation") or {}
+    validation = Validation(normal=_load(ctx, v.get("normal", []), "validation.normal"),
+                            abnormal=_load(ctx, v.get("abnormal", []), "validation.abnormal")) if v else None
+    backbone, weights, resolved = _backbone(ctx, arch)
+    config = PatchCoreConfig(backbone=arch, image_size=p["image_size"], coreset_ratio=p["coreset_ratio"],
+                             seed=int(p["seed"]) % 2**31)
+    try:
+        model = fit_patchcore(images, config, validation, backbone=backbone, device=ctx.runner.device,
+                              progress=_progress(ctx, 0.05, 0.9))
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
+    ctx.control.report(0.92, "saving model", force=True)
+    model_id = "anm_" + job.id.split("_", 1)[1]
+    prefix = f"anomaly/{job.tenant}/{model_id}/"
+    ctx.control.check()
+    files = save_artifact(model)
+    for name, blob in files.items():
+        ctx.runner.objects.put(prefix + name, blob, "application/json" if name.endswith(".json") else
+                               "application/octet-stream")
+    thresholds = model.thresholds.to_dict()
+    counts = {"train": len(images), "memory_bank": int(model.memory_bank.shape[0]),
+              "validation_normal": len(validation.normal) if validation else 0,
+              "validation_abnormal": len(validation.abnormal) if validation else 0}
+    now = time.time()
+    ctx.runner.store.put_resource(ANOMALY_MODEL, model_id, job.tenant, {
+        "name": p["name"], "backbone": arch, "image_size": p["image_size"], "coreset_ratio": p["coreset_ratio"],
+        "thresholds": thresholds, "counts": counts, "prefix": prefix, "files": sorted(files), "job_id": job.id,
+        "profile": resolved, "created_at": now, "updated_at": now})
+    return {"model_id": model_id, "thresholds": thresholds, "counts": counts}
+
+
+def score(ctx: "JobContext") -> dict:
+    from models.anomaly import load_artifact
+
+    p, runner = ctx.params, ctx.runner
+    doc = runner.store.get_resource(ANOMALY_MODEL, p["model_id"])
+    if doc is None or doc["tenant"] != ctx.job.tenant:
+        raise InvalidInput(f"model_id: {p['model_id']} no longer exists")
+    backbone, _, _ = _backbone(ctx, doc["backbone"])
+
+    def load():
+        files = {name: runner.objects.get(doc["prefix"] + name) for name in doc["files"]}
+        return load_artifact(files, backbone=backbone, device=runner.device)
+
+    model = runner.cache.get(("anomaly.model", p["model_id"], doc["created_at"]), load)
+    t = doc["thresholds"]
+    model.set_thresholds(image=t["image"], pixel=t["pixel"])  # PATCHed values, no refit
+    images = _load(ctx, p["images"], "images")
+    ctx.control.report(0.1, "scoring", force=True)
+    items = model.score(images, progress=_progress(ctx, 0.1, 0.8))
+    out = []
+    for k, (upload_id, image, item) in enumerate(zip(p["images"], images, items)):
+        ctx.control.report(0.8 + 0.19 * k / len(items), f"rendering {k + 1}/{len(items)}")
+        files = model.render(image, item)
+        keys = {name.split(".")[0] + "_key": ctx.write_output(f"item_{k}_{name}", blob, "image/png")
+                for name, blob in files.items()}
+        out.append({"image": upload_id, **item.to_dict(), **keys})
+    return {"model_id": p["model_id"], "items": out}
