@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 from PIL import Image
 
@@ -91,3 +93,44 @@ def test_optional_features_refused_when_no_live_worker_has_their_weights(client,
     status, problem = post(client, {"image": image_id, "guidance": {"mode": "autoguidance", "scale": 2}})
     assert status == 422 and problem["errors"][0]["field"] == "guidance.mode" and "AUTOGUIDANCE" in problem["detail"]
     assert post(client, {"image": image_id})[0] == 202
+
+
+MODES = {
+    "unconditional": {},
+    "prompt": {"prompt": "a blue sky over green grass"},
+    "strokes": {"strokes": [stroke([[10, 10], [60, 30]], "#ff0000", 8), stroke([[80, 60]], "#00ff00", 12)]},
+    "stroke_image": {"stroke_image": "RASTER"},
+    "exemplar": {"exemplar": "EXEMPLAR"},
+    "prompt+strokes+exemplar": {"prompt": "a red coat", "strokes": [stroke([[20, 20], [40, 60]], "#aa2200", 6)],
+                                "exemplar": "EXEMPLAR"},
+    "all+autoguidance+deformable": {"prompt": "autumn", "strokes": [stroke([[5, 5], [90, 70]], "#ffaa00", 4)],
+                                    "stroke_image": "RASTER", "exemplar": "EXEMPLAR", "deformable_decoder": True,
+                                    "guidance": {"mode": "autoguidance", "scale": 2.0}},
+    "no guidance, no SAG, jpeg": {"guidance": {"mode": "none", "scale": 1.0}, "sag_scale": 0, "output_format": "jpeg"},
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_mode_runs_and_keeps_the_input_l_channel(live, mode):
+    import io
+
+    from tests.helpers import l_channel
+
+    source = photo(100, 80)
+    raster = Image.new("RGBA", (100, 80), (0, 0, 0, 0))
+    raster.paste((0, 0, 255, 255), (60, 10, 90, 30))
+    uploads = {"RASTER": upload(live, raster), "EXEMPLAR": upload(live, photo(48, 40))}
+    body = {k: uploads.get(v, v) if isinstance(v, str) else v for k, v in MODES[mode].items()}
+    status, job = post(live, {"image": upload(live, source), "steps": 3, "seed": 11, "num_outputs": 2, **body})
+    assert status == 202, job
+    deadline = __import__("time").monotonic() + 180
+    while job["status"] not in ("succeeded", "failed", "canceled"):
+        job = live.get(f"/v1/jobs/{job['id']}", params={"wait": 10}, headers=auth(ALICE)).json()
+        assert __import__("time").monotonic() < deadline
+    assert job["status"] == "succeeded", job["error"]
+    assert len(job["result"]["images"]) == 2
+    for item in job["result"]["images"]:
+        out = Image.open(io.BytesIO(live.get(item["url"].removeprefix("http://testserver")).content))
+        assert out.size == source.size
+        tolerance = 2.0 if body.get("output_format") != "jpeg" else 3.0  # JPEG's own loss on top
+        assert np.abs(l_channel(out) - l_channel(source)).mean() <= tolerance, mode
