@@ -71,6 +71,8 @@ def load_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
         img = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"not a decodable image ({exc})") from exc
+    except Image.DecompressionBombError as exc:  # a header beyond 2x PIL's own limit: an Exception, not OSError
+        raise ValueError(f"image exceeds the decoder's pixel limit ({exc})") from exc
     if max_pixels is not None and img.width * img.height > max_pixels:
         raise ValueError(f"image has {img.width}x{img.height} pixels, above the limit of {max_pixels}")
     try:

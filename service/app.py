@@ -13,7 +13,10 @@ from service.core.config import Settings, get_settings
 from service.core.errors import install_handlers
 from service.core.security import KeyRing
 from service.dispatch import CeleryDispatcher, Dispatcher, LocalDispatcher
+from service.jobs import render
+from service.limits import BodyLimitMiddleware, RateLimiter
 from service.metrics import build_registry
+from service.webhooks import WebhookDeliverer
 from service.reaper import Reaper
 from service.storage import build_object_store
 from service.store import build_job_store
@@ -31,7 +34,13 @@ def build_context(settings: Settings, *, anonymous: bool = False, dispatcher: Di
     if dispatcher is None:
         dispatcher = CeleryDispatcher(settings.redis_url) if settings.redis_url else LocalDispatcher()
     keyring = KeyRing(settings.key_map(), allow_anonymous=anonymous or settings.allow_anonymous)
-    return AppContext(settings, store, objects, dispatcher, keyring, model_profile)
+    limiter = RateLimiter(settings.rate_limit_per_minute, getattr(store, "r", None))
+    return AppContext(settings, store, objects, dispatcher, keyring, limiter, model_profile)
+
+
+def render_for_webhook(ctx: AppContext, job):
+    base = (ctx.settings.public_url or "").rstrip("/")  # local-store URLs need VISIONJOBS_PUBLIC_URL to be absolute
+    return render(job, ctx.store, ctx.objects, base, ctx.settings.url_ttl_s)
 
 
 def create_app(ctx: AppContext | None = None, *, run_reaper: bool = True) -> FastAPI:
@@ -47,15 +56,20 @@ def create_app(ctx: AppContext | None = None, *, run_reaper: bool = True) -> Fas
         reaper = Reaper(ctx.store, ctx.dispatcher, ctx.settings.reaper_interval_s) if run_reaper else None
         if reaper:
             reaper.start()
+        deliverer = WebhookDeliverer(ctx, render_for_webhook)
+        deliverer.start()
         if ctx.keyring.anonymous:
             log.warning("no API keys configured: serving one anonymous tenant, no authentication")
         yield
+        deliverer.stop()
         if reaper:
             reaper.stop()
 
     app = FastAPI(title="visionjobs", version=API_VERSION, lifespan=lifespan,
                   description="GPU inference jobs for vision diffusion methods: submit, poll or stream, cancel, download.")
     install_handlers(app)
+    limits = ctx.settings if ctx else get_settings()
+    app.add_middleware(BodyLimitMiddleware, json_limit=limits.max_body_bytes, upload_limit=limits.max_upload_bytes)
     for module in (uploads, colorizations, videos, anomaly, jobs, files, health):
         app.include_router(module.router)
     return app

@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import io
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
+
+from PIL import Image
 
 from service.uploads import IMAGE_TYPES, sniff_content_type
 
@@ -13,6 +17,13 @@ MAX_ENTRIES = 1000
 MAX_ENTRY_BYTES = 32 * 1024 * 1024
 MAX_TOTAL_BYTES = 512 * 1024 * 1024
 MAX_RATIO = 200  # uncompressed / compressed per entry: beyond this it is a bomb, not a photo
+
+
+# What reading a hostile entry can raise: a bad CRC or header (BadZipFile), garbage deflate data
+# (zlib.error), an unsupported compression method (NotImplementedError), a truncated stream
+# (EOFError), ... Every one of them is the archive's fault, never a server error.
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError, ValueError,
+                KeyError)
 
 
 class ArchiveError(ValueError):
@@ -30,12 +41,14 @@ def _skipped(name: str) -> bool:
     return name.endswith("/") or name.startswith("__MACOSX/") or base.startswith(".") or not base
 
 
-def image_entries(data: bytes) -> list[Entry]:
-    """The image entries of a ZIP, or ArchiveError naming the first problem."""
+def image_entries(data: bytes, max_pixels: int | None = None) -> list[Entry]:
+    """The image entries of a ZIP, or ArchiveError naming the first problem. With `max_pixels`,
+    each image's header is read too and an image beyond the limit is refused (a decompression
+    bomb inside an archive)."""
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         infos = [i for i in zf.infolist() if not _skipped(i.filename)]
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
         raise ArchiveError(f"not a readable ZIP archive ({exc})")
     if not infos:
         raise ArchiveError("the archive holds no images")
@@ -51,22 +64,47 @@ def image_entries(data: bytes) -> list[Entry]:
                 info.file_size > MAX_RATIO * max(info.compress_size, 1) + 65536:
             raise ArchiveError(f"{info.filename}: uncompressed size {info.file_size} is beyond the limits "
                                f"({MAX_ENTRY_BYTES} per entry, {MAX_TOTAL_BYTES} in all, ratio {MAX_RATIO}:1)")
-        with zf.open(info) as f:
-            head = f.read(32)
+        try:
+            with zf.open(info) as f:
+                head = f.read(32)
+        except _READ_ERRORS as exc:
+            raise ArchiveError(f"{info.filename}: corrupt entry ({type(exc).__name__}: {exc})")
         if sniff_content_type(head) not in IMAGE_TYPES:
             raise ArchiveError(f"{info.filename}: not an image")
+        if max_pixels is not None:
+            _check_pixels(zf, info, max_pixels)
         entries.append(Entry(info.filename, info.file_size))
     return entries
 
 
-def read_images(data: bytes) -> list[tuple[str, bytes]]:
-    """Extract the image entries, enforcing the limits on the bytes actually inflated."""
-    entries = image_entries(data)
+def _check_pixels(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_pixels: int) -> None:
+    """Read the entry's image header (PIL reads only what it needs) and refuse a bomb."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with zf.open(info) as f, Image.open(f) as img:
+                width, height = img.size
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise ArchiveError(f"{info.filename}: image exceeds the pixel limit of {max_pixels}")
+    except Exception as exc:  # PIL and zipfile raise many types for broken data
+        raise ArchiveError(f"{info.filename}: not a readable image ({type(exc).__name__}: {exc})")
+    if width * height > max_pixels:
+        raise ArchiveError(f"{info.filename}: image is {width}x{height} = {width * height} pixels; "
+                           f"the limit is {max_pixels}")
+
+
+def read_images(data: bytes, max_pixels: int | None = None) -> list[tuple[str, bytes]]:
+    """Extract the image entries, enforcing the limits on the bytes actually inflated (an entry
+    whose headers understate its size fails its CRC or size check here)."""
+    entries = image_entries(data, max_pixels)
     zf = zipfile.ZipFile(io.BytesIO(data))
     out = []
     for entry in entries:
-        with zf.open(entry.name) as f:
-            blob = f.read(MAX_ENTRY_BYTES + 1)
+        try:
+            with zf.open(entry.name) as f:
+                blob = f.read(MAX_ENTRY_BYTES + 1)
+        except _READ_ERRORS as exc:
+            raise ArchiveError(f"{entry.name}: corrupt entry ({type(exc).__name__}: {exc})")
         if len(blob) > MAX_ENTRY_BYTES or len(blob) != entry.size:
             raise ArchiveError(f"{entry.name}: inflates to other than its declared size")
         out.append((entry.name, blob))

@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from service.core.errors import ApiError
-from service.dispatch import Dispatcher
+from service.limits import too_many
+from service.webhooks import validate_request
 from service.schemas import Job
 from service.storage.base import ObjectStore
 from service.store.base import JobRecord, JobStore, new_id
@@ -19,22 +20,38 @@ def _ts(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, tz=timezone.utc)
 
 
-def submit(store: JobStore, dispatcher: Dispatcher, *, tenant: str, kind: str, params: dict[str, Any],
-           max_attempts: int, model_profile: str | None, idempotency_key: str | None) -> tuple[JobRecord, bool]:
+def submit(ctx, *, tenant: str, kind: str, params: dict[str, Any],
+           idempotency_key: str | None) -> tuple[JobRecord, bool]:
+    """Create the job (or find the one this Idempotency-Key made) and hand it to the workers."""
+    store, settings = ctx.store, ctx.settings
+    if settings.max_active_jobs and store.active_jobs(tenant) >= settings.max_active_jobs:
+        raise too_many(f"this key has {settings.max_active_jobs} queued or running jobs, the limit; "
+                       "wait for some to finish", 30, "quota_exceeded")
     if "seed" in params and params["seed"] is None:
         params["seed"] = secrets.randbelow(2**32)  # fixed now, so every attempt draws the same noise
-    job = JobRecord(id=new_id("job"), tenant=tenant, kind=kind, params=params, max_attempts=max_attempts,
-                    model_profile=model_profile)
+    events = validate_request(params.get("webhook"), settings.webhook_allow_list())
+    job = JobRecord(id=new_id("job"), tenant=tenant, kind=kind, params=params, max_attempts=settings.max_attempts,
+                    model_profile=ctx.model_profile, webhook_events=events)
     job, created = store.create_job(job, idempotency_key)
     if created:
         try:
-            dispatcher.dispatch(job.id, kind)
+            ctx.dispatcher.dispatch(job.id, kind)
         except Exception as exc:
             log.error("could not queue job %s: %s", job.id, exc)
             store.request_cancel(job.id)
             raise ApiError(503, "Service unavailable", "the queue cannot be reached; the job was not accepted",
                            code="queue_unavailable", headers={"Retry-After": "5"})
     return job, created
+
+
+def accept(ctx, response, *, tenant: str, base_url: str, kind: str, params: dict[str, Any],
+           idempotency_key: str | None) -> Job:
+    """Submit and answer like every submission route: 202 + Location, or 200 for a repeated key."""
+    job, created = submit(ctx, tenant=tenant, kind=kind, params=params, idempotency_key=idempotency_key)
+    response.headers["Location"] = f"{base_url}/v1/jobs/{job.id}"
+    if not created:
+        response.status_code = 200
+    return render(job, ctx.store, ctx.objects, base_url, ctx.settings.url_ttl_s)
 
 
 def _sign_files(value: Any, objects: ObjectStore, tenant: str, base_url: str, ttl_s: int) -> Any:
@@ -57,7 +74,12 @@ def _sign_files(value: Any, objects: ObjectStore, tenant: str, base_url: str, tt
 
 def render(job: JobRecord, store: JobStore, objects: ObjectStore, base_url: str, ttl_s: int) -> Job:
     result = _sign_files(job.result, objects, job.tenant, base_url, ttl_s) if job.result else None
+    params, webhook = job.params, None
+    if params.get("webhook"):
+        hook = params["webhook"]
+        params = {**params, "webhook": {**hook, "secret": "***"}}  # the secret is write-only
+        webhook = {"url": hook["url"], "events": hook["events"], "deliveries": job.webhook_deliveries or {}}
     return Job(id=job.id, kind=job.kind, status=job.status, progress=min(max(job.progress, 0.0), 1.0),
                stage=job.stage, queue_position=store.queue_position(job), attempt=job.attempt,
                created_at=_ts(job.created_at), started_at=_ts(job.started_at), finished_at=_ts(job.finished_at),
-               params=job.params, error=job.error, result=result, model_profile=job.model_profile)
+               params=params, error=job.error, result=result, model_profile=job.model_profile, webhook=webhook)

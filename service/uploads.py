@@ -37,7 +37,16 @@ def sniff_content_type(head: bytes) -> str | None:
 
 
 def image_dimensions(data: bytes, max_pixels: int) -> tuple[int, int]:
-    """Read the header only; refuse bombs before any pixel is decoded."""
+    """(width, height) as the image is meant to be seen (EXIF orientation 5-8 swaps the sides,
+    as the workers' decoder turns the pixels upright), after refusing bombs from the header and
+    broken files by decoding the first frame.
+
+    The header is checked before any pixel is decoded. Then the first frame is decoded (within
+    the pixel limit; JPEGs at 1/8 scale, which still reads every byte of the scan), so a
+    truncated or corrupt file is refused here, with a 422 naming `file`, instead of failing a
+    job later: `verify()` alone misses truncated JPEG, GIF, TIFF and BMP data, and PNGs whose
+    image data is shorter than their header says. Animated images: the first frame is what
+    every job uses (models/media.py), so it is the one checked."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -47,6 +56,11 @@ def image_dimensions(data: bytes, max_pixels: int) -> tuple[int, int]:
                     raise field_error("file", f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
                                       limit=max_pixels)
                 img.verify()  # structural check of the whole file without decoding pixels
+            with Image.open(io.BytesIO(data)) as img:
+                if img.format == "JPEG":
+                    img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
+                img.load()
+                orientation = _orientation(img)
     except ApiError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
@@ -55,7 +69,15 @@ def image_dimensions(data: bytes, max_pixels: int) -> tuple[int, int]:
         raise field_error("file", f"not a readable image ({type(exc).__name__}: {exc})")
     if width < 1 or height < 1:
         raise field_error("file", "image has no pixels")
-    return width, height
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 when absent or unreadable: the decoder then keeps the pixels as stored)."""
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:
+        return 1
 
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]")

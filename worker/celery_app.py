@@ -8,10 +8,12 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
+from celery.exceptions import Reject
 from kombu import Queue
 
 from service.dispatch import RUN_JOB_TASK, celery_base_config
 from service.kinds import KINDS
+from service.store.base import StoreUnavailable
 from worker.config import WorkerSettings
 
 log = logging.getLogger("visionjobs.worker")
@@ -50,4 +52,10 @@ def get_runner():
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True)
 def run_job(job_id: str) -> str:
-    return get_runner().execute(job_id)
+    try:
+        return get_runner().execute(job_id)
+    except StoreUnavailable as exc:
+        # The claim never reached the store (the runner already waited for it): keep the message,
+        # or the job would stay queued with nothing left to run it.
+        log.error("job %s: job store unreachable, message requeued: %s", job_id, exc)
+        raise Reject(str(exc), requeue=True) from exc

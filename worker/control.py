@@ -6,10 +6,11 @@ import logging
 import threading
 import time
 
-from service.store.base import JobRecord, JobStore
+from service.store.base import JobRecord, JobStore, StoreUnavailable
 from worker.errors import JobCanceled, JobTimeout, OwnershipLost
 
 log = logging.getLogger("visionjobs.worker")
+STORE_RETRY_S = 1.0  # after a failed store call, steps skip the store this long
 
 
 class JobControl:
@@ -21,6 +22,8 @@ class JobControl:
         self._stop = threading.Event()   # heartbeat said: cancel requested or ownership lost
         self._done = threading.Event()
         self._last_write = 0.0
+        self._last_outage_log = float("-inf")
+        self._store_retry_at = float("-inf")
         self._thread = threading.Thread(target=self._beat, name=f"lease-{job.id}", daemon=True)
 
     # --- lease ---
@@ -43,20 +46,42 @@ class JobControl:
     # --- progress and checks ---
     def report(self, progress: float, stage: str, *, force: bool = False) -> None:
         """Called at every step: writes progress at most every interval, but looks for a
-        cancel every time, so a running job stops within one step of the request."""
+        cancel every time, so a running job stops within one step of the request.
+
+        A store outage does not fail the job: the pipeline keeps computing while the lease has
+        slack; if the outage outlasts the lease, the reaper re-queues the job once the store is
+        back, and this attempt learns it at its next successful read (OwnershipLost)."""
         now = time.monotonic()
-        if force or now - self._last_write >= self.interval_s:
-            self._last_write = now
-            stop = self.store.heartbeat(self.job.id, self.job.attempt, self.lease_s, progress=progress, stage=stage)
-        else:
-            stop = self.store.should_stop(self.job.id, self.job.attempt)
+        if now < self._store_retry_at:  # the store just failed: do not stall every step on it
+            self.check()
+            return
+        try:
+            if force or now - self._last_write >= self.interval_s:
+                self._last_write = now
+                stop = self.store.heartbeat(self.job.id, self.job.attempt, self.lease_s, progress=progress,
+                                            stage=stage)
+            else:
+                stop = self.store.should_stop(self.job.id, self.job.attempt)
+        except StoreUnavailable as exc:
+            self._store_down(exc)
+            stop = False
         if stop:
             self._stop.set()
         self.check()
 
+    def _store_down(self, exc: Exception) -> None:
+        now = time.monotonic()
+        self._store_retry_at = now + STORE_RETRY_S
+        if now - self._last_outage_log >= 5.0:  # one line per outage-ish, not one per step
+            self._last_outage_log = now
+            log.warning("job %s: job store unreachable, carrying on (lease %g s): %s", self.job.id, self.lease_s, exc)
+
     def check(self) -> None:
         if self._stop.is_set():
-            current = self.store.get_job(self.job.id)
+            try:
+                current = self.store.get_job(self.job.id)
+            except StoreUnavailable:  # told to stop, cannot tell why: write nothing, the lease decides
+                raise OwnershipLost("this attempt was told to stop and the store is unreachable") from None
             if current is not None and current.status == "running" and current.attempt == self.job.attempt:
                 raise JobCanceled("canceled by the client")
             raise OwnershipLost("this attempt no longer owns the job")

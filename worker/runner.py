@@ -8,17 +8,35 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from service.storage.base import ObjectNotFound, ObjectStore
-from service.store.base import CANCELED, FAILED, SUCCEEDED, JobRecord, JobStore
+from service.store.base import CANCELED, FAILED, SUCCEEDED, JobRecord, JobStore, StoreUnavailable
 from worker.config import WorkerSettings
 from worker.control import JobControl
 from worker.errors import InvalidInput, JobCanceled, JobFailed, ModelsNotReady, OwnershipLost
 from worker.model_cache import ModelCache, release_memory
 
 log = logging.getLogger("visionjobs.worker")
+STORE_WAIT_S = 300.0  # how long a worker waits for an unreachable job store to claim or finish a job
+
+
+def with_store_retry(what: str, fn, *, give_up_after: float = STORE_WAIT_S):
+    """Call `fn` until the job store answers (backoff 0.25 s .. 5 s), at most `give_up_after`
+    seconds; then let StoreUnavailable out. For the calls a job cannot do without: its claim
+    and its final write (a Redis restart must neither drop a message nor fail a finished job)."""
+    deadline, delay = time.monotonic() + give_up_after, 0.25
+    while True:
+        try:
+            return fn()
+        except StoreUnavailable as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: job store unreachable, retrying in %.2f s: %s", what, delay, exc)
+            time.sleep(delay)
+            delay = min(5.0, delay * 2)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -111,7 +129,7 @@ class Runner:
     def execute(self, job_id: str) -> str:
         from worker.jobs import HANDLERS
 
-        claim = self.store.claim(job_id, self.name, self.settings.lease_s)
+        claim = with_store_retry(f"claim {job_id}", lambda: self.store.claim(job_id, self.name, self.settings.lease_s))
         if claim.job is None:
             log.info("job %s not claimed: %s", job_id, claim.reason)
             return claim.reason
@@ -132,6 +150,11 @@ class Runner:
             except OwnershipLost:
                 log.warning("job %s attempt %d lost its lease; stopping without a final write", job.id, job.attempt)
                 return "ownership_lost"
+            except StoreUnavailable as exc:
+                # The job store vanished mid-job (an input could not be read): not the job's fault.
+                # Write nothing; the lease lapses and the reaper re-queues the job once the store is back.
+                log.warning("job %s attempt %d abandoned, job store unreachable: %s", job.id, job.attempt, exc)
+                return "store_unavailable"
             except JobCanceled as exc:
                 status, error = CANCELED, {"code": exc.code, "message": str(exc)}
             except JobFailed as exc:
@@ -145,7 +168,9 @@ class Runner:
             finally:
                 if status != SUCCEEDED:
                     release_memory()
-        done = self.store.finish(job.id, job.attempt, status, result=result, error=error,
-                                 model_profile=self._profiles.get(job.kind))
+            # Still inside the lease heartbeat: a store outage here delays the final write, it does
+            # not lose it (the heartbeat renews the lease as soon as the store answers again).
+            done = with_store_retry(f"finish {job.id}", lambda: self.store.finish(
+                job.id, job.attempt, status, result=result, error=error, model_profile=self._profiles.get(job.kind)))
         log.info("job %s -> %s%s", job.id, status, "" if done else " (not recorded: ownership lost)")
         return status

@@ -11,6 +11,7 @@ from service.core.config import Settings
 from service.core.errors import ApiError, not_found
 from service.core.security import KeyRing
 from service.dispatch import Dispatcher
+from service.limits import RateLimiter, too_many
 from service.storage.base import ObjectStore
 from service.store.base import JobRecord, JobStore
 
@@ -22,6 +23,7 @@ class AppContext:
     objects: ObjectStore
     dispatcher: Dispatcher
     keyring: KeyRing
+    limiter: RateLimiter
     model_profile: str | None = None  # what workers report on results (embedded: resolved at start)
 
 
@@ -38,6 +40,10 @@ def get_tenant(ctx: Ctx, creds: Annotated[HTTPAuthorizationCredentials | None, D
     if tenant is None:
         raise ApiError(401, "Unauthorized", "missing or unknown API key (Authorization: Bearer <key>)",
                        code="unauthorized", headers={"WWW-Authenticate": "Bearer"})
+    retry_after = ctx.limiter.hit(tenant)
+    if retry_after is not None:
+        raise too_many(f"more than {ctx.limiter.per_minute} requests per minute for this key", retry_after,
+                       "rate_limited")
     return tenant
 
 

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(1000, description="Longest accepted prompt, characters.")
     max_steps: int = Field(100, description="Most denoising steps a job may ask for.")
     max_outputs: int = Field(4, description="Most outputs one job may ask for.")
+    max_body_bytes: int = Field(1024 * 1024, description="Largest JSON request body, bytes.")
+    rate_limit_per_minute: int = Field(6000, description="Requests per API key per minute (0 = no limit); over it: 429.")
+    max_active_jobs: int = Field(500, description="Queued + running jobs per API key; over it submissions get 429.")
     max_video_frames: int = Field(481, description="Most pixel frames one generated video may have (30 s at 16 fps).")
     max_video_pixels: int = Field(720 * 480, description="Largest generated frame, width x height.")
 
@@ -50,12 +53,19 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", description="Python logging level of every process.")
 
+    webhook_allow_hosts: str = Field("", description="Comma-separated hosts or CIDR networks webhooks may target even "
+                                                     "when private or loopback (default: public addresses only).")
+    webhook_retry_base_s: float = Field(2.0, description="First webhook retry delay; doubles per attempt (8 attempts).")
+
     # --- models ---
     model_profile: str = Field("pretrained", description="tiny | pretrained | auto (auto: pretrained where present, else tiny).")
     model_dir: Path | None = Field(None, description="Root of diffusers-format model folders for the pretrained profile.")
     autoguidance_dir: Path | None = Field(
         None, description="Colorization autoguidance guide: a folder with unet/ and controlnet/ of a weaker model "
                           "(relative to the model dir or absolute). Tiny profile: built in code.")
+
+    def webhook_allow_list(self) -> list[str]:
+        return [h.strip() for h in self.webhook_allow_hosts.split(",") if h.strip()]
 
     @property
     def embedded(self) -> bool:

@@ -68,9 +68,11 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        title = {404: "Not found", 405: "Method not allowed", 401: "Unauthorized"}.get(exc.status_code, "HTTP error")
-        return problem(request, exc.status_code, title, str(exc.detail), title.lower().replace(" ", "_"),
-                       headers=getattr(exc, "headers", None))
+        title = {404: "Not found", 405: "Method not allowed", 401: "Unauthorized",
+                 413: "Payload too large"}.get(exc.status_code, "HTTP error")
+        return problem(request, exc.status_code, title, str(exc.detail),
+                       getattr(exc, "code", None) or title.lower().replace(" ", "_"),
+                       errors=getattr(exc, "errors", None), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(StoreUnavailable)
     async def _unavailable(request: Request, exc: StoreUnavailable):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from service.schemas.common import MAX_SEED, REQUEST, UPLOAD_ID
+from service.schemas.common import JobRequest, MAX_SEED, REQUEST, UPLOAD_ID, Text
 
 MODEL_ID = r"^anm_[0-9a-f]{24}$"
 MAX_TRAIN_IMAGES, MAX_SCORE_IMAGES, MAX_VALIDATION_IMAGES = 1000, 64, 200
@@ -20,12 +20,12 @@ class ValidationSet(BaseModel):
     abnormal: list[str] = Field([], max_length=MAX_VALIDATION_IMAGES)
 
 
-class AnomalyFitRequest(BaseModel):
+class AnomalyFitRequest(JobRequest):
     """Fit PatchCore on normal images (upload ids, or one ZIP upload of images)."""
 
     model_config = REQUEST
 
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
     images: list[str] = Field([], max_length=MAX_TRAIN_IMAGES, description="Upload ids of normal images.")
     archive: str | None = Field(None, pattern=UPLOAD_ID, description="Upload id of a ZIP of normal images.")
     validation: ValidationSet | None = Field(
@@ -42,7 +42,7 @@ class AnomalyFitRequest(BaseModel):
         return self
 
 
-class AnomalyScoreRequest(BaseModel):
+class AnomalyScoreRequest(JobRequest):
     model_config = REQUEST
 
     model_id: str = Field(pattern=MODEL_ID)

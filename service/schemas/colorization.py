@@ -6,7 +6,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from service.schemas.common import (
-    ImageOutput, MAX_OUTPUTS, MAX_PROMPT, MAX_SEED, MAX_STEPS, MAX_STROKE_POINTS, MAX_STROKE_WIDTH, MAX_STROKES, REQUEST, UPLOAD_ID,
+    JobRequest,
+    ImageOutput, MAX_OUTPUTS, MAX_PROMPT, MAX_SEED, Prompt, MAX_STEPS, MAX_STROKE_POINTS, MAX_STROKE_WIDTH, MAX_STROKES, REQUEST, UPLOAD_ID,
 )
 
 
@@ -28,12 +29,12 @@ class Guidance(BaseModel):
     scale: float = Field(7.0, ge=0, le=30)
 
 
-class ColorizationRequest(BaseModel):
+class ColorizationRequest(JobRequest):
     model_config = REQUEST
 
     image: str = Field(pattern=UPLOAD_ID, description="Upload id of the photo (grayscale or colour).")
-    prompt: str = Field("", max_length=MAX_PROMPT, description="Optional text describing the colours.")
-    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT,
+    prompt: Prompt = Field("", max_length=MAX_PROMPT, description="Optional text describing the colours.")
+    negative_prompt: Prompt | None = Field(None, max_length=MAX_PROMPT,
                                         description="Default: the Control Color demo's negative prompt.")
     strokes: list[Stroke] = Field([], max_length=MAX_STROKES, description="Vector colour strokes (hints).")
     stroke_image: str | None = Field(None, pattern=UPLOAD_ID,

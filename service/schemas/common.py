@@ -1,11 +1,12 @@
 """Shared parts of the API contract: jobs, uploads, problems, limits."""
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 UPLOAD_ID = r"^upl_[0-9a-f]{24}$"
 JOB_ID = r"^job_[0-9a-f]{24}$"
@@ -13,6 +14,35 @@ MAX_STEPS, MAX_OUTPUTS, MAX_PROMPT = 100, 4, 1000
 MAX_SEED = 2**32 - 1
 MAX_STROKES, MAX_STROKE_POINTS, MAX_TOTAL_POINTS, MAX_STROKE_WIDTH = 256, 4096, 20000, 256
 REQUEST = ConfigDict(extra="forbid", allow_inf_nan=False)  # unknown fields and NaN/inf are 422s
+
+# Text fields (prompts, names) refuse C0 control characters other than tab, newline and carriage
+# return: NUL truncates strings in C libraries and tokenizers, ESC sequences rewrite terminals that
+# show logs. Documented in the schema as a pattern, enforced with a message that names the character.
+NO_CONTROL_CHARS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"
+_CONTROL_CHAR = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def no_control_chars(value: str) -> str:
+    found = _CONTROL_CHAR.search(value)
+    if found:
+        raise ValueError(f"control character U+{ord(found.group()):04X} at position {found.start()} is not allowed "
+                         "(tab, newline and carriage return are)")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or only whitespace")
+    return value
+
+
+# Every prompt-like field shares these (and so the same validator). Length constraints come
+# before the validators, so pydantic checks them on the string itself (its usual messages).
+_NO_CONTROL = (AfterValidator(no_control_chars), Field(json_schema_extra={"pattern": NO_CONTROL_CHARS}))
+Text = Annotated[str, _NO_CONTROL[0], _NO_CONTROL[1]]
+Prompt = Annotated[str, Field(max_length=MAX_PROMPT), _NO_CONTROL[0], _NO_CONTROL[1]]
+RequiredPrompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT), AfterValidator(_not_blank),
+                           _NO_CONTROL[0], _NO_CONTROL[1]]
 
 
 class JobStatus(str, Enum):
@@ -45,6 +75,41 @@ class Upload(BaseModel):
     created_at: datetime
     width: int | None = None
     height: int | None = None
+
+
+WebhookEvent = Literal["running", "succeeded", "failed", "canceled"]
+
+
+class Webhook(BaseModel):
+    model_config = REQUEST
+
+    url: str = Field(max_length=2048, pattern=r"^https?://", description="Public http(s) endpoint to POST events to.")
+    events: list[WebhookEvent] = Field(["succeeded", "failed", "canceled"], min_length=1, max_length=4)
+    secret: str = Field(min_length=16, max_length=256, description="HMAC-SHA256 key for X-Visionjobs-Signature; "
+                                                                    "never shown again.")
+
+
+class JobRequest(BaseModel):
+    """Fields every submission accepts."""
+
+    model_config = REQUEST
+
+    webhook: Webhook | None = Field(None, description="Notify this URL when the job enters one of `events`.")
+
+
+class WebhookDelivery(BaseModel):
+    status: Literal["retrying", "delivered", "failed"]
+    attempts: int
+    last_status_code: int | None = None
+    last_error: str | None = None
+    delivered_at: float | None = None
+    next_attempt_at: float | None = None
+
+
+class WebhookState(BaseModel):
+    url: str
+    events: list[WebhookEvent]
+    deliveries: dict[str, WebhookDelivery] = {}
 
 
 class Problem(BaseModel):

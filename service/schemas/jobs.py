@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from service.schemas.anomaly import AnomalyFitResult, AnomalyScoreResult
 from service.schemas.colorization import ColorizationResult
-from service.schemas.common import JobError, JobStatus
+from service.schemas.common import JobError, JobStatus, WebhookState
 from service.schemas.video import VideoEditResult, VideoGenerationResult
 
 
@@ -29,6 +29,7 @@ class Job(BaseModel):
                                   | AnomalyScoreResult) | dict[str, Any] | None = Field(
         description="Kind-specific; URLs are signed afresh on every read.")
     model_profile: str | None
+    webhook: WebhookState | None = Field(None, description="The job's webhook and its delivery state per event.")
 
 
 class JobPage(BaseModel):

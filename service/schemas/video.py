@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from service.schemas.common import MAX_PROMPT, MAX_SEED, MAX_STEPS, REQUEST, UPLOAD_ID
+from service.schemas.common import (
+    JobRequest, MAX_PROMPT, MAX_SEED, MAX_STEPS, REQUEST, UPLOAD_ID, Prompt, RequiredPrompt,
+)
 
 SEGMENT_LATENT_FRAMES = 13  # 49 pixel frames: the CogVideoX clip; the VAE compresses time 4x
 
@@ -38,10 +40,10 @@ class KvSharing(BaseModel):
         return self
 
 
-class VideoGenerationRequest(BaseModel):
+class VideoGenerationRequest(JobRequest):
     model_config = REQUEST
 
-    prompts: list[str] = Field(min_length=1, max_length=8, description="One prompt per part of the video, in order.")
+    prompts: list[RequiredPrompt] = Field(min_length=1, max_length=8, description="One prompt per part of the video, in order.")
     segments: int | None = Field(None, ge=1, le=16,
                                  description="Single prompt only: how many 49-frame segments to chain.")
     overlap: int = Field(6, ge=0, le=12, description="Latent frames shared by adjacent segments (paper 6, repo 9).")
@@ -88,7 +90,7 @@ class VideoGenerationResult(BaseModel):
 TUNED_MODEL_ID = r"^tvm_[0-9a-f]{24}$"
 
 
-class VideoEditRequest(BaseModel):
+class VideoEditRequest(JobRequest):
     """Tune-A-Video: tune on `video` (described by `source_prompt`), then one edit per prompt;
     or reuse an earlier tuning with `tuned_model` (tuning and the clip settings are skipped)."""
 
@@ -96,8 +98,8 @@ class VideoEditRequest(BaseModel):
 
     video: str | None = Field(None, pattern=UPLOAD_ID, description="Upload id of the clip (MP4, WebM, MOV or GIF).")
     tuned_model: str | None = Field(None, pattern=TUNED_MODEL_ID, description="A tuned model id from an earlier edit.")
-    source_prompt: str | None = Field(None, max_length=MAX_PROMPT, description="What the clip shows (with `video`).")
-    edits: list[str] = Field(min_length=1, max_length=8, description="One edited video per prompt.")
+    source_prompt: Prompt | None = Field(None, max_length=MAX_PROMPT, description="What the clip shows (with `video`).")
+    edits: list[RequiredPrompt] = Field(min_length=1, max_length=8, description="One edited video per prompt.")
     tune_steps: int = Field(500, ge=1, le=2000, description="One-shot tuning steps.")
     frames: int | None = Field(None, ge=1, le=48, description="Frames sampled uniformly from the clip (default 24).")
     width: int | None = Field(None, ge=64, le=1024, multiple_of=8, description="Default 512.")

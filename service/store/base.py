@@ -53,6 +53,8 @@ class JobRecord:
     cancel_requested: bool = False
     worker: str | None = None
     version: int = 0
+    webhook_events: str | None = None  # ",succeeded,failed," : the states that trigger a delivery
+    webhook_deliveries: dict[str, Any] | None = None  # event -> delivery state
 
     @property
     def final(self) -> bool:
@@ -156,6 +158,23 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def queue_depth(self, kind: str) -> int: ...
+
+    @abc.abstractmethod
+    def active_jobs(self, tenant: str) -> int:
+        """Queued plus running jobs of a tenant (the concurrent-job quota)."""
+
+    # --- webhook outbox: transitions into a subscribed state enqueue a delivery atomically ---
+    @abc.abstractmethod
+    def claim_due_webhooks(self, limit: int = 20) -> list[tuple[str, str]]:
+        """(job id, event) pairs due now; each is handed to exactly one caller."""
+
+    @abc.abstractmethod
+    def schedule_webhook(self, job_id: str, event: str, delay_s: float) -> None:
+        """Put a delivery back for a retry."""
+
+    @abc.abstractmethod
+    def record_webhook(self, job_id: str, event: str, state: dict[str, Any]) -> None:
+        """Delivery state, shown on the job."""
 
     # --- tenant-owned resources made by jobs (tuned video models, anomaly models) ---
     @abc.abstractmethod

@@ -20,6 +20,16 @@ local function bump(jk, ek)
              'progress', f[2] or '0', 'stage', f[3] or '')
   return v
 end
+-- the webhook outbox: jobs that subscribed to `status` get a due delivery (member id|status)
+local function hook(p, jk, id, status)
+  local events = redis.call('HGET', jk, 'webhook_events')
+  if events and string.find(events, ',' .. status .. ',', 1, true) then
+    redis.call('ZADD', p .. 'webhooks', 'NX', now, id .. '|' .. status)
+  end
+end
+local function inactive(p, jk, id)
+  redis.call('SREM', p .. 'active:' .. (redis.call('HGET', jk, 'tenant') or ''), id)
+end
 local function count(p, kind, from, to)
   if from then redis.call('HINCRBY', p .. 'counts', kind .. '|' .. from, -1) end
   if to then redis.call('HINCRBY', p .. 'counts', kind .. '|' .. to, 1) end
@@ -41,6 +51,7 @@ for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', jk, unpack(fields))
 redis.call('ZADD', p .. 'queue:' .. kind, tonumber(ARGV[5]), id)
 redis.call('ZADD', p .. 'tenant:' .. tenant, 0, id)
+redis.call('SADD', p .. 'active:' .. tenant, id)
 count(p, kind, nil, 'queued')
 bump(jk, p .. 'events:' .. id)
 return {1, id}
@@ -59,6 +70,7 @@ redis.call('HSET', jk, 'status', 'running', 'attempt', tonumber(f[3]) + 1, 'star
 redis.call('ZADD', p .. 'leases', now + tonumber(ARGV[4]), id)
 redis.call('ZREM', p .. 'queue:' .. f[2], id)
 count(p, f[2], 'queued', 'running')
+hook(p, jk, id, 'running')
 bump(jk, p .. 'events:' .. id)
 return 'claimed'
 """
@@ -91,7 +103,9 @@ redis.call('HSET', jk, 'status', ARGV[4], 'finished_at', now, 'result', ARGV[5],
            'stage', ARGV[4], 'progress', progress)
 if ARGV[8] ~= '' then redis.call('HSET', jk, 'model_profile', ARGV[8]) end
 redis.call('ZREM', p .. 'leases', id)
+inactive(p, jk, id)
 count(p, f[3], 'running', ARGV[4])
+hook(p, jk, id, ARGV[4])
 bump(jk, p .. 'events:' .. id)
 redis.call('EXPIRE', jk, tonumber(ARGV[7]))
 redis.call('EXPIRE', p .. 'events:' .. id, tonumber(ARGV[7]))
@@ -108,7 +122,9 @@ if f[1] == 'queued' then
   redis.call('HSET', jk, 'status', 'canceled', 'finished_at', now, 'stage', 'canceled',
              'cancel_requested', 1, 'error', '{"code": "canceled", "message": "canceled by the client before it started"}')
   redis.call('ZREM', p .. 'queue:' .. f[2], id)
+  inactive(p, jk, id)
   count(p, f[2], 'queued', 'canceled')
+  hook(p, jk, id, 'canceled')
   bump(jk, p .. 'events:' .. id)
   redis.call('EXPIRE', jk, tonumber(ARGV[3]))
   redis.call('EXPIRE', p .. 'events:' .. id, tonumber(ARGV[3]))
@@ -141,7 +157,9 @@ for _, id in ipairs(ids) do
     end
     if final then
       redis.call('HSET', jk, 'status', final, 'finished_at', now, 'stage', final)
+      inactive(p, jk, id)
       count(p, f[4], 'running', final)
+      hook(p, jk, id, final)
       redis.call('EXPIRE', jk, tonumber(ARGV[2]))
       redis.call('EXPIRE', p .. 'events:' .. id, tonumber(ARGV[2]))
     else

@@ -5,6 +5,8 @@ import json
 import time
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from service.store import redis_lua
 from service.store.base import (
@@ -13,9 +15,15 @@ from service.store.base import (
 
 WORKER_LOST = json.dumps({"code": "worker_lost",
                           "message": "the worker running this job stopped answering on every attempt"})
-_JSON_FIELDS = ("params", "result", "error")
+_JSON_FIELDS = ("params", "result", "error", "webhook_deliveries")
 _FLOAT_FIELDS = ("progress", "created_at", "started_at", "finished_at")
 _INT_FIELDS = ("attempt", "max_attempts", "version")
+# Connection handling: fail fast, so the API answers 503 within a few seconds while Redis is down
+# or unreachable (never hangs on a dead socket), and recover on the next call once it is back.
+CONNECT_TIMEOUT_S = 2.0   # a LAN Redis connects in milliseconds
+SOCKET_TIMEOUT_S = 5.0    # every command is short: Lua transitions, single reads
+BLOCK_SLICE_S = 2.0       # blocking XREADs are cut into slices well under SOCKET_TIMEOUT_S
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)  # BusyLoadingError (AOF replay) is a ConnectionError
 
 
 def _encode(job: JobRecord) -> list[str]:
@@ -51,8 +59,12 @@ def _decode(raw: dict[str, str]) -> JobRecord:
 
 class RedisJobStore(JobStore):
     def __init__(self, url: str, *, prefix: str = "vj:", retention_s: int = 7 * 86400):
-        self.r = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2,
-                                      socket_timeout=None, health_check_interval=30)
+        # One quick retry on a fresh connection covers pooled sockets a Redis restart left dead;
+        # redis-py's default (10 retries, backoff up to 1 s) would hold a request for seconds.
+        self.r = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT_S,
+                                      socket_timeout=SOCKET_TIMEOUT_S, health_check_interval=30,
+                                      retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+                                      retry_on_error=[redis.ConnectionError, redis.TimeoutError])
         self.p = prefix
         self.retention_s = retention_s
         self._scripts = {name: self.r.register_script(getattr(redis_lua, name))
@@ -61,13 +73,13 @@ class RedisJobStore(JobStore):
     def _run(self, name: str, *args):
         try:
             return self._scripts[name](keys=[], args=[self.p, *args])
-        except redis.ConnectionError as exc:
+        except _UNREACHABLE as exc:
             raise StoreUnavailable(f"redis unreachable: {exc}") from exc
 
     def _call(self, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except redis.ConnectionError as exc:
+        except _UNREACHABLE as exc:
             raise StoreUnavailable(f"redis unreachable: {exc}") from exc
 
     # --- API side ---
@@ -127,7 +139,9 @@ class RedisJobStore(JobStore):
             if remaining <= 0:
                 return job
             # Anything written after `last_id` wakes us: no lost wake-up between the two reads.
-            self._call(self.r.xread, {stream: last_id}, count=1, block=max(1, int(remaining * 1000)))
+            # Blocks in slices, so the socket timeout (a dead Redis is noticed) stays short.
+            self._call(self.r.xread, {stream: last_id}, count=1,
+                       block=max(1, int(min(remaining, BLOCK_SLICE_S) * 1000)))
 
     def put_upload(self, upload):
         self._call(self.r.set, f"{self.p}upload:{upload.id}", json.dumps(upload.to_dict()), ex=self.retention_s)
@@ -166,8 +180,27 @@ class RedisJobStore(JobStore):
                 best = (head[0][1], head[0][0])
         return best[1] if best else None
 
+    def active_jobs(self, tenant):
+        return self._call(self.r.scard, f"{self.p}active:{tenant}")
+
     def queue_depth(self, kind: str) -> int:
         return self._call(self.r.zcard, f"{self.p}queue:{kind}")
+
+    def claim_due_webhooks(self, limit=20):
+        due = self._call(self.r.zrangebyscore, f"{self.p}webhooks", "-inf", time.time(), start=0, num=limit)
+        mine = [m for m in due if self._call(self.r.zrem, f"{self.p}webhooks", m)]  # ZREM decides who delivers
+        return [tuple(m.rsplit("|", 1)) for m in mine]
+
+    def schedule_webhook(self, job_id, event, delay_s):
+        self._call(self.r.zadd, f"{self.p}webhooks", {f"{job_id}|{event}": time.time() + delay_s})
+
+    def record_webhook(self, job_id, event, state):
+        key = f"{self.p}job:{job_id}"
+        raw = self._call(self.r.hget, key, "webhook_deliveries")
+        deliveries = json.loads(raw) if raw else {}
+        deliveries[event] = state
+        if self._call(self.r.exists, key):
+            self._call(self.r.hset, key, "webhook_deliveries", json.dumps(deliveries))
 
     def put_resource(self, kind, resource_id, tenant, doc):
         pipe = self.r.pipeline()
@@ -206,7 +239,7 @@ class RedisJobStore(JobStore):
     def ping(self):
         try:
             self.r.ping()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except _UNREACHABLE as exc:
             raise StoreUnavailable(f"redis unreachable: {exc}") from exc
 
     def counts(self):

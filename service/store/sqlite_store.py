@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant, id);
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, kind, created_at);
 CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY, expires_at REAL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS webhooks (job_id TEXT, event TEXT, due_at REAL, PRIMARY KEY (job_id, event));
 CREATE TABLE IF NOT EXISTS resources (kind TEXT, id TEXT, tenant TEXT, doc TEXT, PRIMARY KEY (kind, id));
 CREATE INDEX IF NOT EXISTS resources_tenant ON resources (kind, tenant, id);
 CREATE TABLE IF NOT EXISTS capabilities (kind TEXT, worker TEXT, seen_at REAL, doc TEXT,
@@ -70,6 +71,12 @@ class SqliteJobStore(JobStore):
                    (job.id, job.tenant, job.kind, job.status, job.created_at, lease_until, expires,
                     json.dumps(job.to_dict())))
         return job
+
+    @staticmethod
+    def _hook(db, job: JobRecord) -> None:
+        """Outbox: a transition into a subscribed state enqueues its delivery in the same transaction."""
+        if job.webhook_events and f",{job.status}," in job.webhook_events:
+            db.execute("INSERT OR IGNORE INTO webhooks VALUES (?,?,?)", (job.id, job.status, time.time()))
 
     def _notify(self):
         with self._changed:
@@ -122,6 +129,10 @@ class SqliteJobStore(JobStore):
             (QUEUED, job.kind, job.created_at, job.created_at, job.id)).fetchone()
         return ahead + 1
 
+    def active_jobs(self, tenant):
+        return self._db().execute("SELECT COUNT(*) FROM jobs WHERE tenant=? AND status IN (?, ?)",
+                                  (tenant, QUEUED, RUNNING)).fetchone()[0]
+
     def queue_depth(self, kind):
         return self._db().execute("SELECT COUNT(*) FROM jobs WHERE status=? AND kind=?", (QUEUED, kind)).fetchone()[0]
 
@@ -135,6 +146,7 @@ class SqliteJobStore(JobStore):
                 job.cancel_requested = True
                 job.error = {"code": "canceled", "message": "canceled by the client before it started"}
                 self._save(db, job)
+                self._hook(db, job)
             elif job.status == RUNNING and not job.cancel_requested:
                 job.cancel_requested, job.stage = True, "canceling"
                 self._save(db, job, self._lease(db, job_id))
@@ -179,6 +191,7 @@ class SqliteJobStore(JobStore):
             job.attempt += 1
             job.started_at = now
             self._save(db, job, now + lease_s)
+            self._hook(db, job)
         self._notify()
         return Claim(job, "claimed")
 
@@ -208,6 +221,7 @@ class SqliteJobStore(JobStore):
             if status == SUCCEEDED:
                 job.progress = 1.0
             self._save(db, job)
+            self._hook(db, job)
         self._notify()
         return job
 
@@ -229,6 +243,7 @@ class SqliteJobStore(JobStore):
                 if job.final:
                     job.stage, job.finished_at = job.status, now
                 self._save(db, job)
+                self._hook(db, job)
             # Retention: drop expired rows while we hold the write lock anyway.
             wall = time.time()
             db.execute("DELETE FROM jobs WHERE expires_at IS NOT NULL AND expires_at<?", (wall,))
@@ -250,6 +265,25 @@ class SqliteJobStore(JobStore):
         """Sleep until some job changes (in-process) or `timeout` passes."""
         with self._changed:
             self._changed.wait(timeout)
+
+    def claim_due_webhooks(self, limit=20):
+        with self._tx() as db:
+            rows = db.execute("SELECT job_id, event FROM webhooks WHERE due_at<=? ORDER BY due_at LIMIT ?",
+                              (time.time(), limit)).fetchall()
+            db.executemany("DELETE FROM webhooks WHERE job_id=? AND event=?", rows)
+        return [tuple(r) for r in rows]
+
+    def schedule_webhook(self, job_id, event, delay_s):
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO webhooks VALUES (?,?,?)", (job_id, event, time.time() + delay_s))
+
+    def record_webhook(self, job_id, event, state):
+        with self._tx() as db:
+            row = db.execute("SELECT doc FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row:
+                doc = json.loads(row[0])
+                doc["webhook_deliveries"] = {**(doc.get("webhook_deliveries") or {}), event: state}
+                db.execute("UPDATE jobs SET doc=? WHERE id=?", (json.dumps(doc), job_id))
 
     def put_resource(self, kind, resource_id, tenant, doc):
         with self._tx() as db:

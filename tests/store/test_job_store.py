@@ -172,3 +172,52 @@ def test_resources_are_tenant_indexed_and_deletable(store):
     assert store.delete_resource("tuned", a) and not store.delete_resource("tuned", a)
     assert store.get_resource("tuned", a) is None and [d["id"] for d in store.list_resources("tuned", "t1")] == [b]
     assert store.get_resource("other-kind", b) is None
+
+
+def test_active_jobs_count_queued_and_running_only(store):
+    a, _ = make_job(store)
+    b, _ = make_job(store)
+    c, _ = make_job(store)
+    make_job(store, tenant="t2")
+    assert store.active_jobs("t1") == 3
+    store.claim(a.id, "w", 30)
+    store.request_cancel(b.id)
+    assert store.active_jobs("t1") == 2
+    store.finish(a.id, 1, "succeeded", result={})
+    assert store.active_jobs("t1") == 1
+    store.claim(c.id, "w", 0.1)
+    time.sleep(0.2)
+    store.reap_expired()  # back to queued: still active
+    assert store.active_jobs("t1") == 1 and store.active_jobs("t2") == 1
+
+
+def test_transitions_into_subscribed_states_enqueue_webhooks_once(store):
+    job = JobRecord(id=new_id("job"), tenant="t1", kind="colorize", params={}, webhook_events=",running,succeeded,")
+    store.create_job(job)
+    quiet, _ = make_job(store)
+    store.claim(job.id, "w", 30)
+    store.claim(quiet.id, "w", 30)
+    assert store.claim_due_webhooks() == [(job.id, "running")]
+    assert store.claim_due_webhooks() == []  # handed out once
+    store.finish(job.id, 1, "succeeded", result={})
+    store.finish(quiet.id, 1, "succeeded", result={})
+    assert store.claim_due_webhooks() == [(job.id, "succeeded")]
+    store.schedule_webhook(job.id, "succeeded", 0.2)
+    assert store.claim_due_webhooks() == []
+    time.sleep(0.25)
+    assert store.claim_due_webhooks() == [(job.id, "succeeded")]
+    store.record_webhook(job.id, "succeeded", {"status": "delivered", "attempts": 2})
+    assert store.get_job(job.id).webhook_deliveries == {"succeeded": {"status": "delivered", "attempts": 2}}
+
+
+def test_webhook_on_cancel_and_worker_lost(store):
+    a = JobRecord(id=new_id("job"), tenant="t1", kind="colorize", params={}, webhook_events=",canceled,failed,")
+    b = JobRecord(id=new_id("job"), tenant="t1", kind="colorize", params={}, webhook_events=",canceled,failed,",
+                  max_attempts=1)
+    store.create_job(a)
+    store.create_job(b)
+    store.request_cancel(a.id)
+    store.claim(b.id, "w", 0.1)
+    time.sleep(0.2)
+    store.reap_expired()
+    assert sorted(store.claim_due_webhooks()) == sorted([(a.id, "canceled"), (b.id, "failed")])

@@ -30,9 +30,10 @@ def _load(ctx: "JobContext", ids: list[str], field: str) -> list:
     from models.media import load_image
 
     images = []
+    max_pixels = ctx.runner.settings.max_image_pixels
     for i, upload_id in enumerate(ids):
         try:
-            images.append(load_image(ctx.read_upload(upload_id, f"{field}.{i}")))
+            images.append(load_image(ctx.read_upload(upload_id, f"{field}.{i}"), max_pixels))
         except InvalidInput:
             raise
         except Exception as exc:
@@ -62,7 +63,9 @@ def fit(ctx: "JobContext") -> dict:
     ctx.control.report(0.01, "reading images", force=True)
     if p.get("archive"):
         try:
-            images = [load_image(blob) for _, blob in read_images(ctx.read_upload(p["archive"], "archive"))]
+            max_pixels = ctx.runner.settings.max_image_pixels
+            images = [load_image(blob, max_pixels)
+                      for _, blob in read_images(ctx.read_upload(p["archive"], "archive"), max_pixels)]
         except (ArchiveError, ValueError) as exc:
             raise InvalidInput(f"archive: {exc}") from exc
     else:

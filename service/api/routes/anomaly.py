@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Response
 from service.api.deps import BaseUrl, Ctx, Tenant
 from service.archives import ArchiveError, image_entries
 from service.core.errors import field_error, not_found
-from service.jobs import render, submit
+from service.jobs import accept
 from service.schemas import (
     AnomalyFitRequest, AnomalyModel, AnomalyModelList, AnomalyScoreRequest, Job, ThresholdsPatch,
 )
@@ -34,16 +34,6 @@ def _images(ctx, tenant: str, ids: list[str], field: str, same_size: bool = Fals
         size = size or (rec.width, rec.height)
 
 
-def _submit(ctx, tenant, base, response, kind, params, idempotency_key) -> Job:
-    job, created = submit(ctx.store, ctx.dispatcher, tenant=tenant, kind=kind, params=params,
-                          max_attempts=ctx.settings.max_attempts, model_profile=ctx.model_profile,
-                          idempotency_key=idempotency_key)
-    response.headers["Location"] = f"{base}/v1/jobs/{job.id}"
-    if not created:
-        response.status_code = 200
-    return render(job, ctx.store, ctx.objects, base, ctx.settings.url_ttl_s)
-
-
 @router.post("/anomaly-models", status_code=202, response_model=Job, responses=_ACCEPTED,
              summary="Fit a PatchCore anomaly model on normal images (job kind anomaly.fit)")
 def fit_model(body: AnomalyFitRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl, response: Response,
@@ -55,14 +45,15 @@ def fit_model(body: AnomalyFitRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl, 
         if rec.content_type != "application/zip":
             raise field_error("archive", f"upload {body.archive} is {rec.content_type}, not a ZIP archive")
         try:
-            image_entries(ctx.objects.get(rec.key))
+            image_entries(ctx.objects.get(rec.key), ctx.settings.max_image_pixels)
         except ArchiveError as exc:
             raise field_error("archive", str(exc))
     _images(ctx, tenant, body.images, "images", same_size=True)
     if body.validation:
         _images(ctx, tenant, body.validation.normal, "validation.normal")
         _images(ctx, tenant, body.validation.abnormal, "validation.abnormal")
-    return _submit(ctx, tenant, base, response, "anomaly.fit", body.model_dump(), idempotency_key)
+    return accept(ctx, response, tenant=tenant, base_url=base, kind="anomaly.fit", params=body.model_dump(),
+                  idempotency_key=idempotency_key)
 
 
 @router.post("/anomaly-scores", status_code=202, response_model=Job, responses=_ACCEPTED,
@@ -73,7 +64,8 @@ def score(body: AnomalyScoreRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl, re
     if model is None or model["tenant"] != tenant:
         raise field_error("model_id", f"no anomaly model {body.model_id}")
     _images(ctx, tenant, body.images, "images")
-    return _submit(ctx, tenant, base, response, "anomaly.score", body.model_dump(), idempotency_key)
+    return accept(ctx, response, tenant=tenant, base_url=base, kind="anomaly.score", params=body.model_dump(),
+                  idempotency_key=idempotency_key)
 
 
 def _as_schema(doc: dict) -> AnomalyModel:

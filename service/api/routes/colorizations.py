@@ -6,7 +6,7 @@ from fastapi import APIRouter, Header, Response
 
 from service.api.deps import BaseUrl, Ctx, Tenant
 from service.core.errors import field_error
-from service.jobs import render, submit
+from service.jobs import accept
 from service.schemas import MAX_TOTAL_POINTS, ColorizationRequest, Job
 from service.uploads import IMAGE_TYPES
 
@@ -69,10 +69,5 @@ def create_colorization(body: ColorizationRequest, ctx: Ctx, tenant: Tenant, bas
         raise field_error("num_outputs", f"at most {s.max_outputs} outputs", limit=s.max_outputs)
     if len(body.prompt) > s.max_prompt_chars:
         raise field_error("prompt", f"at most {s.max_prompt_chars} characters", limit=s.max_prompt_chars)
-    job, created = submit(ctx.store, ctx.dispatcher, tenant=tenant, kind="colorize", params=body.model_dump(),
-                          max_attempts=s.max_attempts, model_profile=ctx.model_profile,
-                          idempotency_key=idempotency_key)
-    response.headers["Location"] = f"{base}/v1/jobs/{job.id}"
-    if not created:
-        response.status_code = 200  # the same Idempotency-Key: the job accepted earlier
-    return render(job, ctx.store, ctx.objects, base, s.url_ttl_s)
+    return accept(ctx, response, tenant=tenant, base_url=base, kind="colorize", params=body.model_dump(),
+                  idempotency_key=idempotency_key)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, UploadFile
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from service.api.deps import Ctx, Tenant
 from service.core.errors import ApiError, field_error, not_found
@@ -29,7 +31,12 @@ async def create_upload(request: Request, ctx: Ctx, tenant: Tenant) -> Upload:
     if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
         raise ApiError(413, "Payload too large", f"file: the body is {declared} bytes; the limit is {limit}",
                        code="payload_too_large", errors=[{"field": "file", "message": "too large", "limit": limit}])
-    form = await request.form(max_files=1, max_fields=4)
+    try:
+        form = await request.form(max_files=1, max_fields=4)
+    except HTTPException as exc:  # malformed multipart (no boundary, too many parts, ...): name the field
+        if exc.status_code != 400:
+            raise  # 413 from the body-size limit passes through
+        raise field_error("file", f"not a readable multipart/form-data body with one field `file` ({exc.detail})")
     file = form.get("file")
     if not isinstance(file, UploadFile) and not hasattr(file, "read"):
         raise field_error("file", "multipart field `file` is required")
@@ -41,7 +48,8 @@ async def create_upload(request: Request, ctx: Ctx, tenant: Tenant) -> Upload:
                            code="payload_too_large", errors=[{"field": "file", "message": "too large", "limit": limit}])
         chunks.append(chunk)
     data = b"".join(chunks)
-    rec = build_upload(tenant, file.filename, data, ctx.settings.max_image_pixels)
+    # decoding the image (up to max_image_pixels) is CPU work: off the event loop
+    rec = await run_in_threadpool(build_upload, tenant, file.filename, data, ctx.settings.max_image_pixels)
     ctx.objects.put(rec.key, data, rec.content_type)
     ctx.store.put_upload(rec)
     return _to_schema(rec)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Header, Response
 
 from service.api.deps import BaseUrl, Ctx, Tenant
 from service.core.errors import field_error
-from service.jobs import render, submit
+from service.jobs import accept
 from service.schemas import Job, VideoEditRequest, VideoGenerationRequest, video_frame_count
 
 router = APIRouter(prefix="/v1", tags=["video"])
@@ -30,12 +30,8 @@ def create_video_generation(body: VideoGenerationRequest, ctx: Ctx, tenant: Tena
         raise field_error("steps", f"at most {s.max_steps} steps", limit=s.max_steps)
     params = body.model_dump()
     params.update(expected_frames=frames, expected_segments=segments, expected_latent_frames=latent)
-    job, created = submit(ctx.store, ctx.dispatcher, tenant=tenant, kind="video.generate", params=params,
-                          max_attempts=s.max_attempts, model_profile=ctx.model_profile, idempotency_key=idempotency_key)
-    response.headers["Location"] = f"{base}/v1/jobs/{job.id}"
-    if not created:
-        response.status_code = 200
-    return render(job, ctx.store, ctx.objects, base, s.url_ttl_s)
+    return accept(ctx, response, tenant=tenant, base_url=base, kind="video.generate", params=params,
+                  idempotency_key=idempotency_key)
 
 
 VIDEO_TYPES = {"video/mp4", "video/webm", "video/quicktime", "image/gif"}
@@ -60,9 +56,5 @@ def create_video_edit(body: VideoEditRequest, ctx: Ctx, tenant: Tenant, base: Ba
             raise field_error("tuned_model", f"no tuned model {body.tuned_model}")
     if body.steps > s.max_steps:
         raise field_error("steps", f"at most {s.max_steps} steps", limit=s.max_steps)
-    job, created = submit(ctx.store, ctx.dispatcher, tenant=tenant, kind="video.edit", params=body.model_dump(),
-                          max_attempts=s.max_attempts, model_profile=ctx.model_profile, idempotency_key=idempotency_key)
-    response.headers["Location"] = f"{base}/v1/jobs/{job.id}"
-    if not created:
-        response.status_code = 200
-    return render(job, ctx.store, ctx.objects, base, s.url_ttl_s)
+    return accept(ctx, response, tenant=tenant, base_url=base, kind="video.edit", params=body.model_dump(),
+                  idempotency_key=idempotency_key)

@@ -1,0 +1,76 @@
+"""Per-key rate limit, concurrent-job quota and body size limits."""
+from __future__ import annotations
+
+import json
+
+import redis
+from fastapi.testclient import TestClient
+
+from service.app import build_context, create_app
+from service.core.config import Settings
+from service.limits import RateLimiter
+from tests.conftest import TEST_REDIS_URL
+from tests.helpers import ALICE, BOB, KEYS, auth, photo, png_bytes
+
+
+def make_client(tmp_path, **overrides) -> TestClient:
+    settings = Settings(data_dir=tmp_path, api_keys=KEYS, redis_url=None, s3_bucket=None, **overrides)
+    return TestClient(create_app(build_context(settings), run_reaper=False))
+
+
+def test_rate_limit_per_key_answers_429_with_retry_after(tmp_path):
+    with make_client(tmp_path, rate_limit_per_minute=5) as client:
+        codes = [client.get("/v1/jobs", headers=auth(ALICE)).status_code for _ in range(6)]
+        assert codes == [200] * 5 + [429]
+        r = client.get("/v1/jobs", headers=auth(ALICE))
+        assert r.headers["content-type"] == "application/problem+json" and r.json()["code"] == "rate_limited"
+        assert 1 <= int(r.headers["retry-after"]) <= 60
+        assert client.get("/v1/jobs", headers=auth(BOB)).status_code == 200  # per key
+
+
+def test_redis_rate_limit_is_shared_between_api_processes(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    a, b = RateLimiter(3, r, prefix="vjtest:"), RateLimiter(3, r, prefix="vjtest:")
+    assert [a.hit("t"), b.hit("t"), a.hit("t")] == [None, None, None]
+    assert b.hit("t") is not None and a.hit("other") is None
+
+
+def test_concurrent_job_quota(tmp_path):
+    with make_client(tmp_path, max_active_jobs=2) as client:
+        image = client.post("/v1/uploads", files={"file": ("a.png", png_bytes(photo()), "image/png")},
+                            headers=auth(ALICE)).json()["id"]
+        first, second = (client.post("/v1/colorizations", json={"image": image}, headers=auth(ALICE)) for _ in range(2))
+        assert first.status_code == second.status_code == 202
+        third = client.post("/v1/colorizations", json={"image": image}, headers=auth(ALICE))
+        assert third.status_code == 429 and third.json()["code"] == "quota_exceeded" and third.headers["retry-after"]
+        client.post(f"/v1/jobs/{first.json()['id']}/cancel", headers=auth(ALICE))
+        assert client.post("/v1/colorizations", json={"image": image}, headers=auth(ALICE)).status_code == 202
+
+
+def test_json_body_over_the_limit_is_413_before_parsing(tmp_path):
+    with make_client(tmp_path, max_body_bytes=10_000) as client:
+        body = json.dumps({"image": "upl_" + "0" * 24, "prompt": "x" * 20_000})
+        r = client.post("/v1/colorizations", content=body, headers={**auth(ALICE), "Content-Type": "application/json"})
+        assert r.status_code == 413 and r.json()["errors"][0] == {"field": "body", "message": "too large", "limit": 10_000}
+
+
+def test_chunked_upload_over_the_limit_is_cut_off(tmp_path):
+    with make_client(tmp_path, max_upload_bytes=100_000) as client:
+        boundary = "b0undary"
+
+        def chunks():  # no Content-Length: the size is only known by counting
+            yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n"
+                   "Content-Type: image/png\r\n\r\n").encode() + b"\x89PNG\r\n\x1a\n"
+            for _ in range(40):
+                yield b"\0" * 10_000
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        r = client.post("/v1/uploads", content=chunks(),
+                        headers={**auth(ALICE), "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert r.status_code == 413 and r.json()["errors"][0]["field"] == "file"
+        assert r.json()["errors"][0]["limit"] == 100_000
+
+
+def test_zero_disables_the_rate_limit(tmp_path):
+    with make_client(tmp_path, rate_limit_per_minute=0) as client:
+        assert all(client.get("/v1/jobs", headers=auth(ALICE)).status_code == 200 for _ in range(20))
