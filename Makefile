@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed
 
 # torch first and pinned: the CPU build lies in the local wheel cache on dev/CI machines,
 # and a later unpinned requirement would otherwise pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ./client
 	$(BIN)/pip install -q -e '.[ml,test]'
 	touch $(STAMP)
 

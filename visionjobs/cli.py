@@ -139,5 +139,11 @@ def models_convert_ctrlcolor(main_ckpt: Path, deformable_vae: Path | None, clip_
         raise click.ClickException(str(exc))
 
 
+# `submit` and `jobs`: the HTTP client side (imports visionjobs_client only when one of them runs).
+from visionjobs.cli_jobs import register as register_job_commands  # noqa: E402
+
+register_job_commands(main)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,475 @@
+"""Typed request and response bodies of the visionjobs API (/v1).
+
+Mirrors the server's contract, ``openapi/openapi.json``; a test in the server repository
+compares every model here with the committed spec (field names, which are required, types,
+enum values), so drift fails a build.
+
+Two deliberate differences from the server's own schemas:
+
+* Request models carry no defaults and no limits. A field left out (or ``None``) is not
+  sent, so the *server's* default applies, and limits (steps, prompt length, outputs, ...)
+  are server settings that an operator may change: the server is their single authority
+  and answers a 422 naming the field and its limit (raised here as ``ValidationError``).
+* Response models accept fields they do not know (``extra="allow"``), so an older client
+  keeps working against a newer server. ``Job.result`` is parsed into the model of the job's
+  kind and stays a plain ``dict`` for kinds (or shapes) this client does not know.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+UPLOAD_ID_PATTERN = r"^upl_[0-9a-f]{24}$"
+JOB_ID_PATTERN = r"^job_[0-9a-f]{24}$"
+
+_REQUEST = ConfigDict(extra="forbid")
+_RESPONSE = ConfigDict(extra="allow")
+
+
+class JobStatus(str, Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.canceled})
+
+
+# ------------------------------------------------------------------------------ requests
+
+WebhookEvent = Literal["running", "succeeded", "failed", "canceled"]
+
+
+class Webhook(BaseModel):
+    """Notify ``url`` when the job enters one of ``events`` (server default: the final ones).
+    Deliveries are signed with ``secret`` (see ``visionjobs_client.verify_webhook``)."""
+
+    model_config = _REQUEST
+
+    url: str
+    events: Optional[list[WebhookEvent]] = None
+    secret: str
+
+
+
+class Stroke(BaseModel):
+    """A vector colour stroke (a hint) in input-image pixel coordinates."""
+
+    model_config = _REQUEST
+
+    color: str = Field(description="`#RRGGBB`.")
+    width: Optional[float] = None
+    points: list[tuple[float, float]]
+
+
+class Guidance(BaseModel):
+    model_config = _REQUEST
+
+    mode: Optional[Literal["cfg", "autoguidance", "none"]] = None
+    scale: Optional[float] = None
+
+
+class ColorizationRequest(BaseModel):
+    """``POST /v1/colorizations`` (kind ``colorize``)."""
+
+    model_config = _REQUEST
+
+    image: str
+    prompt: Optional[str] = None
+    negative_prompt: Optional[str] = None
+    strokes: Optional[list[Stroke]] = None
+    stroke_image: Optional[str] = None
+    exemplar: Optional[str] = None
+    seed: Optional[int] = None
+    steps: Optional[int] = None
+    guidance: Optional[Guidance] = None
+    sag_scale: Optional[float] = None
+    sag_threshold: Optional[int] = None
+    deformable_decoder: Optional[bool] = None
+    num_outputs: Optional[int] = None
+    output_format: Optional[Literal["png", "jpeg", "webp"]] = None
+    webhook: Optional[Webhook] = None
+
+
+class KvSharing(BaseModel):
+    model_config = _REQUEST
+
+    enabled: Optional[bool] = None
+    steps: Optional[tuple[int, int]] = None
+    layers: Optional[tuple[int, int]] = None
+    subject_tokens: Optional[list[Union[int, str]]] = None
+
+
+class VideoGenerationRequest(BaseModel):
+    """``POST /v1/video-generations`` (kind ``video.generate``, DiTCtrl)."""
+
+    model_config = _REQUEST
+
+    prompts: list[str]
+    segments: Optional[int] = None
+    overlap: Optional[int] = None
+    transition_segments: Optional[int] = None
+    kv_sharing: Optional[KvSharing] = None
+    steps: Optional[int] = None
+    guidance_scale: Optional[float] = None
+    seed: Optional[int] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    fps: Optional[int] = None
+    metrics: Optional[list[Literal["cscv"]]] = None
+    webhook: Optional[Webhook] = None
+
+
+class VideoEditRequest(BaseModel):
+    """``POST /v1/video-edits`` (kind ``video.edit``, Tune-A-Video): give ``video`` and
+    ``source_prompt`` to tune on a clip, or ``tuned_model`` to reuse an earlier tuning."""
+
+    model_config = _REQUEST
+
+    video: Optional[str] = None
+    tuned_model: Optional[str] = None
+    source_prompt: Optional[str] = None
+    edits: list[str]
+    tune_steps: Optional[int] = None
+    frames: Optional[int] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    steps: Optional[int] = None
+    guidance_scale: Optional[float] = None
+    seed: Optional[int] = None
+    fps: Optional[int] = None
+    gif: Optional[bool] = None
+    webhook: Optional[Webhook] = None
+
+
+class ValidationSet(BaseModel):
+    """Labelled images for thresholds: upload ids of normal and abnormal images."""
+
+    model_config = _REQUEST
+
+    normal: Optional[list[str]] = None
+    abnormal: Optional[list[str]] = None
+
+
+class AnomalyFitRequest(BaseModel):
+    """``POST /v1/anomaly-models`` (kind ``anomaly.fit``, PatchCore): normal images as upload
+    ids, or one ZIP ``archive`` upload."""
+
+    model_config = _REQUEST
+
+    name: str
+    images: Optional[list[str]] = None
+    archive: Optional[str] = None
+    validation: Optional[ValidationSet] = None
+    backbone: Optional[Literal["wide_resnet50_2", "resnet18", "tiny"]] = None
+    coreset_ratio: Optional[float] = None
+    image_size: Optional[int] = None
+    seed: Optional[int] = None
+    webhook: Optional[Webhook] = None
+
+
+class AnomalyScoreRequest(BaseModel):
+    """``POST /v1/anomaly-scores`` (kind ``anomaly.score``)."""
+
+    model_config = _REQUEST
+
+    model_id: str
+    images: list[str]
+    webhook: Optional[Webhook] = None
+
+
+class ThresholdsPatch(BaseModel):
+    """``PATCH /v1/anomaly-models/{id}``: raw thresholds (the normalisation maps them to 0.5)."""
+
+    model_config = _REQUEST
+
+    image_threshold: Optional[float] = None
+    pixel_threshold: Optional[float] = None
+
+
+# ----------------------------------------------------------------------------- responses
+
+
+class Upload(BaseModel):
+    model_config = _RESPONSE
+
+    id: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    created_at: datetime
+    width: Optional[int] = None
+    height: Optional[int] = None
+
+
+class WebhookDelivery(BaseModel):
+    model_config = _RESPONSE
+
+    status: Literal["retrying", "delivered", "failed"]
+    attempts: int
+    last_status_code: Optional[int] = None
+    last_error: Optional[str] = None
+    delivered_at: Optional[float] = None
+    next_attempt_at: Optional[float] = None
+
+
+class WebhookState(BaseModel):
+    """A job's webhook (without its secret) and the delivery state per event."""
+
+    model_config = _RESPONSE
+
+    url: str
+    events: list[WebhookEvent]
+    deliveries: dict[str, WebhookDelivery] = {}
+
+
+class JobError(BaseModel):
+    model_config = _RESPONSE
+
+    code: str
+    message: str
+
+
+class ImageOutput(BaseModel):
+    model_config = _RESPONSE
+
+    url: str
+    expires_at: datetime
+    width: int
+    height: int
+    content_type: str
+
+
+class ColorizationResult(BaseModel):
+    model_config = _RESPONSE
+
+    images: list[ImageOutput]
+    seed: int
+
+
+class VideoOutput(BaseModel):
+    model_config = _RESPONSE
+
+    url: str
+    expires_at: datetime
+    frames: int
+    fps: int
+    width: int
+    height: int
+    content_type: str
+
+
+class VideoGenerationResult(BaseModel):
+    model_config = _RESPONSE
+
+    video: VideoOutput
+    thumbnail_url: str
+    thumbnail_expires_at: datetime
+    segments: int
+    latent_frames: int
+    seed: int
+    metrics: dict[str, float] = {}
+
+
+class EditedVideo(BaseModel):
+    model_config = _RESPONSE
+
+    prompt: str
+    url: str
+    expires_at: datetime
+    frames: int
+    fps: int
+    width: int
+    height: int
+    content_type: str
+    gif_url: Optional[str] = None
+    gif_expires_at: Optional[datetime] = None
+
+
+class VideoEditResult(BaseModel):
+    model_config = _RESPONSE
+
+    tuned_model_id: str
+    tuning: Literal["ran", "skipped"]
+    tune_seconds: float
+    videos: list[EditedVideo]
+    seed: int
+
+
+class AnomalyFitResult(BaseModel):
+    model_config = _RESPONSE
+
+    model_id: str
+    thresholds: dict[str, Union[float, str, None]]
+    counts: dict[str, int]
+
+
+class BoxOut(BaseModel):
+    """A connected component of the anomaly mask, in the scored image's pixels."""
+
+    model_config = _RESPONSE
+
+    x: int
+    y: int
+    w: int
+    h: int
+    area: int
+    score: float
+
+
+class ScoredImage(BaseModel):
+    model_config = _RESPONSE
+
+    image: str
+    score: float
+    normalized_score: float
+    label: bool
+    boxes: list[BoxOut]
+    heat_map_url: str
+    mask_url: str
+    anomaly_map_url: str
+
+
+class AnomalyScoreResult(BaseModel):
+    model_config = _RESPONSE
+
+    model_id: str
+    items: list[ScoredImage]
+
+
+class AnomalyModel(BaseModel):
+    model_config = _RESPONSE
+
+    id: str
+    name: str
+    backbone: str
+    image_size: int
+    coreset_ratio: float
+    thresholds: dict[str, Union[float, str, None]]
+    counts: dict[str, int]
+    job_id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class AnomalyModelList(BaseModel):
+    model_config = _RESPONSE
+
+    items: list[AnomalyModel]
+
+
+#: job kind -> the model its result is parsed into
+RESULT_MODELS: dict[str, type[BaseModel]] = {
+    "colorize": ColorizationResult,
+    "video.generate": VideoGenerationResult,
+    "video.edit": VideoEditResult,
+    "anomaly.fit": AnomalyFitResult,
+    "anomaly.score": AnomalyScoreResult,
+}
+
+#: `dict` first with left-to-right matching: Job's validator has already turned a known
+#: kind's result into its model instance; anything else stays the dict it came as.
+JobResult = Union[dict[str, Any], ColorizationResult, VideoGenerationResult, VideoEditResult, AnomalyFitResult,
+                  AnomalyScoreResult, None]
+
+
+class Job(BaseModel):
+    model_config = _RESPONSE
+
+    id: str
+    kind: str
+    status: JobStatus
+    progress: float
+    stage: Optional[str]
+    queue_position: Optional[int]
+    attempt: int
+    created_at: datetime
+    started_at: Optional[datetime]
+    finished_at: Optional[datetime]
+    params: dict[str, Any]
+    error: Optional[JobError]
+    result: JobResult = Field(union_mode="left_to_right")
+    model_profile: Optional[str]
+    webhook: Optional[WebhookState] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_result(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("result"), dict):
+            model = RESULT_MODELS.get(str(data.get("kind")))
+            if model is not None:
+                try:
+                    data = {**data, "result": model.model_validate(data["result"])}
+                except ValueError:  # a shape this client does not know: keep the dict
+                    pass
+        return data
+
+    @property
+    def final(self) -> bool:
+        """succeeded, failed or canceled: the job will not change any more."""
+        return self.status in FINAL_STATUSES
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == JobStatus.succeeded
+
+    def raise_for_status(self) -> "Job":
+        """Return the job when it succeeded (or is not final yet); raise ``JobFailed`` when it
+        failed or was canceled."""
+        if self.status in (JobStatus.failed, JobStatus.canceled):
+            from visionjobs_client.errors import JobFailed
+
+            raise JobFailed(self)
+        return self
+
+
+class JobPage(BaseModel):
+    model_config = _RESPONSE
+
+    items: list[Job]
+    next_cursor: Optional[str]
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document as the API renders errors."""
+
+    model_config = _RESPONSE
+
+    type: str = "about:blank"
+    title: str = ""
+    status: int = 0
+    detail: str = ""
+    instance: str = ""
+    code: str = ""
+    errors: Optional[list[dict[str, Any]]] = None
+
+
+# ----------------------------------------------------------------------------- job kinds
+
+#: job kind -> submission path
+KIND_PATHS: dict[str, str] = {
+    "colorize": "/v1/colorizations",
+    "video.generate": "/v1/video-generations",
+    "video.edit": "/v1/video-edits",
+    "anomaly.fit": "/v1/anomaly-models",
+    "anomaly.score": "/v1/anomaly-scores",
+}
+
+#: job kind -> request body model
+REQUEST_MODELS: dict[str, type[BaseModel]] = {
+    "colorize": ColorizationRequest,
+    "video.generate": VideoGenerationRequest,
+    "video.edit": VideoEditRequest,
+    "anomaly.fit": AnomalyFitRequest,
+    "anomaly.score": AnomalyScoreRequest,
+}

@@ -1,0 +1,141 @@
+"""`visionjobs submit ...` and `visionjobs jobs ...` against the running service (CliRunner,
+in process; the service is the session's subprocess)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tests.client.conftest import ROOT, route_absent
+from tests.helpers import ALICE, photo
+from visionjobs.cli import main
+
+pytestmark = pytest.mark.integration
+SPEC = json.loads((ROOT / "openapi" / "openapi.json").read_text())
+
+
+@pytest.fixture
+def vj(service):
+    """Run `visionjobs ARGS...` with --url/--api-key appended to the leaf command."""
+    runner = CliRunner()
+
+    def run(*args, auth: bool = True, env=None, code: int | None = 0):
+        argv = [str(a) for a in args] + (["--url", service.url, "--api-key", ALICE] if auth else [])
+        result = runner.invoke(main, argv, env=env, catch_exceptions=False)
+        if code is not None:
+            assert result.exit_code == code, f"exit {result.exit_code}\n{result.stdout}\n{result.stderr}"
+        return result
+
+    return run
+
+
+def test_submit_colorize_wait_out_writes_the_png(vj, tmp_path):
+    source = photo(90, 70)
+    source.save(tmp_path / "photo.jpg", quality=95)
+    (tmp_path / "strokes.json").write_text(json.dumps([{"color": "#3366ff", "width": 5, "points": [[5, 5], [40, 30]]}]))
+    out = tmp_path / "out"
+    r = vj("submit", "colorize", tmp_path / "photo.jpg", "--prompt", "a blue sky", "--strokes", tmp_path / "strokes.json",
+           "--steps", "2", "--seed", "4", "--wait", "--out", out)
+    assert (out / "output_0.png").is_file() and Image.open(out / "output_0.png").size == (90, 70)
+    assert "succeeded" in r.stdout and str(out / "output_0.png") in r.stdout
+    # --json: one JSON document on stdout, with the files written
+    r = vj("submit", "colorize", tmp_path / "photo.jpg", "--steps", "1", "--param", "guidance.scale=3",
+           "--param", "sag_scale=0", "--wait", "--out", out / "j", "--json")
+    job = json.loads(r.stdout)
+    assert job["status"] == "succeeded" and job["files"] == [str(out / "j" / "output_0.png")]
+    assert job["params"]["guidance"]["scale"] == 3 and job["params"]["sag_scale"] == 0
+    assert job["params"]["strokes"] == []
+
+
+def test_jobs_list_json_parses_and_filters(vj, tmp_path):
+    photo(64, 64).save(tmp_path / "p.png")
+    job_id = vj("submit", "colorize", tmp_path / "p.png", "--steps", "1").stdout.strip()
+    assert job_id.startswith("job_")
+    page = json.loads(vj("jobs", "list", "--json", "--kind", "colorize", "--limit", "5").stdout)
+    assert set(page) == {"items", "next_cursor"} and job_id in [j["id"] for j in page["items"]]
+    assert all(j["kind"] == "colorize" for j in page["items"])
+    every = json.loads(vj("jobs", "list", "--json", "--all", "--limit", "2").stdout)
+    assert job_id in [j["id"] for j in every["items"]] and every["next_cursor"] is None
+    table = vj("jobs", "list", "--limit", "3").stdout.splitlines()
+    assert table[0].split()[:3] == ["ID", "KIND", "STATUS"] and len(table) == 1 + min(3, len(every["items"]))
+    shown = json.loads(vj("jobs", "show", job_id, "--wait", "30", "--json").stdout)
+    assert shown["id"] == job_id and shown["status"] == "succeeded"
+
+
+def test_jobs_cancel_and_watch(vj, tmp_path):
+    photo(512, 512).save(tmp_path / "big.png")
+    job_id = vj("submit", "colorize", tmp_path / "big.png", "--steps", "100").stdout.strip()
+    canceled = json.loads(vj("jobs", "cancel", job_id, "--json").stdout)
+    assert canceled["id"] == job_id
+    r = vj("jobs", "watch", job_id, "--progress", "lines", "--timeout", "60", code=1)  # canceled: exit 1
+    assert "canceled" in r.stdout and "error: canceled" in r.stdout
+    assert json.loads(vj("jobs", "show", job_id, "--json").stdout)["status"] == "canceled"
+
+
+def test_watch_shows_live_progress(vj, tmp_path):
+    photo(96, 96).save(tmp_path / "p.png")
+    job_id = vj("submit", "colorize", tmp_path / "p.png", "--steps", "6").stdout.strip()
+    r = vj("jobs", "watch", job_id, "--progress", "lines", "--out", tmp_path / "w")
+    lines = r.stderr.strip().splitlines()
+    assert lines and job_id in lines[-1] and "succeeded" in lines[-1] and lines[-1].endswith("100%")
+    assert (tmp_path / "w" / "output_0.png").is_file()
+    job_id = vj("submit", "colorize", tmp_path / "p.png", "--steps", "3").stdout.strip()
+    r = vj("jobs", "watch", job_id, "--progress", "bar", "--json")  # the rich bar on stderr, JSON on stdout
+    assert json.loads(r.stdout)["status"] == "succeeded" and "100%" in r.stderr
+
+
+def test_url_and_key_from_the_environment_and_errors(vj, service, tmp_path):
+    from visionjobs_client import API_KEY_ENV, URL_ENV
+
+    r = vj("jobs", "list", "--json", auth=False, env={URL_ENV: service.url, API_KEY_ENV: ALICE})
+    assert "items" in json.loads(r.stdout)
+    r = vj("jobs", "list", auth=False, env={URL_ENV: service.url, API_KEY_ENV: "wrong-key-0123456789"}, code=3)
+    assert "401" in r.stderr and "unauthorized" in r.stderr
+    r = vj("jobs", "show", "job_" + "0" * 24, code=3)
+    assert "404" in r.stderr
+    photo(64, 64).save(tmp_path / "p.png")
+    r = vj("submit", "colorize", tmp_path / "p.png", "--steps", "1000", code=3)
+    assert "steps:" in r.stderr and "limit 100" in r.stderr
+    r = vj("submit", "colorize", tmp_path / "missing.png", code=2)
+    assert "no such file" in r.stderr
+    r = vj("submit", "colorize", tmp_path / "p.png", "--webhook", "https://example.com/hook", code=2)
+    assert "--webhook-secret" in r.stderr
+
+
+def test_submit_video_generate_and_edit(vj, tmp_path):
+    from tests.api.test_video_edit_api import clip_mp4
+
+    r = vj("submit", "video-generate", "a red fox", "--steps", "2", "--width", "32", "--height", "32", "--seed", "1",
+           "--no-kv-sharing", "--wait", "--out", tmp_path / "gen", "--json")
+    job = json.loads(r.stdout)
+    assert job["status"] == "succeeded" and job["params"]["kv_sharing"]["enabled"] is False
+    assert sorted(p.rsplit("/", 1)[-1] for p in job["files"]) == ["thumbnail.jpg", "video.mp4"]
+    (tmp_path / "clip.mp4").write_bytes(clip_mp4(frames=6, size=64))
+    r = vj("submit", "video-edit", tmp_path / "clip.mp4", "--source-prompt", "a man", "--edit", "a robot",
+           "--tune-steps", "2", "--frames", "4", "--width", "64", "--height", "64", "--steps", "2", "--wait", "--json")
+    edited = json.loads(r.stdout)
+    assert edited["status"] == "succeeded" and edited["result"]["tuning"] == "ran"
+    r = vj("submit", "video-edit", "--tuned-model", edited["result"]["tuned_model_id"], "--edit", "a bear",
+           "--steps", "2", "--wait", "--out", tmp_path / "re", "--json")
+    assert json.loads(r.stdout)["result"]["tuning"] == "skipped" and (tmp_path / "re" / "edit_0.mp4").is_file()
+    vj("submit", "video-edit", "--edit", "x", code=2)  # neither a clip nor a tuned model
+
+
+@pytest.mark.skipif(route_absent(SPEC, "/v1/anomaly-models") or route_absent(SPEC, "/v1/anomaly-scores"),
+                    reason="the anomaly routes are not in openapi/openapi.json")
+def test_submit_anomaly_fit_from_a_directory_then_score(vj, tmp_path):
+    from tests.models.anomaly_data import make_benchmark
+
+    bench = make_benchmark("grass", crop=64, n_train=5, n_validation=0, n_test_normal=1, n_test_per_defect=0, seed=1)
+    (tmp_path / "train").mkdir()
+    for i, im in enumerate(bench.train):
+        im.save(tmp_path / "train" / f"{i}.png")
+    bench.test[0].image.save(tmp_path / "test.png")
+    fit = json.loads(vj("submit", "anomaly-fit", tmp_path / "train", "--name", "grass", "--backbone", "tiny",
+                        "--image-size", "64", "--wait", "--json").stdout)
+    assert fit["status"] == "succeeded" and fit["result"]["counts"]["train"] == 5
+    scored = json.loads(vj("submit", "anomaly-score", fit["result"]["model_id"], tmp_path / "test.png", "--wait",
+                           "--out", tmp_path / "maps", "--json").stdout)
+    assert scored["status"] == "succeeded" and len(scored["result"]["items"]) == 1 and len(scored["files"]) == 3
