@@ -15,3 +15,6 @@ class WorkerSettings(Settings):
     visibility_timeout_s: int = Field(6 * 3600, description="Redis broker visibility timeout; above the longest job.")
     job_time_limit_s: float = Field(3600.0, description="Longest a job may run before it fails with `timeout`.")
     device: str = Field("auto", description="torch device for pipelines: auto | cpu | cuda.")
+    channels_last: bool = Field(True, description="Channels-last UNet/ControlNet on CUDA.")
+    torch_compile: str = Field("", description="Comma-separated kinds whose denoiser is torch.compile'd on load "
+                                               "(e.g. colorize,video.generate); the first job pays the compilation.")

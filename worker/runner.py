@@ -108,7 +108,11 @@ class Runner:
         extra = {"guide_dir": self.settings.autoguidance_dir} if kind == "colorize" else {}
 
         def loader():
+            from models.acceleration import accelerate
+
             pipe = load(kind, profile, self.settings.model_dir, self.device, **extra)
+            compiled = kind in {k.strip() for k in self.settings.torch_compile.split(",")}
+            accelerate(pipe, self.device, kind=kind, channels_last=self.settings.channels_last, compile=compiled)
             if hasattr(pipe, "set_progress_bar_config"):
                 pipe.set_progress_bar_config(disable=True)  # progress goes to the job store, not the log
             return pipe
