@@ -82,6 +82,10 @@ class ModelInputs:
         return ModelInputs(*(torch.cat([a, b]) for a, b in zip(vars(first).values(), vars(second).values())))
 
 
+def _cat_inputs(parts: list[ModelInputs]) -> ModelInputs:
+    return parts[0] if len(parts) == 1 else ModelInputs(*(torch.cat(t) for t in zip(*(vars(p).values() for p in parts))))
+
+
 def _files(required: list[tuple[str, ...]]) -> str:
     return ", ".join(alts[0] for alts in required)
 
@@ -381,47 +385,68 @@ class ControlColorPipeline(DiffusionPipeline):
         callback_on_step_end(pipe, step_index, timestep, {"latents": ...}) runs after every
         denoising step (SAG's extra passes are inside the step); an exception raised there
         propagates, which is how a job is canceled."""
-        g = self.check_inputs(image, prompt, negative_prompt, num_inference_steps, guidance, guidance_scale,
-                              num_images, generator, eta, mask, masked_hint, callback_on_step_end, strokes,
-                              stroke_image, exemplar, sag_scale, sag_threshold, deformable_decoder)
+        request = dict(image=image, prompt=prompt, negative_prompt=negative_prompt, num_images=num_images,
+                       generator=generator, strokes=strokes, stroke_image=stroke_image, exemplar=exemplar,
+                       mask=mask, masked_hint=masked_hint)
+        return self.run_batch([request], num_inference_steps=num_inference_steps, guidance=guidance,
+                              guidance_scale=guidance_scale, sag_scale=sag_scale, sag_threshold=sag_threshold,
+                              deformable_decoder=deformable_decoder, callback_on_step_end=callback_on_step_end,
+                              eta=eta, controlnet_conditioning_scale=controlnet_conditioning_scale)[0]
+
+    def batch_key(self, image: Image.Image, *, steps: int, guidance, sag_scale: float, sag_threshold: float,
+                  deformable_decoder: bool, exemplar: bool) -> tuple:
+        """Requests with equal keys can share one denoising batch (`run_batch`): the same working
+        size and the same per-step computation; prompts, strokes, seeds and outputs may differ."""
+        g = GuidanceConfig.parse(guidance)
+        return (self.working_size_for(image), steps, g.mode, float(g.scale), float(sag_scale), float(sag_threshold),
+                bool(deformable_decoder), bool(exemplar))
+
+    @torch.no_grad()
+    def run_batch(self, requests: list[dict], *, num_inference_steps: int = 20, guidance=None,
+                  guidance_scale: float | None = None, sag_scale: float = DEFAULT_SAG_SCALE,
+                  sag_threshold: float = DEFAULT_SAG_THRESHOLD, deformable_decoder: bool = False,
+                  callback_on_step_end: StepCallback | None = None, eta: float = 0.0,
+                  controlnet_conditioning_scale: float = 1.0) -> list[ColorizationOutput]:
+        """Several independent requests (image, prompt, negative_prompt, num_images, generator,
+        strokes, stroke_image, exemplar, mask, masked_hint: the per-request arguments of __call__)
+        denoised as ONE batch: one ControlNet + UNet forward per step for all of them. Each
+        request draws its noise, masked-hint and guide samples from its own generator in the same
+        order as a lone call, so its seed gives the same images batched or not (up to float
+        rounding). The requests must share `batch_key` (same working size and step settings).
+        With eta > 0 the scheduler itself samples noise, so batches need eta 0."""
+        if not requests:
+            raise ValueError("`requests` is empty: pass at least one request")
+        if len(requests) > 1 and eta:
+            raise ValueError("`eta` has to be 0 for a batch of several requests (DDIM noise is per request)")
         device = self._execution_device
-        full_prompt = prompt + PROMPT_SUFFIX
-        negative_prompt = DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
-        prepared = prepare_input(image, self.config.short_side, self.config.max_long_side)
-        w, h = prepared.working_size
         self._passes = 0
+        items, g = [], None
+        for r in requests:
+            r = {"prompt": "", "negative_prompt": None, "num_images": 1, "generator": None, "strokes": None,
+                 "stroke_image": None, "exemplar": None, "mask": None, "masked_hint": None, **r}
+            g = self.check_inputs(r["image"], r["prompt"], r["negative_prompt"], num_inference_steps, guidance,
+                                  guidance_scale, r["num_images"], r["generator"], eta, r["mask"], r["masked_hint"],
+                                  callback_on_step_end, r["strokes"], r["stroke_image"], r["exemplar"], sag_scale,
+                                  sag_threshold, deformable_decoder)
+            items.append(self._prepare_request(r, g, device))
+        sizes = {it["prepared"].working_size for it in items}
+        tokens = {it["cond"].text.shape[1] for it in items}
+        if len(sizes) > 1 or len(tokens) > 1:
+            raise ValueError("`requests` do not share one working size and exemplar use; group them by `batch_key`")
 
-        # Initial noise first, then the masked-hint latent sample, then (deformable decoder)
-        # the guide latent sample: a fixed order keeps a seed reproducible. All outputs share
-        # one batch (one forward per step for all of them).
-        shape = (num_images, self.unet.config.out_channels, h // self.vae_scale_factor, w // self.vae_scale_factor)
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-        latents = latents * self.scheduler.init_noise_sigma
-
-        if strokes or stroke_image is not None:
-            stroke_hint = build_stroke_hint(prepared, strokes, stroke_image)
-            mask, masked_hint = stroke_hint.to_tensors()
-
-        # Exemplar: one token appended to both branches' text tokens. The official dual
-        # embedder encodes (text, image) pairs for every branch and its demo code builds one
-        # reference image per request, so the unconditional branch gets the negative prompt
-        # plus the same exemplar token: CFG then guides on the text only, the exemplar
-        # conditions both sides. Without an exemplar we feed the 77 text tokens (the released
-        # checkpoint's single-embedder path); the official dual embedder would append the token
-        # of a black reference image instead -- a named deviation, only relevant to
-        # exemplar-trained weights.
-        token = encode_exemplar(self.image_encoder, exemplar).to(device) if exemplar is not None else None
-        cond = self.prepare_model_inputs(prepared, self.encode_prompt(full_prompt, device, num_images, token),
-                                         mask, masked_hint, generator)
+        latents = torch.cat([it["latents"] for it in items])
+        cond = _cat_inputs([it["cond"] for it in items])
         cfg_batch = None
         if g.mode == "cfg" and g.needs_second_pass:  # the official sampler skips the uncond pass at scale 1
-            uncond_text = self.encode_prompt(negative_prompt, device, num_images, token).to(cond.text.dtype)
-            cfg_batch = ModelInputs.cat(ModelInputs(uncond_text, cond.hint, cond.mask, cond.masked_latents), cond)
+            uncond = _cat_inputs([ModelInputs(it["uncond_text"], it["cond"].hint, it["cond"].mask,
+                                              it["cond"].masked_latents) for it in items])
+            cfg_batch = ModelInputs.cat(uncond, cond)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         sag_at = [sag_scale > 0 and int(t) > sag_threshold for t in timesteps.tolist()]
         kw = dict(controlnet_conditioning_scale=controlnet_conditioning_scale)
+        generator = requests[0].get("generator") if len(requests) == 1 else None
         with (MidBlockAttention(self.unet) if any(sag_at) else nullcontext()) as attention, \
                 self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):
@@ -435,24 +460,60 @@ class ControlColorPipeline(DiffusionPipeline):
                         latents = out.get("latents", latents)
                 bar.update()
 
-        guide_z = None
-        if deformable_decoder:
-            # the resized L image in [0, 1] (the ControlNet hint), through the deformable VAE's
-            # own encoder, sampled (official get_gray_content_z); one sample shared by the batch
-            # (the official decoder concatenates a batch-1 guide and so only works for batch 1)
-            l_image = torch.from_numpy(prepared.hint).permute(2, 0, 1)[None]
-            guide_z = self.deformable_vae.encode_guide(l_image, generator)
-        decoded = self.decode_latents(latents, guide_z)
-        images = [Image.fromarray(replace_l(x, prepared.l_original)) for x in decoded]
+        outputs, start = [], 0
+        total_images = latents.shape[0]
+        for it in items:
+            n = it["num_images"]
+            guide_z = None
+            if deformable_decoder:
+                # the resized L image in [0, 1] (the ControlNet hint), through the deformable VAE's
+                # own encoder, sampled (official get_gray_content_z); one sample shared by the
+                # request's outputs (the official decoder only works for batch 1)
+                l_image = torch.from_numpy(it["prepared"].hint).permute(2, 0, 1)[None]
+                guide_z = self.deformable_vae.encode_guide(l_image, it["generator"])
+            decoded = self.decode_latents(latents[start:start + n], guide_z)
+            start += n
+            outputs.append(ColorizationOutput(
+                images=[Image.fromarray(replace_l(x, it["prepared"].l_original)) for x in decoded],
+                working_size=it["prepared"].working_size,
+                original_size=it["prepared"].original_size,
+                prompt=it["prompt"],
+                negative_prompt=it["negative_prompt"],
+                seed=it["generator"].initial_seed() if it["generator"] is not None else None,
+                guidance=g.as_dict(),
+                sag_steps=sum(sag_at),
+                passes_per_image=self._passes / total_images,
+            ))
         self.maybe_free_model_hooks()
-        return ColorizationOutput(
-            images=images,
-            working_size=(w, h),
-            original_size=prepared.original_size,
-            prompt=full_prompt,
-            negative_prompt=negative_prompt,
-            seed=generator.initial_seed() if generator is not None else None,
-            guidance=g.as_dict(),
-            sag_steps=sum(sag_at),
-            passes_per_image=self._passes / num_images,
-        )
+        return outputs
+
+    def _prepare_request(self, r: dict, g: GuidanceConfig, device) -> dict:
+        """Per-request inputs, drawing from its generator in a fixed order: initial noise, then
+        the masked-hint latent sample (then, after denoising, the deformable guide sample)."""
+        full_prompt = r["prompt"] + PROMPT_SUFFIX
+        negative_prompt = DEFAULT_NEGATIVE_PROMPT if r["negative_prompt"] is None else r["negative_prompt"]
+        prepared = prepare_input(r["image"], self.config.short_side, self.config.max_long_side)
+        w, h = prepared.working_size
+        n, generator = r["num_images"], r["generator"]
+        shape = (n, self.unet.config.out_channels, h // self.vae_scale_factor, w // self.vae_scale_factor)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        latents = latents * self.scheduler.init_noise_sigma
+        mask, masked_hint = r["mask"], r["masked_hint"]
+        if r["strokes"] or r["stroke_image"] is not None:
+            mask, masked_hint = build_stroke_hint(prepared, r["strokes"], r["stroke_image"]).to_tensors()
+        # Exemplar: one token appended to both branches' text tokens. The official dual
+        # embedder encodes (text, image) pairs for every branch and its demo code builds one
+        # reference image per request, so the unconditional branch gets the negative prompt
+        # plus the same exemplar token: CFG then guides on the text only, the exemplar
+        # conditions both sides. Without an exemplar we feed the 77 text tokens (the released
+        # checkpoint's single-embedder path); the official dual embedder would append the token
+        # of a black reference image instead -- a named deviation, only relevant to
+        # exemplar-trained weights.
+        token = encode_exemplar(self.image_encoder, r["exemplar"]).to(device) if r["exemplar"] is not None else None
+        cond = self.prepare_model_inputs(prepared, self.encode_prompt(full_prompt, device, n, token),
+                                         mask, masked_hint, generator)
+        uncond_text = None
+        if g.mode == "cfg" and g.needs_second_pass:
+            uncond_text = self.encode_prompt(negative_prompt, device, n, token).to(cond.text.dtype)
+        return dict(prepared=prepared, latents=latents, cond=cond, uncond_text=uncond_text, num_images=n,
+                    generator=generator, prompt=full_prompt, negative_prompt=negative_prompt)
