@@ -8,8 +8,9 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from service.api.deps import AppContext
-from service.api.routes import anomaly, colorizations, files, health, jobs, uploads, videos
+from service.api.routes import anomaly, colorizations, console, files, health, jobs, uploads, videos
 from service.core.config import Settings, get_settings
+from service.api.openapi_doc import install as install_openapi
 from service.core.errors import install_handlers
 from service.core.security import KeyRing
 from service.dispatch import CeleryDispatcher, Dispatcher, LocalDispatcher
@@ -68,8 +69,9 @@ def create_app(ctx: AppContext | None = None, *, run_reaper: bool = True) -> Fas
     app = FastAPI(title="visionjobs", version=API_VERSION, lifespan=lifespan,
                   description="GPU inference jobs for vision diffusion methods: submit, poll or stream, cancel, download.")
     install_handlers(app)
+    install_openapi(app)
     limits = ctx.settings if ctx else get_settings()
     app.add_middleware(BodyLimitMiddleware, json_limit=limits.max_body_bytes, upload_limit=limits.max_upload_bytes)
-    for module in (uploads, colorizations, videos, anomaly, jobs, files, health):
+    for module in (uploads, colorizations, videos, anomaly, jobs, files, health, console):
         app.include_router(module.router)
     return app

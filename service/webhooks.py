@@ -47,14 +47,16 @@ def _allowed(host: str, addresses: list[ipaddress._BaseAddress], allow: list[str
 
 def check_target(url: str, allow: list[str]) -> list[str]:
     """Resolve the URL's host; raise UnsafeTarget unless every address is public (or allowed)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UnsafeTarget("must be an http(s) URL with a host")
-    host = parts.hostname
     try:
-        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM)
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+        if parts.scheme not in ("http", "https") or not host:
+            raise UnsafeTarget("must be an http(s) URL with a host")
+        infos = socket.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise UnsafeTarget(f"host {host!r} does not resolve ({exc.strerror})")
+    except (ValueError, UnicodeError) as exc:  # bad port, IPv6 brackets, labels IDNA cannot encode
+        raise UnsafeTarget(f"not a valid URL ({exc})")
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
     if _allowed(host, addresses, allow):
         return [str(a) for a in addresses]

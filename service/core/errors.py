@@ -57,7 +57,8 @@ def install_handlers(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError):
         errors = []
         for err in exc.errors():
-            item = {"field": _loc_to_field(err.get("loc", ())), "message": err.get("msg", ""), "type": err.get("type")}
+            field = "body" if err.get("type") == "json_invalid" else _loc_to_field(err.get("loc", ()))
+            item = {"field": field, "message": err.get("msg", ""), "type": err.get("type")}
             ctx = err.get("ctx") or {}
             for key in ("le", "ge", "lt", "gt", "max_length", "min_length"):
                 if key in ctx:
@@ -68,6 +69,9 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # FastAPI's "There was an error parsing the body": a body problem like any other
+            return problem(request, 422, "Invalid request", f"body: {exc.detail}", "validation_error",
+                           [{"field": "body", "message": str(exc.detail)}])
         title = {404: "Not found", 405: "Method not allowed", 401: "Unauthorized",
                  413: "Payload too large"}.get(exc.status_code, "HTTP error")
         return problem(request, exc.status_code, title, str(exc.detail),
