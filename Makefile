@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml client/pyproject.toml
 run: $(STAMP)
 	$(BIN)/visionjobs run
 
+# Headless Chromium for tests/console: Debian's package, driven by Playwright.
+CHROMIUM_INSTALL = apt-get update -q && apt-get install -y -q chromium
+
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then $(CHROMIUM_INSTALL); else sudo sh -c '$(CHROMIUM_INSTALL)'; fi; }
 	$(BIN)/python -m pytest
 
 openapi: $(STAMP)

@@ -14,6 +14,8 @@ class WorkerSettings(Settings):
     model_cache_gb: float = Field(0.0, description="Bound of the warm model cache in GiB of parameters; 0 = one model per kind.")
     visibility_timeout_s: int = Field(6 * 3600, description="Redis broker visibility timeout; above the longest job.")
     job_time_limit_s: float = Field(3600.0, description="Longest a job may run before it fails with `timeout`.")
+    batch_max: int = Field(1, ge=1, le=16, description="Dynamic batching: colorize jobs with the same working size and "
+                                                       "settings run as one batch of up to this many (4 suits GPUs).")
     device: str = Field("auto", description="torch device for pipelines: auto | cpu | cuda.")
     channels_last: bool = Field(True, description="Channels-last UNet/ControlNet on CUDA.")
     torch_compile: str = Field("", description="Comma-separated kinds whose denoiser is torch.compile'd on load "

@@ -17,6 +17,7 @@ from service.store.base import CANCELED, FAILED, SUCCEEDED, JobRecord, JobStore,
 from worker.config import WorkerSettings
 from worker.control import JobControl
 from worker.errors import InvalidInput, JobCanceled, JobFailed, ModelsNotReady, OwnershipLost
+from worker.batching import execute_batch, partners
 from worker.model_cache import ModelCache, release_memory
 
 log = logging.getLogger("visionjobs.worker")
@@ -130,6 +131,21 @@ class Runner:
                 log.info("preloading %s (%s profile on %s)", kind, self.profile_for(kind), self.device)
                 self.pipeline(kind)
 
+    def _run_handler(self, handler, job: JobRecord, control: JobControl):
+        """A store outage mid-job (an input could not be read) is not the job's fault: wait for
+        the store, and if this attempt still owns the job, run the handler again in the same
+        attempt (outputs go to fixed keys, so a second pass overwrites)."""
+        while True:
+            try:
+                return handler(JobContext(job, control, self))
+            except StoreUnavailable as exc:
+                log.warning("job %s attempt %d: job store unreachable mid-job, waiting for it: %s",
+                            job.id, job.attempt, exc)
+                current = with_store_retry(f"job {job.id}", lambda: self.store.get_job(job.id))
+                if current is None or current.status != "running" or current.attempt != job.attempt:
+                    raise OwnershipLost("the job was re-queued while the store was unreachable") from exc
+                log.info("job %s attempt %d: job store back, running the job again", job.id, job.attempt)
+
     def execute(self, job_id: str) -> str:
         from worker.jobs import HANDLERS
 
@@ -139,6 +155,9 @@ class Runner:
             return claim.reason
         job = claim.job
         log.info("job %s (%s) attempt %d started on %s", job.id, job.kind, job.attempt, self.name)
+        batch = partners(self, job)
+        if len(batch) > 1:
+            return execute_batch(self, batch)[job.id]
         control = JobControl(self.store, job, lease_s=self.settings.lease_s,
                              progress_interval_s=self.settings.progress_interval_s,
                              time_limit_s=self.settings.job_time_limit_s)
@@ -149,14 +168,14 @@ class Runner:
                 if handler is None:
                     raise JobFailed(f"this worker has no handler for kind {job.kind!r}", "unsupported_kind")
                 control.report(0.0, "loading model", force=True)
-                result = handler(JobContext(job, control, self))
+                result = self._run_handler(handler, job, control)
                 status = SUCCEEDED
             except OwnershipLost:
                 log.warning("job %s attempt %d lost its lease; stopping without a final write", job.id, job.attempt)
                 return "ownership_lost"
             except StoreUnavailable as exc:
-                # The job store vanished mid-job (an input could not be read): not the job's fault.
-                # Write nothing; the lease lapses and the reaper re-queues the job once the store is back.
+                # The store stayed away longer than the runner waits for it: write nothing; the
+                # lease lapses and the reaper re-queues the job once the store is back.
                 log.warning("job %s attempt %d abandoned, job store unreachable: %s", job.id, job.attempt, exc)
                 return "store_unavailable"
             except JobCanceled as exc:

@@ -393,13 +393,15 @@ class ControlColorPipeline(DiffusionPipeline):
                               deformable_decoder=deformable_decoder, callback_on_step_end=callback_on_step_end,
                               eta=eta, controlnet_conditioning_scale=controlnet_conditioning_scale)[0]
 
-    def batch_key(self, image: Image.Image, *, steps: int, guidance, sag_scale: float, sag_threshold: float,
+    def batch_key(self, width: int, height: int, *, steps: int, guidance, sag_scale: float, sag_threshold: float,
                   deformable_decoder: bool, exemplar: bool) -> tuple:
         """Requests with equal keys can share one denoising batch (`run_batch`): the same working
-        size and the same per-step computation; prompts, strokes, seeds and outputs may differ."""
+        size (from the input's width x height) and the same per-step computation; prompts,
+        strokes, seeds and output counts may differ."""
         g = GuidanceConfig.parse(guidance)
-        return (self.working_size_for(image), steps, g.mode, float(g.scale), float(sag_scale), float(sag_threshold),
-                bool(deformable_decoder), bool(exemplar))
+        size = working_size(width, height, self.config.short_side, self.config.max_long_side)
+        return (size, steps, g.mode, float(g.scale), float(sag_scale), float(sag_threshold), bool(deformable_decoder),
+                bool(exemplar))
 
     @torch.no_grad()
     def run_batch(self, requests: list[dict], *, num_inference_steps: int = 20, guidance=None,

@@ -160,6 +160,10 @@ class JobStore(abc.ABC):
     def queue_depth(self, kind: str) -> int: ...
 
     @abc.abstractmethod
+    def queued_ids(self, kind: str, limit: int) -> list[str]:
+        """The oldest queued job ids of a kind (dynamic batching looks for partners here)."""
+
+    @abc.abstractmethod
     def active_jobs(self, tenant: str) -> int:
         """Queued plus running jobs of a tenant (the concurrent-job quota)."""
 

@@ -180,6 +180,9 @@ class RedisJobStore(JobStore):
                 best = (head[0][1], head[0][0])
         return best[1] if best else None
 
+    def queued_ids(self, kind, limit):
+        return self._call(self.r.zrange, f"{self.p}queue:{kind}", 0, limit - 1)
+
     def active_jobs(self, tenant):
         return self._call(self.r.scard, f"{self.p}active:{tenant}")
 

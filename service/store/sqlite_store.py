@@ -129,6 +129,11 @@ class SqliteJobStore(JobStore):
             (QUEUED, job.kind, job.created_at, job.created_at, job.id)).fetchone()
         return ahead + 1
 
+    def queued_ids(self, kind, limit):
+        rows = self._db().execute("SELECT id FROM jobs WHERE status=? AND kind=? ORDER BY created_at, id LIMIT ?",
+                                  (QUEUED, kind, limit)).fetchall()
+        return [r[0] for r in rows]
+
     def active_jobs(self, tenant):
         return self._db().execute("SELECT COUNT(*) FROM jobs WHERE tenant=? AND status IN (?, ?)",
                                   (tenant, QUEUED, RUNNING)).fetchone()[0]

@@ -221,3 +221,11 @@ def test_webhook_on_cancel_and_worker_lost(store):
     time.sleep(0.2)
     store.reap_expired()
     assert sorted(store.claim_due_webhooks()) == sorted([(a.id, "canceled"), (b.id, "failed")])
+
+
+def test_queued_ids_oldest_first(store):
+    ids = [make_job(store)[0].id for _ in range(4)]
+    make_job(store, kind="other")
+    store.claim(ids[1], "w", 30)
+    assert store.queued_ids("colorize", 2) == [ids[0], ids[2]]
+    assert store.queued_ids("colorize", 10) == [ids[0], ids[2], ids[3]]

@@ -35,7 +35,7 @@ def runner(tmp_path, tiny_pipe):
 def submit(runner, img: Image.Image, **params) -> JobRecord:
     data = png_bytes(img)
     up = UploadRecord(id=new_id("upl"), tenant="t", filename="p.png", content_type="image/png", size=len(data),
-                      sha256="-", key=f"uploads/t/{new_id('u')}")
+                      sha256="-", key=f"uploads/t/{new_id('u')}", width=img.width, height=img.height)
     runner.objects.put(up.key, data, "image/png")
     runner.store.put_upload(up)
     job = JobRecord(id=new_id("job"), tenant="t", kind="colorize",

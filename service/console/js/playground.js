@@ -53,8 +53,9 @@ export function renderPlayground(main) {
   // ---- the stage: photo + stroke canvas
   const img = h("img.photo", { alt: "", draggable: "false" });
   const canvas = h("canvas.strokes", { role: "img", "aria-label": "Stroke canvas: drag with the mouse, pen or finger to paint colour hints over the photo" });
-  const placeholder = h("label.stage-empty", { for: "photo" },
-    h("strong", {}, "Choose a photo to start"), h("span.small", {}, "PNG, JPEG, WebP; grayscale or colour"));
+  // a mouse shortcut to the (labelled, focusable) file input; photos can also be dropped here
+  const placeholder = h("div.stage-empty", { "aria-hidden": "true", onclick: () => photoInput.click() },
+    h("strong", {}, "Choose or drop a photo to start"), h("span.small", {}, "PNG, JPEG, WebP; grayscale or colour"));
   const stage = h("div.stage", { dataset: { empty: "true" } }, placeholder, img, canvas);
   const ctx = canvas.getContext("2d");
 
@@ -132,6 +133,15 @@ export function renderPlayground(main) {
     probe.src = url;
   });
   exemplar.addEventListener("change", () => { exemplarUpload = null; });
+  stage.addEventListener("dragover", (ev) => { ev.preventDefault(); stage.dataset.drop = "true"; });
+  stage.addEventListener("dragleave", () => { delete stage.dataset.drop; });
+  stage.addEventListener("drop", (ev) => {
+    ev.preventDefault();
+    delete stage.dataset.drop;
+    if (!ev.dataTransfer?.files?.length) return;
+    photoInput.files = ev.dataTransfer.files;
+    photoInput.dispatchEvent(new Event("change"));
+  });
 
   // ---- drawing
   function toImage(ev) {
@@ -182,8 +192,9 @@ export function renderPlayground(main) {
     redraw();
   }
   const onKey = (ev) => {
-    if ((ev.ctrlKey || ev.metaKey) && ev.key.toLowerCase() === "z" && !ev.shiftKey
-        && !(ev.target instanceof HTMLInputElement && ev.target.type === "text") && strokes.length) {
+    const typing = ev.target instanceof HTMLTextAreaElement
+      || (ev.target instanceof HTMLInputElement && ["text", "number", "search"].includes(ev.target.type));
+    if ((ev.ctrlKey || ev.metaKey) && ev.key.toLowerCase() === "z" && !ev.shiftKey && !typing && strokes.length) {
       ev.preventDefault();
       undoStroke();
     }
