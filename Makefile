@@ -26,6 +26,9 @@ test: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then $(CHROMIUM_INSTALL); else sudo sh -c '$(CHROMIUM_INSTALL)'; fi; }
 	$(BIN)/python -m pytest
 
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 openapi: $(STAMP)
 	$(BIN)/visionjobs openapi --out openapi/openapi.json
 

@@ -159,6 +159,37 @@ def main(argv=None) -> dict:
     return report
 
 
+def collect(opts=None) -> dict:
+    """For bench/run.py: the tiny CPU table, plus the full-size random models on CUDA when a GPU
+    is present (and opts.gpu). Same cases and steps as the CLI; the median of 2 timed runs per
+    case (--quick: 1)."""
+    import tempfile
+
+    from bench.common import BenchOptions, cuda_available, row
+
+    opts = opts or BenchOptions()
+    repeats = "1" if opts.quick else "2"
+    reports = []
+    with tempfile.TemporaryDirectory() as tmp:
+        reports.append(main(["--repeats", repeats, "--device", "cpu", "--out", f"{tmp}/tiny.json"]))
+        if opts.gpu and cuda_available():
+            reports.append(main(["--full", "--repeats", repeats, "--device", "cuda", "--out", f"{tmp}/full.json"]))
+    rows = []
+    for rep in reports:
+        size = "x".join(map(str, rep["image_size"]))
+        for r in rep["results"]:
+            case = f"{rep['profile']}, {rep['device']} {rep['dtype'].removeprefix('torch.')}, {size}, " \
+                   f"{rep['steps']} steps: {r['case']}"
+            rows += [row(case, "seconds per image", r["seconds_per_image"], "s",
+                         f"median of {rep['repeats']}, batch {r['batch']}"),
+                     row(case, "UNet+ControlNet passes per image", r["passes_per_image"], "",
+                         f"SAG steps {r['sag_steps']}")]
+            if "peak_gpu_memory_gib" in r:
+                rows.append(row(case, "peak GPU memory", r["peak_gpu_memory_gib"], "GiB"))
+    settings = [{k: v for k, v in rep.items() if k != "results"} for rep in reports]
+    return {"settings": settings, "rows": rows, "details": reports}
+
+
 if __name__ == "__main__":
     print(f"{'case':42s} {'s/image':>10s} {'passes/img':>10s} {'peak GiB':>8s}")
     main()

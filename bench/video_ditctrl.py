@@ -51,37 +51,36 @@ def timed(fn, device: str):
     return out, time.perf_counter() - t, peak_mib(device)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--full", action="store_true", help="full-size random CogVideoX-2B on CUDA")
-    ap.add_argument("--steps", type=int, default=None, help="denoising steps (default 50, the official setting)")
-    ap.add_argument("--threads", type=int, default=1, help="CPU threads for the tiny run")
-    ap.add_argument("--no-mask", action="store_true", help="skip the mask-guided variant")
-    ap.add_argument("--repeat", type=int, default=None, help="best of N runs (default: 3 tiny, 1 full)")
-    args = ap.parse_args()
-    steps = args.steps or 50
-    rep = args.repeat or (1 if args.full else 3)
+def measure(full: bool = False, steps: int | None = None, threads: int = 1, mask: bool = True,
+            repeat: int | None = None, verbose: bool = True) -> dict:
+    """Run the comparison; returns the figures (bench/video.py puts them in its table).
 
-    if args.full:
+    rows: [{name, frames, seconds, peak_mib}] (best of `repeat`), plus ratios, MP4 encode
+    seconds and CSCV (tiny only)."""
+    steps = steps or 50
+    rep = repeat or (1 if full else 3)
+    say = print if verbose else (lambda *a, **k: None)
+
+    if full:
         if not torch.cuda.is_available():
-            sys.exit("--full needs a CUDA GPU")
+            raise RuntimeError("--full needs a CUDA GPU")
         device, dtype = "cuda", torch.float16
         t = time.perf_counter()
         pipe = DiTCtrlPipeline(**full_components(device, dtype))
-        print(f"built random CogVideoX-2B in {time.perf_counter() - t:.1f} s "
-              f"({sum(p.numel() for p in pipe.transformer.parameters()) / 1e9:.2f} B transformer parameters)")
+        say(f"built random CogVideoX-2B in {time.perf_counter() - t:.1f} s "
+            f"({sum(p.numel() for p in pipe.transformer.parameters()) / 1e9:.2f} B transformer parameters)")
         g = torch.Generator(device="cpu").manual_seed(0)
         embeds = [torch.randn(1, 226, 4096, generator=g).to(device, dtype) for _ in PROMPTS]
         cscv = None
     else:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
         device = "cpu"
         pipe = profiles.load_video_generation("tiny")
         embeds = None
         cscv = profiles.load_cscv("tiny")
     pipe.set_progress_bar_config(disable=True)
-    print(f"device {device}, {pipe.default_size[0]}x{pipe.default_size[1]}, {steps} steps, "
-          f"{pipe.num_layers} layers, profile {'full-random' if args.full else 'tiny'}")
+    say(f"device {device}, {pipe.default_size[0]}x{pipe.default_size[1]}, {steps} steps, "
+        f"{pipe.num_layers} layers, profile {'full-random' if full else 'tiny'}")
 
     def run(prompts, emb, **kw):
         return pipe(prompts, num_inference_steps=steps, prompt_embeds=emb,
@@ -92,7 +91,7 @@ def main() -> None:
 
     configs = [("CogVideoX clip (1 prompt, 1 segment)", lambda: run(PROMPTS[:1], embeds and embeds[:1], kv_sharing=False)),
                ("DiTCtrl 2 prompts (overlap 6, T 1, KV sharing)", lambda: run(PROMPTS, embeds))]
-    if not args.no_mask:
+    if mask:
         kv = {"subject_tokens": ["fox"]} if embeds is None else {"subject_tokens": [5, 6]}
         configs.append(("DiTCtrl 2 prompts, mask-guided KV sharing", lambda: run(PROMPTS, embeds, kv_sharing=kv)))
     # round-robin repeats (best of N per row): on a shared machine load drifts over a run
@@ -104,21 +103,45 @@ def main() -> None:
                 best[name] = (out, secs, mem)
     rows = [(name, *best[name]) for name, _ in configs]
     (_, clip, t_clip, _), (_, multi, t_multi, _) = rows[:2]
-
-    print(f"\n{'run (best of ' + str(rep) + ')':50s} {'frames':>6s} {'seconds':>9s} {'peak MiB':>9s}")
-    for name, out, secs, mem in rows:
-        print(f"{name:50s} {out.frames.shape[0]:6d} {secs:9.2f} {mem:9.0f}")
-    print(f"\nratio DiTCtrl(2 prompts) / clip: {t_multi / t_clip:.2f}x  "
-          f"(transformer work: 2 pair calls x batch 4 vs 1 call x batch 2 per step = 4x, plus a 27-frame decode)")
-    if not args.no_mask:
-        print(f"ratio mask-guided / plain KV sharing: {rows[2][2] / t_multi:.2f}x")
-
     _, t_enc, _ = timed(lambda: encode_mp4(multi.frames, fps=multi.fps), device)
-    print(f"MP4 (H.264 yuv420p) encode of {multi.frames.shape[0]} frames: {t_enc:.2f} s")
-    if cscv is not None:
-        print(f"CSCV (tiny CLIP, random weights: not meaningful): clip {cscv(clip.frames):.3f}, "
-              f"DiTCtrl {cscv(multi.frames):.3f}")
-    if device == "cpu":
+    return {
+        "profile": "full-random" if full else "tiny", "device": device, "steps": steps, "repeat": rep,
+        "size": list(pipe.default_size), "layers": pipe.num_layers,
+        "rows": [{"name": name, "frames": int(out.frames.shape[0]), "seconds": secs, "peak_mib": mem}
+                 for name, out, secs, mem in rows],
+        "ratio_ditctrl_over_clip": t_multi / t_clip,
+        "ratio_mask_over_plain": rows[2][2] / t_multi if mask else None,
+        "mp4_encode_s": t_enc, "mp4_frames": int(multi.frames.shape[0]),
+        "cscv_clip": cscv(clip.frames) if cscv is not None else None,
+        "cscv_ditctrl": cscv(multi.frames) if cscv is not None else None,
+        "peak_memory": "torch.cuda.max_memory_allocated" if device == "cuda" else "process peak RSS (monotone)",
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="full-size random CogVideoX-2B on CUDA")
+    ap.add_argument("--steps", type=int, default=None, help="denoising steps (default 50, the official setting)")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads for the tiny run")
+    ap.add_argument("--no-mask", action="store_true", help="skip the mask-guided variant")
+    ap.add_argument("--repeat", type=int, default=None, help="best of N runs (default: 3 tiny, 1 full)")
+    args = ap.parse_args()
+    if args.full and not torch.cuda.is_available():
+        sys.exit("--full needs a CUDA GPU")
+    r = measure(args.full, args.steps, args.threads, not args.no_mask, args.repeat)
+
+    print(f"\n{'run (best of ' + str(r['repeat']) + ')':50s} {'frames':>6s} {'seconds':>9s} {'peak MiB':>9s}")
+    for x in r["rows"]:
+        print(f"{x['name']:50s} {x['frames']:6d} {x['seconds']:9.2f} {x['peak_mib']:9.0f}")
+    print(f"\nratio DiTCtrl(2 prompts) / clip: {r['ratio_ditctrl_over_clip']:.2f}x  "
+          f"(transformer work: 2 pair calls x batch 4 vs 1 call x batch 2 per step = 4x, plus a 27-frame decode)")
+    if r["ratio_mask_over_plain"] is not None:
+        print(f"ratio mask-guided / plain KV sharing: {r['ratio_mask_over_plain']:.2f}x")
+    print(f"MP4 (H.264 yuv420p) encode of {r['mp4_frames']} frames: {r['mp4_encode_s']:.2f} s")
+    if r["cscv_clip"] is not None:
+        print(f"CSCV (tiny CLIP, random weights: not meaningful): clip {r['cscv_clip']:.3f}, "
+              f"DiTCtrl {r['cscv_ditctrl']:.3f}")
+    if r["device"] == "cpu":
         print("peak memory on the CPU is the process's peak RSS (monotone over the run)")
 
 

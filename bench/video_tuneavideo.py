@@ -116,6 +116,30 @@ def run(name: str, pipe, device: str, frames: int, size: int, tune_steps: int, s
     return fig
 
 
+def measure(full: bool = False, tune_steps: int = 5, steps: int = 50, frames: int | None = None,
+            size: int | None = None, threads: int = 1, full_device: str = "cuda") -> list[dict]:
+    """The tiny row (CPU), plus the full-size random SD-1.5 row on `full_device` when `full`
+    (skipped, with a message, when that is CUDA and none is present)."""
+    from models.profiles import load_video_edit
+
+    rows = []
+    torch.set_num_threads(threads)
+    tiny = load_video_edit("tiny")
+    rows.append(run("tiny", tiny, "cpu", frames or 8, size or 64, tune_steps, steps, warmup=1))
+    del tiny
+    if full:
+        dev = full_device
+        if dev.startswith("cuda") and not torch.cuda.is_available():
+            print("--full: no CUDA device here; skipped", file=sys.stderr)
+        else:
+            t0 = time.perf_counter()
+            pipe = sd15_random_pipeline(dev, torch.float16 if dev.startswith("cuda") else torch.float32)
+            where = torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu"
+            print(f"built full-size random SD-1.5 in {time.perf_counter() - t0:.1f} s ({where})")
+            rows.append(run("sd15-random", pipe, dev, frames or 24, size or 512, tune_steps, steps, warmup=2))
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="also run full-size random SD-1.5 on CUDA")
@@ -126,25 +150,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="CPU threads for the tiny run")
     ap.add_argument("--full-device", default="cuda", help="device of the full-size run (cpu: a float32 smoke run)")
     args = ap.parse_args(argv)
-
-    from models.profiles import load_video_edit
-
-    rows = []
-    torch.set_num_threads(args.threads)
-    tiny = load_video_edit("tiny")
-    rows.append(run("tiny", tiny, "cpu", args.frames or 8, args.size or 64, args.tune_steps, args.steps, warmup=1))
-    del tiny
-    if args.full:
-        dev = args.full_device
-        if dev.startswith("cuda") and not torch.cuda.is_available():
-            print("--full: no CUDA device here; skipped", file=sys.stderr)
-        else:
-            t0 = time.perf_counter()
-            full = sd15_random_pipeline(dev, torch.float16 if dev.startswith("cuda") else torch.float32)
-            where = torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu"
-            print(f"built full-size random SD-1.5 in {time.perf_counter() - t0:.1f} s ({where})")
-            rows.append(run("sd15-random", full, dev, args.frames or 24, args.size or 512, args.tune_steps,
-                            args.steps, warmup=2))
+    rows = measure(args.full, args.tune_steps, args.steps, args.frames, args.size, args.threads, args.full_device)
 
     keys = ["device", "frames", "size", "trainable_m", "artifact_mib", "tune_s_per_step", "tune_500_steps_min",
             "tune_peak_gib", "loss_finite", "invert_s", "invert_peak_gib", "sample_s_per_video", "sample_peak_gib"]

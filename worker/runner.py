@@ -124,12 +124,15 @@ class Runner:
             raise ModelsNotReady(str(exc)) from exc
 
     def preload(self, kinds: list[str]) -> None:
-        from worker.jobs import HANDLERS
+        from worker.jobs import HANDLERS, WARMUPS
 
         for kind in kinds:
             if kind in HANDLERS:
                 log.info("preloading %s (%s profile on %s)", kind, self.profile_for(kind), self.device)
-                self.pipeline(kind)
+                pipe = self.pipeline(kind)
+                warmup = WARMUPS.get(kind)
+                if warmup is not None:  # one tiny forward pass: the first real job then finds kernels warm
+                    warmup(pipe)
 
     def _run_handler(self, handler, job: JobRecord, control: JobControl):
         """A store outage mid-job (an input could not be read) is not the job's fault: wait for

@@ -135,3 +135,13 @@ def test_a_stale_attempt_stops_and_writes_nothing(runner, tiny_pipe):
     outcome = runner.execute(job.id)
     assert outcome == "succeeded", runner.store.get_job(job.id).error
     assert runner.store.get_job(job.id).attempt == 2
+
+
+def test_preload_loads_and_warms_the_pipeline(runner, tiny_pipe):
+    calls = []
+    handle = tiny_pipe.unet.register_forward_pre_hook(lambda m, args: calls.append(1))
+    try:
+        runner.preload(["colorize"])
+    finally:
+        handle.remove()
+    assert calls and ("colorize", "tiny", runner.device) in runner.cache

@@ -10,3 +10,8 @@ HANDLERS = {
     "video.edit": video_edit.run,
     "video.generate": video_generate.run,
 }
+
+# Run once at --preload so the first job does not pay first-call costs (allocator, kernels).
+WARMUPS = {
+    "colorize": colorize.warmup,
+}

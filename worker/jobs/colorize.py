@@ -134,3 +134,9 @@ def batch_key(ctx_runner, job) -> tuple | None:
     return pipe.batch_key(upload.width, upload.height, steps=s["num_inference_steps"], guidance=s["guidance"],
                           sag_scale=s["sag_scale"], sag_threshold=s["sag_threshold"],
                           deformable_decoder=s["deformable_decoder"], exemplar=bool(job.params.get("exemplar")))
+
+
+def warmup(pipe) -> None:
+    from PIL import Image
+
+    pipe(image=Image.new("RGB", (64, 64), (128, 128, 128)), num_inference_steps=1, sag_scale=0.05, sag_threshold=0)

@@ -1,0 +1,1 @@
+"""Benchmarks (``python bench/run.py``); nothing here is imported by the service."""

@@ -1,0 +1,645 @@
+"""Service overhead (issue 8): what the service adds around a tiny colorization job, on the CPU.
+
+    python bench/service.py            # N = 60 jobs per completion mode
+    python bench/service.py --quick    # N = 50, shorter load runs
+
+What runs (database 12 of the local Redis, flushed before and after):
+
+(a) direct: ``models.profiles.load("colorize", "tiny")`` in this warm process, then the same call
+    the worker makes (``pipe(image=..., num_inference_steps=8, guidance=cfg 7, sag_scale=0.05,
+    sag_threshold=600, seed=1234)``, a 64x64 photo, 1 torch thread like the worker's
+    OMP_NUM_THREADS=1), N times after two untimed warm-up calls. The direct calls are interleaved
+    with the jobs of (b), one after every second job and never at the same time, so both sample
+    the same load of a shared machine.
+(b) full path: real ``visionjobs api`` and ``visionjobs worker --queues colorize`` processes
+    (VISIONJOBS_REDIS_URL on database 12, the local object store with a signing secret, tiny
+    profile, device cpu). Per job the client (one keep-alive httpx client) uploads the photo
+    (POST /v1/uploads), submits (POST /v1/colorizations), and waits for the final state either
+    with ``GET /v1/jobs/{id}?wait=30`` (long-poll) or by reading ``GET /v1/jobs/{id}/events``
+    (SSE) until a final frame; the two modes alternate job by job, N each.
+
+How the overhead is measured. ``e2e`` = client clock from the start of the upload to the moment
+the final state is in hand. The worker's pipeline time comes from a timing probe
+(bench/service_probe/sitecustomize.py, on the worker's PYTHONPATH only) that wraps the
+pipeline call, Runner.execute and the per-step progress/cancel callback with timers and writes
+one JSON line per job; it measures and changes nothing. ``overhead = e2e - worker pipeline
+time``. The per-step callbacks (a store read per step, a throttled progress write) run inside
+the pipeline call but are service work: shown separately, and added in "overhead incl.
+callbacks". Breakdown per job (all processes on one host, one clock): upload; submit;
+queue->start (job ``created_at`` -> ``started_at``, the claim); start->pipeline (read the
+upload from storage, decode, warm-cache lookup, progress write); pipeline->final (PNG encode,
+storage write, the final-state script: ``finished_at``); final->seen (the API wakes on the job's
+event stream, renders, answers).
+
+Also: submissions/s into the queue (POST /v1/colorizations with no worker running; the jobs are
+then canceled and their broker messages dropped), GET /v1/jobs/{id} requests/s and latency
+percentiles against the one API process (``wrk`` when it is on PATH, e.g. Debian's package,
+and an async httpx generator with bounded concurrency and duration either way), queue-to-start
+latency with an idle worker (from the N jobs), and cold vs warm start: a worker without
+--preload (ready time, first job vs later ones), then one with --preload. The API runs with
+its rate limit and active-job quota set out of reach (the limiter code still runs per request).
+
+Where the time of a request goes: around every load run, the CPU seconds of the API process
+(/proc), of the Redis server (INFO cpu; shared, so any other client of it counts too) and of the
+load generator are divided by the requests served ("CPU per request"); and the service's own
+work for one status read (tenant lookup, job store read, rate limiter, rendering with URL
+signing and pydantic JSON) is timed in this process with the API's settings against the same
+Redis, next to one whole request over HTTP with one connection (the difference is uvicorn,
+FastAPI routing and dependencies, the threadpool hop of a sync endpoint, and the client).
+Figures are printed, never asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import BENCH_REDIS_URL, ROOT, BenchOptions, row, summary  # noqa: E402
+
+PROBE_DIR = ROOT / "bench" / "service_probe"
+FINAL = ("succeeded", "failed", "canceled")
+STEPS, SIZE, SEED = 8, 64, 1234
+PARAMS = {"steps": STEPS, "seed": SEED, "sag_scale": 0.05, "sag_threshold": 600,
+          "guidance": {"mode": "cfg", "scale": 7.0}}
+QUEUE = "colorize"
+BIG = str(10**9)
+
+
+def _ts(iso: str | None) -> float | None:
+    return datetime.fromisoformat(iso).timestamp() if iso else None
+
+
+def _photo_png() -> bytes:
+    from tests.helpers import photo, png_bytes
+
+    return png_bytes(photo(SIZE, SIZE))
+
+
+# ------------------------------------------------------------------ (a) direct pipeline
+
+class Direct:
+    """The pipeline called directly in this warm process, exactly as the worker calls it."""
+
+    def __init__(self, png: bytes, device: str = "cpu", warmup: int = 2):
+        import torch
+
+        from models import profiles
+        from models.media import load_image
+
+        torch.set_num_threads(1)  # the worker runs with OMP_NUM_THREADS=1
+        self.torch, self.device = torch, device
+        self.pipe = profiles.load("colorize", "tiny", device=device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.image = load_image(png)
+        for _ in range(warmup):
+            self()
+
+    def __call__(self) -> float:
+        torch = self.torch
+        t = time.perf_counter()
+        self.pipe(image=self.image, prompt="", negative_prompt=None, num_inference_steps=STEPS,
+                  guidance=PARAMS["guidance"], num_images=1, generator=torch.Generator("cpu").manual_seed(SEED),
+                  strokes=None, stroke_image=None, exemplar=None, sag_scale=PARAMS["sag_scale"],
+                  sag_threshold=PARAMS["sag_threshold"], deformable_decoder=False)
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+
+# ------------------------------------------------------------------ the processes
+
+class Cluster:
+    """`visionjobs api` + `visionjobs worker` on Redis database 12 and a local object store."""
+
+    def __init__(self, tmp: Path, device: str = "cpu"):
+        import redis
+
+        from tests.conftest import free_port
+        from tests.integration.procs import clean_env
+
+        self.tmp = tmp
+        self.redis = redis.Redis.from_url(BENCH_REDIS_URL)
+        self.redis.flushdb()
+        self.key = "bench-" + secrets.token_hex(16)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.headers = {"Authorization": f"Bearer {self.key}"}
+        self.probe_file = tmp / "probe.jsonl"
+        self.env = clean_env(
+            VISIONJOBS_REDIS_URL=BENCH_REDIS_URL, VISIONJOBS_API_KEYS=f"bench:{self.key}",
+            VISIONJOBS_DATA_DIR=str(tmp / "data"), VISIONJOBS_SIGNING_SECRET=secrets.token_hex(32),
+            VISIONJOBS_MODEL_PROFILE="tiny", VISIONJOBS_DEVICE=device,
+            VISIONJOBS_RATE_LIMIT_PER_MINUTE=BIG, VISIONJOBS_MAX_ACTIVE_JOBS=BIG)
+        self.api = None
+        self.worker = None
+        self._n_workers = 0
+
+    def start_api(self) -> float:
+        from tests.integration.procs import VISIONJOBS, Proc, wait_http
+
+        t = time.perf_counter()
+        self.api = Proc([*VISIONJOBS, "api", "--port", str(self.port)], self.env, self.tmp / "api.log")
+        wait_http(f"{self.base}/readyz", self.api)
+        return time.perf_counter() - t
+
+    def start_worker(self, preload: bool) -> float:
+        """Start a worker; seconds until Celery logs `ready.` (after the preload, if any)."""
+        from tests.integration.procs import VISIONJOBS, Proc
+
+        env = dict(self.env, BENCH_PROBE_FILE=str(self.probe_file),
+                   PYTHONPATH=os.pathsep.join([str(PROBE_DIR), str(ROOT), self.env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+        self._n_workers += 1
+        log = self.tmp / f"worker{self._n_workers}.log"
+        t = time.perf_counter()
+        self.worker = Proc([*VISIONJOBS, "worker", "--queues", QUEUE] + (["--preload"] if preload else []), env, log)
+        deadline = time.monotonic() + 300
+        while "ready." not in self.worker.log():
+            if self.worker.p.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start:\n{self.worker.log()[-3000:]}")
+            time.sleep(0.02)
+        return time.perf_counter() - t
+
+    def stop_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+
+    def probe(self, job_id: str, timeout: float = 10.0) -> dict | None:
+        """The worker-side record of a job (written just after its final state)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.probe_file.exists():
+                for line in self.probe_file.read_text().splitlines():
+                    rec = json.loads(line)
+                    if rec["job"] == job_id and rec.get("status") != "canceled":
+                        return rec
+            time.sleep(0.01)
+        return None
+
+    def close(self) -> None:
+        self.stop_worker()
+        if self.api is not None:
+            self.api.stop()
+        self.redis.flushdb()
+        self.redis.close()
+
+
+# ------------------------------------------------------------------ one job through the whole path
+
+def wait_longpoll(client, job_id: str) -> dict:
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()
+        if job["status"] in FINAL:
+            return job
+
+
+def wait_sse(client, job_id: str) -> dict:
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                job = json.loads(line[6:])
+                if job.get("status") in FINAL:
+                    return job
+    raise RuntimeError(f"SSE stream of {job_id} ended without a final state")
+
+
+def one_job(cluster: Cluster, client, png: bytes, mode: str, download: bool = True) -> dict:
+    t0, p0 = time.time(), time.perf_counter()
+    up = client.post("/v1/uploads", files={"file": ("photo.png", png, "image/png")})
+    up.raise_for_status()
+    t_up = time.time()
+    sub = client.post("/v1/colorizations", json={"image": up.json()["id"], **PARAMS})
+    sub.raise_for_status()
+    t_sub = time.time()
+    job_id = sub.json()["id"]
+    job = wait_longpoll(client, job_id) if mode == "wait" else wait_sse(client, job_id)
+    e2e = time.perf_counter() - p0
+    t_seen = t0 + e2e
+    rec = {"mode": mode, "job": job_id, "status": job["status"], "e2e_s": e2e, "upload_s": t_up - t0,
+           "submit_s": t_sub - t_up}
+    created, started, finished = _ts(job["created_at"]), _ts(job["started_at"]), _ts(job["finished_at"])
+    if started and created:
+        rec["queue_to_start_s"] = started - created
+    if finished:
+        rec["final_to_seen_s"] = t_seen - finished
+    probe = cluster.probe(job_id)
+    if probe and probe.get("pipeline_s") is not None:
+        rec.update(pipeline_s=probe["pipeline_s"], callback_s=probe["callback_s"], callback_n=probe["callback_n"],
+                   load_s=probe["load_s"], overhead_s=e2e - probe["pipeline_s"],
+                   overhead_incl_callbacks_s=e2e - probe["pipeline_s"] + probe["callback_s"])
+        if started:
+            rec["start_to_pipeline_s"] = probe["pipe_t0"] - started
+        if finished:
+            rec["pipeline_to_final_s"] = finished - probe["pipe_t1"]
+    if download and job["status"] == "succeeded":
+        t = time.perf_counter()
+        r = client.get(job["result"]["images"][0]["url"])
+        rec["download_s"] = time.perf_counter() - t if r.status_code == 200 else None
+    return rec
+
+
+# ------------------------------------------------------------------ load generators
+
+def _parse_wrk_time(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if not m:
+        return float("nan")
+    return float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(2)]
+
+
+def wrk_load(url: str, headers: dict, duration: float, connections: int, *, method: str = "GET",
+             body: str | None = None, tmp: Path | None = None) -> dict | None:
+    """`wrk` (one thread) when it is installed; None otherwise."""
+    exe = shutil.which("wrk")
+    if exe is None:
+        return None
+    cmd = [exe, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "10s"]
+    for k, v in headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    if method != "GET":
+        script = (tmp or Path(tempfile.gettempdir())) / "wrk_body.lua"
+        script.write_text(f"wrk.method = {json.dumps(method)}\nwrk.body = {json.dumps(body or '')}\n"
+                          'wrk.headers["Content-Type"] = "application/json"\n')
+        cmd += ["-s", str(script)]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=duration + 60).stdout
+    res = {"client": "wrk -t1", "connections": connections, "duration_s": duration, "raw": out}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    res["rps"] = float(m.group(1)) if m else None
+    m = re.search(r"(\d+) requests in", out)
+    res["requests"] = int(m.group(1)) if m else None
+    for pct in ("50", "75", "90", "99"):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        res[f"p{pct}_s"] = _parse_wrk_time(m.group(1)) if m else None
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    res["errors"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    res["socket_errors"] = sum(int(x) for x in m.groups()) if m else 0
+    return res
+
+
+def httpx_load(url: str, headers: dict, duration: float, concurrency: int, *, method: str = "GET",
+               json_body: dict | None = None, count: int | None = None) -> dict:
+    """An async httpx generator: `concurrency` requests in flight for `duration` seconds (or
+    until `count` requests were sent). Latency per request, status counts, response bodies of
+    POSTs (their job ids)."""
+    import httpx
+
+    async def go():
+        lat, errors, ids = [], 0, []
+        sent = 0
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(limits=limits, headers=headers, timeout=30) as c:
+            stop = time.perf_counter() + duration
+
+            async def worker():
+                nonlocal errors, sent
+                while time.perf_counter() < stop and (count is None or sent < count):
+                    sent += 1
+                    t = time.perf_counter()
+                    r = await c.request(method, url, json=json_body)
+                    lat.append(time.perf_counter() - t)
+                    if r.status_code >= 300:
+                        errors += 1
+                    elif method == "POST":
+                        ids.append(r.json()["id"])
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return lat, errors, ids, time.perf_counter() - t0
+
+    lat, errors, ids, elapsed = asyncio.run(go())
+    s = summary(lat)
+    return {"client": "httpx async", "connections": concurrency, "duration_s": elapsed, "requests": len(lat),
+            "rps": len(lat) / elapsed if elapsed else None, "p50_s": s["p50"], "p99_s": s["p99"], "errors": errors,
+            "ids": ids}
+
+
+def _proc_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of one process (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cpu_snapshot(cluster: "Cluster") -> dict:
+    import resource
+
+    info = cluster.redis.info("cpu")
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"api": _proc_cpu_s(cluster.api.p.pid), "redis": info["used_cpu_user"] + info["used_cpu_sys"],
+            "client": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime}
+
+
+def with_cpu(cluster: "Cluster", fn):
+    """Run a load; add the CPU milliseconds per request that the API process, the Redis server
+    and the load generator (this process and its children, e.g. wrk) spent during it."""
+    before = cpu_snapshot(cluster)
+    res = fn()
+    after = cpu_snapshot(cluster)
+    if res is not None and res.get("requests"):
+        for k in before:
+            if before[k] is not None and after[k] is not None:
+                res[f"{k}_cpu_ms_per_req"] = 1e3 * (after[k] - before[k]) / res["requests"]
+    return res
+
+
+def read_cost_breakdown(cluster: "Cluster", job_id: str, n: int = 300) -> dict:
+    """Where the time of one GET /v1/jobs/{id} goes: the service's own per-request work timed
+    in this process with the API's settings and the same Redis (the job store read the
+    dependency does, the rate limiter's round trip, rendering: URL signing and the pydantic
+    JSON), against one whole request over HTTP with one connection (the rest is uvicorn,
+    FastAPI routing and dependencies, the threadpool hop of a sync endpoint, and the client)."""
+    import httpx
+
+    from service.app import build_context
+    from service.core.config import Settings
+    from service.jobs import render
+
+    settings = Settings(**{k.removeprefix("VISIONJOBS_").lower(): v for k, v in cluster.env.items()
+                           if k.startswith("VISIONJOBS_")})
+    ctx = build_context(settings)
+    job = ctx.store.get_job(job_id)
+
+    def per_call(fn) -> float:
+        for _ in range(20):
+            fn()
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t) / n
+
+    out = {"tenant_lookup_s": per_call(lambda: ctx.keyring.tenant_for(cluster.key)),
+           "store_get_job_s": per_call(lambda: ctx.store.get_job(job_id))}
+    limiter = getattr(ctx, "limiter", None)
+    if limiter is not None:
+        out["rate_limiter_s"] = per_call(lambda: limiter.hit("bench-profile"))
+    out["render_json_s"] = per_call(lambda: render(job, ctx.store, ctx.objects, cluster.base,
+                                                   settings.url_ttl_s).model_dump_json())
+    out["app_work_s"] = sum(v for v in out.values())
+    with httpx.Client(base_url=cluster.base, headers=cluster.headers) as c:
+        url = f"/v1/jobs/{job_id}"
+        for _ in range(20):
+            c.get(url)
+        lat = []
+        for _ in range(n):
+            t = time.perf_counter()
+            c.get(url)
+            lat.append(time.perf_counter() - t)
+    out["http_sequential_p50_s"] = summary(lat)["p50"]
+    return out
+
+
+def cancel_queued(cluster: Cluster, ids: list[str] | None = None) -> int:
+    """Cancel the given (or all listed) queued jobs, then drop their broker messages."""
+    import httpx
+
+    with httpx.Client(base_url=cluster.base, headers=cluster.headers, timeout=30) as c:
+        if ids is None:
+            ids, cursor = [], None
+            while True:
+                page = c.get("/v1/jobs", params={"status": "queued", "limit": 100,
+                                                 **({"cursor": cursor} if cursor else {})}).json()
+                ids += [j["id"] for j in page["items"]]
+                cursor = page.get("next_cursor")
+                if not cursor:
+                    break
+    if ids:
+        httpx_load_ids(cluster, ids)
+    cluster.redis.delete(QUEUE)  # kombu's Redis transport keeps a queue's messages in a list of its name
+    left = sum(cluster.redis.llen(k) for k in cluster.redis.scan_iter(match=f"{QUEUE}*")
+               if cluster.redis.type(k) == b"list")
+    if left:
+        print(f"warning: {left} broker messages left in {QUEUE!r}: the next worker drains them first", flush=True)
+    return len(ids)
+
+
+def httpx_load_ids(cluster: Cluster, ids: list[str]) -> None:
+    import httpx
+
+    async def go():
+        limits = httpx.Limits(max_connections=8)
+        async with httpx.AsyncClient(base_url=cluster.base, headers=cluster.headers, limits=limits, timeout=30) as c:
+            sem = asyncio.Semaphore(8)
+
+            async def one(job_id):
+                async with sem:
+                    await c.post(f"/v1/jobs/{job_id}/cancel")
+
+            await asyncio.gather(*(one(i) for i in ids))
+
+    asyncio.run(go())
+
+
+# ------------------------------------------------------------------ the benchmark
+
+def collect(opts: BenchOptions | None = None, *, n: int | None = None, device: str = "cpu") -> dict:
+    import httpx
+
+    opts = opts or BenchOptions()
+    n = n or (50 if opts.quick else 60)
+    load_s = 3.0 if opts.quick else 5.0
+    conns = 16
+    settings = {"jobs_per_mode": n, "steps": STEPS, "image": [SIZE, SIZE], "sag_scale": PARAMS["sag_scale"],
+                "sag_threshold": PARAMS["sag_threshold"], "guidance": PARAMS["guidance"], "seed": SEED,
+                "model_profile": "tiny", "device": device, "torch_threads": 1, "redis": BENCH_REDIS_URL,
+                "object_store": "local, HMAC-signed URLs", "api_processes": 1, "worker": "1 Celery solo process",
+                "load_seconds": load_s, "load_connections": conns, "wrk": shutil.which("wrk") is not None,
+                "progress_interval_s": 0.25, "rate_limit": "set out of reach (limiter still runs)"}
+    png = _photo_png()
+    print("loading the direct pipeline ...", flush=True)
+    direct_call = Direct(png, device)
+    direct: list[float] = []
+    tmp = Path(tempfile.mkdtemp(prefix="vj-bench-service-"))
+    cluster = Cluster(tmp, device)
+    details: dict = {"direct_s": direct}
+    try:
+        details["api_start_s"] = cluster.start_api()
+        client = httpx.Client(base_url=cluster.base, headers=cluster.headers, timeout=60)
+        # --- submissions into the queue (no worker yet) ---
+        upload_id = client.post("/v1/uploads", files={"file": ("photo.png", png, "image/png")}).json()["id"]
+        body = {"image": upload_id, **PARAMS}
+        print("submissions/s ...", flush=True)
+        subs = []
+        w = with_cpu(cluster, lambda: wrk_load(f"{cluster.base}/v1/colorizations", cluster.headers, load_s, conns,
+                                               method="POST", body=json.dumps(body), tmp=tmp))
+        if w is not None:
+            subs.append(w)
+            cancel_queued(cluster)
+        h = with_cpu(cluster, lambda: httpx_load(f"{cluster.base}/v1/colorizations", cluster.headers, load_s,
+                                                 conns, method="POST", json_body=body))
+        subs.append(h)
+        details["canceled_after_submission_test"] = cancel_queued(cluster, h.pop("ids"))
+        details["submissions"] = [{k: v for k, v in s.items() if k != "raw"} for s in subs]
+
+        # --- cold start: a worker without --preload ---
+        print("cold start (no --preload) ...", flush=True)
+        cold_ready = cluster.start_worker(preload=False)
+        cold_jobs = [one_job(cluster, client, png, "wait") for _ in range(4)]
+        cluster.stop_worker()
+        print("warm start (--preload) ...", flush=True)
+        warm_ready = cluster.start_worker(preload=True)
+        warm_first = one_job(cluster, client, png, "wait")
+        details.update(cold_ready_s=cold_ready, cold_jobs=cold_jobs, preload_ready_s=warm_ready,
+                       preload_first_job=warm_first)
+
+        # --- N jobs per completion mode, alternating, and N direct calls in between (never at the
+        # same time), so that both sample the same load of a shared machine ---
+        print(f"full path x {2 * n}, direct x {n} ...", flush=True)
+        runs = []
+        for i in range(2 * n):
+            runs.append(one_job(cluster, client, png, ("wait", "sse")[i % 2]))
+            if i % 2:
+                direct.append(direct_call())
+        details["runs"] = runs
+
+        # --- status reads against the one API process ---
+        print("status reads ...", flush=True)
+        done = next(r["job"] for r in runs if r["status"] == "succeeded")
+        url = f"{cluster.base}/v1/jobs/{done}"
+        reads = [x for x in (with_cpu(cluster, lambda: wrk_load(url, cluster.headers, load_s, conns)),
+                             with_cpu(cluster, lambda: httpx_load(url, cluster.headers, load_s, conns)))
+                 if x is not None]
+        for r in reads:
+            r.pop("ids", None)
+        details["status_reads"] = [{k: v for k, v in r.items() if k != "raw"} for r in reads]
+        try:
+            details["read_cost"] = read_cost_breakdown(cluster, done, n=100 if opts.quick else 300)
+        except Exception as exc:  # the profile is an extra: report, do not lose the run
+            details["read_cost"] = {"error": f"{type(exc).__name__}: {exc}"}
+        client.close()
+    finally:
+        cluster.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    d = summary(direct)
+    rows = [row("direct pipeline, warm process", "p50", d["p50"] * 1e3, "ms",
+                f"N={n}, {STEPS} steps, {SIZE}px, SAG on; interleaved with the jobs"),
+            row("direct pipeline, warm process", "p95", d["p95"] * 1e3, "ms")]
+    failed = sum(r["status"] != "succeeded" for r in runs)
+    for mode, label in (("wait", "full path, ?wait= long-poll"), ("sse", "full path, SSE")):
+        rs = [r for r in runs if r["mode"] == mode and r["status"] == "succeeded" and "overhead_s" in r]
+        e2e, ovh = summary([r["e2e_s"] for r in rs]), summary([r["overhead_s"] for r in rs])
+        ovc, pipe = summary([r["overhead_incl_callbacks_s"] for r in rs]), summary([r["pipeline_s"] for r in rs])
+        rows += [row(label, "e2e p50", e2e["p50"] * 1e3, "ms", f"N={len(rs)}"),
+                 row(label, "e2e p95", e2e["p95"] * 1e3, "ms"),
+                 row(label, "worker pipeline p50", pipe["p50"] * 1e3, "ms", "probe: the pipeline call in the worker"),
+                 row(label, "overhead p50", ovh["p50"] * 1e3, "ms", "e2e - worker pipeline time (goal <= 25 ms)"),
+                 row(label, "overhead p95", ovh["p95"] * 1e3, "ms"),
+                 row(label, "overhead incl. step callbacks p50", ovc["p50"] * 1e3, "ms",
+                     "+ progress/cancel checks inside the pipeline"),
+                 row(label, "overhead incl. step callbacks p95", ovc["p95"] * 1e3, "ms"),
+                 row(label, "overhead / direct pipeline p50", 100 * ovh["p50"] / d["p50"], "%", "goal < 5 % of a 0.5 s job"),
+                 row(label, "e2e p50 / direct pipeline p50", e2e["p50"] / d["p50"], "x")]
+    ok = [r for r in runs if r["status"] == "succeeded" and "overhead_s" in r]
+    for key, label, note in (
+            ("upload_s", "upload (POST /v1/uploads)", ""),
+            ("submit_s", "submit (POST /v1/colorizations)", ""),
+            ("queue_to_start_s", "queue -> start (created_at -> started_at)", "idle worker: Celery delivery + claim"),
+            ("start_to_pipeline_s", "start -> pipeline call", "read upload, decode, cache lookup, progress write"),
+            ("callback_s", "step callbacks inside the pipeline", "store read per step + throttled writes"),
+            ("pipeline_to_final_s", "pipeline -> final state", "PNG encode, storage write, final-state script"),
+            ("download_s", "result download (signed URL)", "not part of e2e")):
+        s = summary([r.get(key) for r in ok])
+        rows.append(row("breakdown p50", label, s["p50"] * 1e3 if s["p50"] is not None else None, "ms", note))
+    for mode, label in (("wait", "final -> seen, long-poll"), ("sse", "final -> seen, SSE")):
+        s = summary([r.get("final_to_seen_s") for r in ok if r["mode"] == mode])
+        rows.append(row("breakdown p50", label, s["p50"] * 1e3 if s["p50"] is not None else None, "ms",
+                        "API wake-up, render, response"))
+    q = summary([r.get("queue_to_start_s") for r in ok])
+    rows += [row("queue-to-start, idle worker", "p50", q["p50"] * 1e3, "ms", f"N={q['n']}"),
+             row("queue-to-start, idle worker", "p95", q["p95"] * 1e3, "ms")]
+    for s in details["submissions"]:
+        case = f"submissions POST /v1/colorizations ({s['client']}, c={s['connections']})"
+        rows += [row(case, "requests/s", s["rps"], "req/s", f"{s['requests']} jobs queued, no worker"),
+                 row(case, "p50", (s.get("p50_s") or float("nan")) * 1e3, "ms"),
+                 row(case, "p99", (s.get("p99_s") or float("nan")) * 1e3, "ms")]
+        rows += _cpu_rows(case, s)
+        if s.get("errors") or s.get("socket_errors"):
+            rows.append(row(case, "errors", (s.get("errors") or 0) + (s.get("socket_errors") or 0), "requests"))
+    for s in details["status_reads"]:
+        case = f"status reads GET /v1/jobs/{{id}} ({s['client']}, c={s['connections']})"
+        rows += [row(case, "requests/s", s["rps"], "req/s", "goal >= 2,000; one API process"),
+                 row(case, "p50", (s.get("p50_s") or float("nan")) * 1e3, "ms"),
+                 row(case, "p99", (s.get("p99_s") or float("nan")) * 1e3, "ms")]
+        rows += _cpu_rows(case, s)
+        if s.get("errors") or s.get("socket_errors"):
+            rows.append(row(case, "errors", (s.get("errors") or 0) + (s.get("socket_errors") or 0), "requests"))
+    rc = details.get("read_cost", {})
+    case = "status read cost per request (profile)"
+    if "error" in rc:
+        rows.append(row(case, "unavailable", None, "", rc["error"][:120]))
+    else:
+        for key, label, note in (("tenant_lookup_s", "API key -> tenant", "in-process, same settings"),
+                                 ("store_get_job_s", "job store read (HGETALL)", "Redis round trip"),
+                                 ("rate_limiter_s", "rate limiter (INCR + EXPIRE)", "Redis round trip"),
+                                 ("render_json_s", "render: sign URL + pydantic JSON", ""),
+                                 ("app_work_s", "sum: the service's own work", ""),
+                                 ("http_sequential_p50_s", "whole request over HTTP, c=1, p50",
+                                  "rest: uvicorn, FastAPI, threadpool hop, client")):
+            if key in rc:
+                rows.append(row(case, label, rc[key] * 1e3, "ms", note))
+    later = summary([r["e2e_s"] for r in cold_jobs[1:]])
+    main_p50 = summary([r["e2e_s"] for r in ok if r["mode"] == "wait"])["p50"]
+    pipe_p50 = summary([r["pipeline_s"] for r in ok])["p50"]
+    rows += [row("cold start, worker without --preload", "spawn -> ready", cold_ready, "s", "Celery `ready.`"),
+             row("cold start, worker without --preload", "first job e2e", cold_jobs[0]["e2e_s"], "s",
+                 "imports torch + builds the model"),
+             row("cold start, worker without --preload", "first job model load", cold_jobs[0].get("load_s"), "s"),
+             row("cold start, worker without --preload", "first job pipeline time", cold_jobs[0].get("pipeline_s"), "s",
+                 "first forward passes"),
+             row("cold start, worker without --preload", "later jobs e2e p50", later["p50"], "s", "jobs 2-4"),
+             row("warm start, worker with --preload", "spawn -> ready", warm_ready, "s", "includes the model load"),
+             row("warm start, worker with --preload", "first job e2e", warm_first["e2e_s"], "s"),
+             row("warm start, worker with --preload", "first job model load", warm_first.get("load_s"), "s",
+                 "cache hit"),
+             row("warm start, worker with --preload", "first job pipeline time", warm_first.get("pipeline_s"), "s",
+                 "first forward passes"),
+             row("warm start, worker with --preload", "later jobs pipeline p50", pipe_p50, "s"),
+             row("warm start, worker with --preload", "later jobs e2e p50", main_p50, "s", "the long-poll runs")]
+    if failed:
+        rows.append(row("full path", "jobs not succeeded", failed, "jobs"))
+    return {"settings": settings, "rows": rows, "details": details}
+
+
+def _cpu_rows(case: str, s: dict) -> list[dict]:
+    return [row(case, f"CPU per request, {who}", s[f"{who}_cpu_ms_per_req"], "ms", note)
+            for who, note in (("api", "the API process"), ("redis", "the Redis server"),
+                              ("client", "the load generator"))
+            if s.get(f"{who}_cpu_ms_per_req") is not None]
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("-n", type=int, default=None, help="jobs per completion mode (default 60, --quick 50)")
+    ap.add_argument("--device", default="cpu", help="pipeline device of the worker and of the direct run")
+    ap.add_argument("--out", default=None, help="JSON path (default bench/results/service_<device>.json)")
+    args = ap.parse_args(argv)
+    from bench.common import RESULTS, format_table
+
+    res = collect(BenchOptions(quick=args.quick), n=args.n, device=args.device)
+    print(format_table({"service": res["rows"]}))
+    out = Path(args.out) if args.out else RESULTS / f"service_{args.device}{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1, default=str))
+    print(f"wrote {out}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
