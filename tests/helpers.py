@@ -46,3 +46,18 @@ def parse_sse(text: str) -> list[dict]:
         if event:
             events.append(event)
     return events
+
+
+FINAL = ("succeeded", "failed", "canceled")
+
+
+def wait_final(client, job_id: str, key: str = ALICE, timeout: float = 240) -> dict:
+    """Long-poll a job until it is final (a TestClient or httpx client)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}", params={"wait": 10}, headers=auth(key)).json()
+        if job["status"] in FINAL:
+            return job
+    raise TimeoutError(job_id)

@@ -4,7 +4,6 @@ from service.schemas.anomaly import (
     ThresholdsPatch,
 )
 from service.schemas.colorization import ColorizationRequest, ColorizationResult, Guidance, Stroke
-from service.schemas.common import *  # noqa: F401,F403
 from service.schemas.common import ImageOutput, JobError, JobStatus, Problem, Upload
 from service.schemas.jobs import Job, JobPage
 from service.schemas.video import (

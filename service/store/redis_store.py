@@ -61,10 +61,12 @@ class RedisJobStore(JobStore):
     def __init__(self, url: str, *, prefix: str = "vj:", retention_s: int = 7 * 86400):
         # One quick retry on a fresh connection covers pooled sockets a Redis restart left dead;
         # redis-py's default (10 retries, backoff up to 1 s) would hold a request for seconds.
+        # Timeouts are not retried: the command may have run (a Lua transition twice is wrong),
+        # and a silent Redis then costs one SOCKET_TIMEOUT_S, not several.
         self.r = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT_S,
                                       socket_timeout=SOCKET_TIMEOUT_S, health_check_interval=30,
-                                      retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
-                                      retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+                                      retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1,
+                                                  supported_errors=(redis.ConnectionError,)))
         self.p = prefix
         self.retention_s = retention_s
         self._scripts = {name: self.r.register_script(getattr(redis_lua, name))

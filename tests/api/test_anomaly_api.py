@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import io
-import time
 import zipfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import ALICE, BOB, auth, png_bytes
+from tests.helpers import wait_final as wait, ALICE, BOB, auth, png_bytes
 from tests.models.anomaly_data import make_benchmark, paste_defect
 
 
@@ -19,13 +18,6 @@ def upload(client, data: bytes, name="a.png", key=ALICE) -> str:
     return r.json()["id"]
 
 
-def wait(client, job_id, timeout=240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}", params={"wait": 10}, headers=auth(ALICE)).json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            return job
-    raise TimeoutError(job_id)
 
 
 @pytest.fixture(scope="module")

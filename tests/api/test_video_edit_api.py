@@ -1,12 +1,11 @@
 """Tune-A-Video editing through the API (tiny profile, in-process worker)."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
 
-from tests.helpers import ALICE, BOB, auth, photo
+from tests.helpers import wait_final as wait, ALICE, BOB, auth, photo
 
 
 def clip_mp4(frames: int = 12, size: int = 80) -> bytes:
@@ -23,13 +22,6 @@ def upload(client, data: bytes, key=ALICE) -> str:
     return r.json()["id"]
 
 
-def wait(client, job_id, timeout=240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}", params={"wait": 10}, headers=auth(ALICE)).json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            return job
-    raise TimeoutError(job_id)
 
 
 def test_tune_then_reuse_the_tuned_model(live):

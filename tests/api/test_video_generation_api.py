@@ -1,27 +1,18 @@
 """DiTCtrl video generation through the API with the tiny profile and an in-process worker."""
 from __future__ import annotations
 
-import threading
 import time
 
-import httpx
 import pytest
 
 from service.schemas import video_frame_count
-from tests.helpers import ALICE, auth
+from tests.helpers import wait_final as wait, ALICE, auth
 
 
 def post(client, **body):
     return client.post("/v1/video-generations", json=body, headers=auth(ALICE))
 
 
-def wait(client, job_id, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}", params={"wait": 10}, headers=auth(ALICE)).json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            return job
-    raise TimeoutError(job_id)
 
 
 def fetch(client, url):

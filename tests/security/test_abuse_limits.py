@@ -9,7 +9,6 @@ from fastapi.testclient import TestClient
 from service.app import build_context, create_app
 from service.core.config import Settings
 from service.limits import RateLimiter
-from tests.conftest import TEST_REDIS_URL
 from tests.helpers import ALICE, BOB, KEYS, auth, photo, png_bytes
 
 

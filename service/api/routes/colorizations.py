@@ -7,7 +7,8 @@ from fastapi import APIRouter, Header, Response
 from service.api.deps import BaseUrl, Ctx, Tenant
 from service.core.errors import field_error
 from service.jobs import accept
-from service.schemas import MAX_TOTAL_POINTS, ColorizationRequest, Job
+from service.schemas import ColorizationRequest, Job
+from service.schemas.common import MAX_TOTAL_POINTS
 from service.uploads import IMAGE_TYPES
 
 router = APIRouter(prefix="/v1/colorizations", tags=["colorization"])

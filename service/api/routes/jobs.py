@@ -10,7 +10,8 @@ from fastapi.responses import StreamingResponse
 from service.api.deps import BaseUrl, Ctx, OwnedJob, Tenant
 from service.jobs import render
 from service.kinds import KINDS
-from service.schemas import JOB_ID, Job, JobPage, JobStatus
+from service.schemas import Job, JobPage, JobStatus
+from service.schemas.common import JOB_ID
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 KindName = Literal[tuple(sorted(KINDS))]  # type: ignore[valid-type]
