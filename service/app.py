@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
@@ -44,6 +46,23 @@ def render_for_webhook(ctx: AppContext, job):
     return render(job, ctx.store, ctx.objects, base, ctx.settings.url_ttl_s)
 
 
+def stop_on_signals(stopping: threading.Event) -> None:
+    """Set `stopping` on SIGTERM/SIGINT, then let the server's own handler run. Uvicorn's graceful
+    shutdown waits for every open response: long-polls and SSE streams watch this flag and end
+    at once, so a stop never waits for the jobs they follow."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # (TestClient runs the lifespan in a helper thread: no signals there)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def handler(signum, frame, previous=previous):
+            stopping.set()
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(sig, handler)
+
+
 def create_app(ctx: AppContext | None = None, *, run_reaper: bool = True) -> FastAPI:
     """`ctx` None: built from the environment at start-up (so `visionjobs openapi` touches nothing)."""
 
@@ -52,9 +71,11 @@ def create_app(ctx: AppContext | None = None, *, run_reaper: bool = True) -> Fas
         nonlocal ctx
         ctx = ctx or build_context(get_settings())
         app.state.ctx = ctx
+        stop_on_signals(ctx.stopping)
         app.state.registry = build_registry(ctx.store)
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADPOOL_TOKENS
-        reaper = Reaper(ctx.store, ctx.dispatcher, ctx.settings.reaper_interval_s) if run_reaper else None
+        reaper = Reaper(ctx.store, ctx.dispatcher, ctx.settings.reaper_interval_s,
+                        ctx.settings.lease_s) if run_reaper else None
         if reaper:
             reaper.start()
         deliverer = WebhookDeliverer(ctx, render_for_webhook)

@@ -6,9 +6,11 @@ import math
 import threading
 import time
 
+import redis
 from fastapi import HTTPException
 
 from service.core.errors import ApiError
+from service.store.base import StoreUnavailable
 
 RATE_WINDOW_S = 60
 
@@ -33,7 +35,10 @@ class RateLimiter:
             pipe = self.r.pipeline()
             pipe.incr(key)
             pipe.expire(key, RATE_WINDOW_S * 2)
-            count = pipe.execute()[0]
+            try:
+                count = pipe.execute()[0]
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise StoreUnavailable(f"redis unreachable: {exc}") from exc
         else:
             with self._lock:
                 count = self._counts.get((tenant, window), 0) + 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from service.dispatch import Dispatcher
 from service.store.base import JobStore
@@ -22,16 +23,28 @@ def reap_once(store: JobStore, dispatcher: Dispatcher) -> list[str]:
 
 
 class Reaper(threading.Thread):
-    def __init__(self, store: JobStore, dispatcher: Dispatcher, interval_s: float):
+    """`grace_s` (one lease): after the store was unreachable, live workers could not renew
+    their leases either; reaping resumes only once they have had a full lease to do so, so an
+    outage does not re-run every running job."""
+
+    def __init__(self, store: JobStore, dispatcher: Dispatcher, interval_s: float, grace_s: float = 0.0):
         super().__init__(name="visionjobs-reaper", daemon=True)
-        self.store, self.dispatcher, self.interval_s = store, dispatcher, interval_s
+        self.store, self.dispatcher, self.interval_s, self.grace_s = store, dispatcher, interval_s, grace_s
         self.stopped = threading.Event()
+        self.resume_at = 0.0
 
     def run(self):
+        outage = False
         while not self.stopped.wait(self.interval_s):
             try:
-                reap_once(self.store, self.dispatcher)
+                if outage:
+                    self.store.ping()
+                    self.resume_at, outage = time.monotonic() + self.grace_s, False
+                    log.info("job store back: reaping resumes in %.0f s", self.grace_s)
+                if time.monotonic() >= self.resume_at:
+                    reap_once(self.store, self.dispatcher)
             except Exception as exc:  # a store outage must not kill the thread
+                outage = True
                 log.warning("reaper pass failed: %s", exc)
 
     def stop(self):

@@ -53,7 +53,8 @@ def api(host: str, port: int, workers: int, allow_anonymous: bool) -> None:
     if allow_anonymous:
         os.environ["VISIONJOBS_ALLOW_ANONYMOUS"] = "true"
         get_settings.cache_clear()
-    uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
+    uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="info",
+                timeout_graceful_shutdown=5)
 
 
 @main.command()

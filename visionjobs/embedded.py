@@ -42,6 +42,6 @@ def run_embedded(host: str, port: int, data_dir: Path) -> None:
     threading.Thread(target=poll_loop, args=(runner, list(KINDS), stop), name="embedded-worker",
                      daemon=True).start()
     try:
-        uvicorn.run(create_app(ctx), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(ctx), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
     finally:
         stop.set()

@@ -64,7 +64,7 @@ def classify(outcome) -> tuple[str, dict | None, dict | None] | None:
 def execute_batch(runner, jobs: list[JobRecord]) -> dict[str, str]:
     from worker.jobs.colorize import run_batch
     from worker.model_cache import release_memory
-    from worker.runner import JobContext
+    from worker.runner import JobContext, with_store_retry
 
     s = runner.settings
     with ExitStack() as stack:
@@ -79,8 +79,8 @@ def execute_batch(runner, jobs: list[JobRecord]) -> dict[str, str]:
                 statuses[job.id] = "ownership_lost"
                 continue
             status, result, error = verdict
-            runner.store.finish(job.id, job.attempt, status, result=result, error=error,
-                                model_profile=runner._profiles.get(job.kind))
+            with_store_retry(f"finish {job.id}", lambda: runner.store.finish(
+                job.id, job.attempt, status, result=result, error=error, model_profile=runner._profiles.get(job.kind)))
             statuses[job.id] = status
             log.info("job %s -> %s (batch of %d)", job.id, status, len(jobs))
     if any(v != SUCCEEDED for v in statuses.values()):

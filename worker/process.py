@@ -52,14 +52,14 @@ def main(argv: list[str] | None = None) -> None:
         from service.dispatch import CeleryDispatcher
 
         Reaper(runner.store, CeleryDispatcher(settings.redis_url, settings.visibility_timeout_s),
-               settings.reaper_interval_s).start()
+               settings.reaper_interval_s, settings.lease_s).start()
         app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--queues={','.join(queues)}",
                          f"--hostname={name}-{os.getpid()}@%h", "--prefetch-multiplier=1", "--without-gossip",
                          "--without-mingle", "--loglevel=INFO"])
         return
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    Reaper(runner.store, LocalDispatcher(), settings.reaper_interval_s).start()
+    Reaper(runner.store, LocalDispatcher(), settings.reaper_interval_s, settings.lease_s).start()
     log.info("embedded worker %s polling %s for %s", name, runner.store, queues)
     try:
         poll_loop(runner, queues, stop)

@@ -1,7 +1,8 @@
 """FastAPI dependencies as Annotated aliases."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -25,6 +26,7 @@ class AppContext:
     keyring: KeyRing
     limiter: RateLimiter
     model_profile: str | None = None  # what workers report on results (embedded: resolved at start)
+    stopping: threading.Event = field(default_factory=threading.Event)  # set on SIGTERM/SIGINT
 
 
 def get_ctx(request: Request) -> AppContext:

@@ -12,11 +12,13 @@ from service.jobs import render
 from service.kinds import KINDS
 from service.schemas import Job, JobPage, JobStatus
 from service.schemas.common import JOB_ID
+from service.store.base import StoreUnavailable
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 KindName = Literal[tuple(sorted(KINDS))]  # type: ignore[valid-type]
 MAX_WAIT_S = 60
 SSE_KEEPALIVE_S = 15.0
+STOP_CHECK_S = 1.0  # waiting clients notice a stopping server within this
 
 
 @router.get("", response_model=JobPage, summary="List this tenant's jobs, newest first")
@@ -35,8 +37,9 @@ def list_jobs(ctx: Ctx, tenant: Tenant, base: BaseUrl,
 def get_job(job: OwnedJob, ctx: Ctx, base: BaseUrl,
             wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for a final state.")] = 0) -> Job:
     deadline = time.monotonic() + wait
-    while not job.final and (remaining := deadline - time.monotonic()) > 0:
-        job = ctx.store.wait_for_change(job.id, job.version, remaining) or job
+    # in slices, so a stopping server answers with the current state at once
+    while not job.final and not ctx.stopping.is_set() and (remaining := deadline - time.monotonic()) > 0:
+        job = ctx.store.wait_for_change(job.id, job.version, min(remaining, STOP_CHECK_S)) or job
     return render(job, ctx.store, ctx.objects, base, ctx.settings.url_ttl_s)
 
 
@@ -57,20 +60,31 @@ def job_events(job: OwnedJob, ctx: Ctx, base: BaseUrl,
 
     def frames():
         nonlocal job, sent
+        quiet_since = time.monotonic()
         while True:
             if job.version > sent:
                 body = render(job, ctx.store, ctx.objects, base, ctx.settings.url_ttl_s).model_dump_json()
                 yield f"id: {job.version}\nevent: job\ndata: {body}\n\n"
-                sent = job.version
+                sent, quiet_since = job.version, time.monotonic()
             if job.final:
                 return
-            changed = ctx.store.wait_for_change(job.id, sent, SSE_KEEPALIVE_S)
+            if ctx.stopping.is_set():  # end cleanly; the client reconnects with Last-Event-ID
+                yield "retry: 1000\n\n"
+                return
+            changed = ctx.store.wait_for_change(job.id, sent, STOP_CHECK_S)
             if changed is None:  # expired by retention while streaming
                 yield f"event: gone\ndata: {json.dumps({'id': job.id})}\n\n"
                 return
-            if changed.version <= sent:
+            if changed.version <= sent and time.monotonic() - quiet_since >= SSE_KEEPALIVE_S:
                 yield ": keep-alive\n\n"
+                quiet_since = time.monotonic()
             job = changed
 
-    return StreamingResponse(frames(), media_type="text/event-stream",
+    def frames_or_retry():
+        try:
+            yield from frames()
+        except StoreUnavailable:  # the store went away mid-stream: end cleanly, the client reconnects
+            yield "retry: 5000\n\n"
+
+    return StreamingResponse(frames_or_retry(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
