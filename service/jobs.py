@@ -14,6 +14,9 @@ from service.storage.base import ObjectStore
 from service.store.base import JobRecord, JobStore, new_id
 
 log = logging.getLogger("visionjobs.jobs")
+# A queued job whose message was never sent (broker down at the wrong moment) is sent again by
+# the reaper after this long; a duplicate message is harmless (the claim is atomic).
+REDISPATCH_AFTER_S = 300.0
 
 
 def _ts(value: float | None) -> datetime | None:
@@ -36,6 +39,7 @@ def submit(ctx, *, tenant: str, kind: str, params: dict[str, Any],
     if created:
         try:
             ctx.dispatcher.dispatch(job.id, kind)
+            store.mark_dispatched(job.id, REDISPATCH_AFTER_S)
         except Exception as exc:
             log.error("could not queue job %s: %s", job.id, exc)
             store.request_cancel(job.id)

@@ -7,18 +7,24 @@ import threading
 import time
 
 from service.dispatch import Dispatcher
+from service.kinds import KINDS
 from service.store.base import JobStore
 
 log = logging.getLogger("visionjobs.reaper")
 
 
-def reap_once(store: JobStore, dispatcher: Dispatcher) -> list[str]:
+def reap_once(store: JobStore, dispatcher: Dispatcher, redispatch_after_s: float = 300.0) -> list[str]:
     requeued = store.reap_expired()
     for job_id in requeued:
         job = store.get_job(job_id)
         if job is not None:
             log.warning("job %s lost its worker (attempt %d); re-queued", job_id, job.attempt)
             dispatcher.dispatch(job_id, job.kind)
+            store.mark_dispatched(job_id, redispatch_after_s)
+    for kind in KINDS:
+        for job_id in store.unsent_queued(kind, redispatch_after_s):
+            log.warning("job %s queued for %.0f s without a message; sending one", job_id, redispatch_after_s)
+            dispatcher.dispatch(job_id, kind)
     return requeued
 
 

@@ -22,6 +22,7 @@ class JobControl:
         self._stop = threading.Event()   # heartbeat said: cancel requested or ownership lost
         self._done = threading.Event()
         self._last_write = 0.0
+        self._progress = 0.0
         self._last_outage_log = float("-inf")
         self._store_retry_at = float("-inf")
         self._thread = threading.Thread(target=self._beat, name=f"lease-{job.id}", daemon=True)
@@ -51,6 +52,8 @@ class JobControl:
         A store outage does not fail the job: the pipeline keeps computing while the lease has
         slack; if the outage outlasts the lease, the reaper re-queues the job once the store is
         back, and this attempt learns it at its next successful read (OwnershipLost)."""
+        # clients see progress only grow (stages computed separately may round a hair lower)
+        progress = self._progress = round(max(progress, self._progress), 6)
         now = time.monotonic()
         if now < self._store_retry_at:  # the store just failed: do not stall every step on it
             self.check()

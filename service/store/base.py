@@ -163,6 +163,15 @@ class JobStore(abc.ABC):
     def queued_ids(self, kind: str, limit: int) -> list[str]:
         """The oldest queued job ids of a kind (dynamic batching looks for partners here)."""
 
+    def unsent_queued(self, kind: str, older_than_s: float, limit: int = 50) -> list[str]:
+        """Queued jobs whose queue message may never have been sent (the broker failed right
+        after the job was stored): those not dispatched for `older_than_s`, each handed to one
+        caller per period. Embedded mode has no messages: nothing to resend."""
+        return []
+
+    def mark_dispatched(self, job_id: str, ttl_s: float) -> None:
+        """Record that a queue message for the job was just sent."""
+
     @abc.abstractmethod
     def active_jobs(self, tenant: str) -> int:
         """Queued plus running jobs of a tenant (the concurrent-job quota)."""

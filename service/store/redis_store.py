@@ -182,6 +182,20 @@ class RedisJobStore(JobStore):
                 best = (head[0][1], head[0][0])
         return best[1] if best else None
 
+    def mark_dispatched(self, job_id, ttl_s):
+        self._call(self.r.set, f"{self.p}sent:{job_id}", 1, ex=max(1, int(ttl_s)))
+
+    def unsent_queued(self, kind, older_than_s, limit=50):
+        cutoff = time.time() - older_than_s
+        out = []
+        for job_id, created_ms in self._call(self.r.zrange, f"{self.p}queue:{kind}", 0, limit - 1, withscores=True):
+            if created_ms / 1000 > cutoff:
+                break  # the queue is ordered by creation: the rest are younger
+            # SET NX: one reaper per period wins each job, so one message is re-sent, not one per process
+            if self._call(self.r.set, f"{self.p}sent:{job_id}", 1, nx=True, ex=max(1, int(older_than_s))):
+                out.append(job_id)
+        return out
+
     def queued_ids(self, kind, limit):
         return self._call(self.r.zrange, f"{self.p}queue:{kind}", 0, limit - 1)
 

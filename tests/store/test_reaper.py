@@ -39,3 +39,27 @@ def test_no_reaping_until_a_lease_has_passed_after_an_outage(tmp_path):
         assert store.get_job(job.id).status == "queued"
     finally:
         reaper.stop()
+
+
+def test_a_queued_job_without_a_message_is_sent_again_once_per_period(redis_url):
+    from service.reaper import reap_once
+    from service.store.redis_store import RedisJobStore
+
+    class Recorder:
+        sent: list = []
+
+        def dispatch(self, job_id, kind):
+            self.sent.append(job_id)
+
+    store = RedisJobStore(redis_url, prefix="vjreaper:")
+    orphan = JobRecord(id=new_id("job"), tenant="t", kind="colorize", params={}, created_at=time.time() - 10)
+    sent = JobRecord(id=new_id("job"), tenant="t", kind="colorize", params={}, created_at=time.time() - 10)
+    young = JobRecord(id=new_id("job"), tenant="t", kind="colorize", params={})
+    for job in (orphan, sent, young):
+        store.create_job(job)
+    store.mark_dispatched(sent.id, 5)  # its message went out normally
+    a, b = Recorder(), Recorder()
+    a.sent, b.sent = [], []
+    reap_once(store, a, redispatch_after_s=5)
+    reap_once(store, b, redispatch_after_s=5)  # a second API process in the same period
+    assert a.sent == [orphan.id] and b.sent == []
