@@ -50,6 +50,7 @@ from bench.common import RESULTS, ROOT, BenchOptions, format_table, row  # noqa:
 # name -> "module:function" taking BenchOptions and returning {"settings", "rows", "details"}
 BENCHMARKS = {
     "service": "bench.service:collect",
+    "batching": "bench.batching:collect",
     "colorize": "bench.colorize:collect",
     "anomaly": "bench.anomaly:collect",
     "video": "bench.video:collect",
