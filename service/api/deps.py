@@ -29,7 +29,8 @@ class AppContext:
     stopping: threading.Event = field(default_factory=threading.Event)  # set on SIGTERM/SIGINT
 
 
-def get_ctx(request: Request) -> AppContext:
+# Dependencies without I/O are `async def`: FastAPI runs sync ones in the threadpool, one hop each.
+async def get_ctx(request: Request) -> AppContext:
     return request.app.state.ctx
 
 
@@ -52,7 +53,7 @@ def get_tenant(ctx: Ctx, creds: Annotated[HTTPAuthorizationCredentials | None, D
 Tenant = Annotated[str, Depends(get_tenant)]
 
 
-def base_url(request: Request, ctx: Ctx) -> str:
+async def base_url(request: Request, ctx: Ctx) -> str:
     return (ctx.settings.public_url or str(request.base_url)).rstrip("/")
 
 
