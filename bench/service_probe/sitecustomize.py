@@ -10,7 +10,7 @@ One line per job run by `Runner.execute`:
     job          job id
     exec_t0/t1   wall clock (time.time) around Runner.execute: claim .. final state written
     load_s       time in Runner.pipeline (the warm-cache lookup; the model load on a cold worker)
-    pipe_t0/t1   wall clock around the pipeline call (ControlColorPipeline.__call__)
+    pipe_t0/t1   wall clock around the pipeline call (ControlColorPipeline.run_batch)
     pipeline_s   its duration (perf_counter)
     callback_s   time spent inside the per-step progress / cancel checks (JobControl.report
                  called from the pipeline's step callback: store reads and writes), part of
@@ -75,9 +75,9 @@ def _patch_runner(mod) -> None:
 
 def _patch_pipeline(mod) -> None:
     cls = mod.ControlColorPipeline
-    orig = cls.__call__
+    orig = cls.run_batch  # __call__ and the worker's batches both go through it
 
-    def __call__(self, *args, **kwargs):
+    def run_batch(self, *args, **kwargs):
         rec = _current()
         if rec is None:
             return orig(self, *args, **kwargs)
@@ -91,7 +91,7 @@ def _patch_pipeline(mod) -> None:
             rec["pipe_t1"] = rec["pipe_t0"] + rec["pipeline_s"]
             rec["in_pipeline"] = False
 
-    cls.__call__ = __call__
+    cls.run_batch = run_batch
 
 
 def _patch_control(mod) -> None:
