@@ -8,12 +8,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.client.conftest import ROOT, route_absent
 from tests.helpers import ALICE, photo
 from visionjobs.cli import main
 
 pytestmark = pytest.mark.integration
-SPEC = json.loads((ROOT / "openapi" / "openapi.json").read_text())
 
 
 @pytest.fixture
@@ -123,8 +121,6 @@ def test_submit_video_generate_and_edit(vj, tmp_path):
     vj("submit", "video-edit", "--edit", "x", code=2)  # neither a clip nor a tuned model
 
 
-@pytest.mark.skipif(route_absent(SPEC, "/v1/anomaly-models") or route_absent(SPEC, "/v1/anomaly-scores"),
-                    reason="the anomaly routes are not in openapi/openapi.json")
 def test_submit_anomaly_fit_from_a_directory_then_score(vj, tmp_path):
     from tests.models.anomaly_data import make_benchmark
 

@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import visionjobs_client as vc
-from tests.client.conftest import ROOT, route_absent
 from tests.helpers import BOB, photo, png_bytes
 
 pytestmark = pytest.mark.integration
-SPEC = json.loads((ROOT / "openapi" / "openapi.json").read_text())
-ANOMALY_ABSENT = route_absent(SPEC, "/v1/anomaly-models") or route_absent(SPEC, "/v1/anomaly-scores")
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +189,6 @@ def test_video_edit_then_reuse_the_tuning(client, tmp_path):
     assert reuse.result.tuning == "skipped" and reuse.result.videos[0].frames == 4
 
 
-@pytest.mark.skipif(ANOMALY_ABSENT, reason="the anomaly routes are not in openapi/openapi.json")
 def test_anomaly_fit_score_and_manage_the_model(client, tmp_path):
     from tests.models.anomaly_data import make_benchmark, paste_defect
 
@@ -224,7 +219,6 @@ def test_anomaly_fit_score_and_manage_the_model(client, tmp_path):
         client.get_anomaly_model(model_id)
 
 
-@pytest.mark.skipif("Webhook" not in SPEC["components"]["schemas"], reason="webhooks are not in openapi/openapi.json")
 def test_webhook_delivery_verifies_with_the_client_helper(client, receiver):
     import time
 

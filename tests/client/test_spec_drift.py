@@ -13,7 +13,6 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Literal, Union
 
-import pytest
 from pydantic import BaseModel
 
 import visionjobs_client as vc
@@ -21,7 +20,6 @@ from visionjobs_client import models as m
 from visionjobs_client._base import dump_body
 from tests.client.conftest import route_absent
 
-ANOMALY_KINDS = {"anomaly.fit", "anomaly.score"}
 # Models that must be in the committed spec under the same name.
 CORE = [m.Job, m.JobPage, m.JobError, m.Upload, m.ImageOutput, m.ColorizationRequest, m.ColorizationResult, m.Stroke,
         m.Guidance, m.VideoGenerationRequest, m.VideoGenerationResult, m.VideoOutput, m.KvSharing, m.VideoEditRequest,
@@ -33,7 +31,6 @@ ANOMALY = [m.AnomalyFitRequest, m.AnomalyScoreRequest, m.ValidationSet, m.Thresh
 # and reads `Job.webhook`. Until the committed spec has the Webhook schema those fields are
 # the only ones allowed to be missing from it; from then on everything must match.
 WEBHOOK = [m.Webhook, m.WebhookDelivery, m.WebhookState]
-PENDING_WEBHOOK_FIELDS = {"webhook"}
 REQUESTS = {m.Webhook, m.ColorizationRequest, m.Stroke, m.Guidance, m.VideoGenerationRequest, m.KvSharing, m.VideoEditRequest,
             m.AnomalyFitRequest, m.AnomalyScoreRequest, m.ValidationSet, m.ThresholdsPatch}
 
@@ -110,18 +107,11 @@ def py_types(annotation: Any) -> frozenset[str]:
     raise AssertionError(f"unhandled annotation {annotation!r}")
 
 
-def webhooks_absent(spec: dict) -> bool:
-    return "Webhook" not in spec["components"]["schemas"]
-
-
 def compare(model: type[BaseModel], schema: dict, spec: dict) -> list[str]:
     """Differences between a client model and a spec object schema (empty: they agree)."""
     problems = []
     props = schema.get("properties", {})
     fields = dict(model.model_fields)
-    if webhooks_absent(spec):
-        for name in PENDING_WEBHOOK_FIELDS - set(props):
-            fields.pop(name, None)
     if set(props) != set(fields):
         problems.append(f"{model.__name__}: fields differ: only in spec {sorted(set(props) - set(fields))}, "
                         f"only in client {sorted(set(fields) - set(props))}")
@@ -167,9 +157,7 @@ def test_every_submission_route_has_its_request_model(spec):
     schemas = spec["components"]["schemas"]
     problems = []
     for kind, path in vc.KIND_PATHS.items():
-        if route_absent(spec, path):
-            assert kind in ANOMALY_KINDS, f"{path} ({kind}) is gone from the spec"
-            continue
+        assert not route_absent(spec, path), f"{path} ({kind}) is gone from the spec"
         op = spec["paths"][path]["post"]
         body_ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         problems += compare(m.REQUEST_MODELS[kind], schemas[ref_name(body_ref)], spec)
@@ -183,13 +171,7 @@ def test_every_submission_route_has_its_request_model(spec):
     assert submissions <= set(vc.KIND_PATHS.values()), f"routes the client lacks: {submissions - set(vc.KIND_PATHS.values())}"
 
 
-def anomaly_absent(spec: dict) -> bool:
-    return route_absent(spec, "/v1/anomaly-models") and route_absent(spec, "/v1/anomaly-scores")
-
-
 def test_anomaly_models_match_the_spec(spec):
-    if anomaly_absent(spec):
-        pytest.skip("the anomaly routes are not in openapi/openapi.json")
     schemas = spec["components"]["schemas"]
     problems = []
     for model in ANOMALY:
@@ -207,9 +189,7 @@ def test_anomaly_models_match_the_spec(spec):
     assert "204" in paths["/v1/anomaly-models/{model_id}"]["delete"]["responses"]
 
 
-def test_webhook_models_match_when_the_spec_has_them(spec):
-    if webhooks_absent(spec):
-        pytest.skip("the Webhook schema is not in openapi/openapi.json yet")
+def test_webhook_models_match_the_spec(spec):
     schemas = spec["components"]["schemas"]
     problems = []
     for model in WEBHOOK:
@@ -223,10 +203,7 @@ def test_job_result_union(spec):
     spec_refs = {ref_name(s["$ref"]) for s in job["anyOf"] if "$ref" in s}
     client = {t.__name__ for t in typing.get_args(m.JobResult) if isinstance(t, type) and issubclass(t, BaseModel)}
     assert spec_refs <= client, f"result models the client lacks: {spec_refs - client}"
-    if anomaly_absent(spec):
-        assert client - spec_refs <= {"AnomalyFitResult", "AnomalyScoreResult"}
-    else:
-        assert client == spec_refs, f"result models only in the client: {client - spec_refs}"
+    assert client == spec_refs, f"result models only in the client: {client - spec_refs}"
     assert {"object[any]", "null"} <= spec_types(job, spec)
 
 
@@ -246,8 +223,6 @@ def test_request_bodies_the_client_sends_validate_against_the_spec(spec):
     }
     registry_spec = {"components": spec["components"]}
     for kind, body in bodies.items():
-        if route_absent(spec, vc.KIND_PATHS[kind]):
-            continue
         ref = spec["paths"][vc.KIND_PATHS[kind]]["post"]["requestBody"]["content"]["application/json"]["schema"]
         schema = {**ref, "components": registry_spec["components"]}
         jsonschema.validate(dump_body(body), schema)
