@@ -40,14 +40,6 @@ from models.colorization.pipeline import ControlColorPipeline
 from models.profiles import MODEL_DIR_ENV, load_colorization, missing_weights
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def no_env_model_dir(monkeypatch):
     monkeypatch.delenv(MODEL_DIR_ENV, raising=False)

@@ -29,14 +29,6 @@ from models.colorization.tiny import TINY_MAX_LONG_SIDE, TINY_SHORT_SIDE, tiny_c
 from models.guidance import GuidanceConfig, autoguidance, cfg
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def pipe() -> ControlColorPipeline:
     p = ControlColorPipeline(**tiny_components(), short_side=TINY_SHORT_SIDE, max_long_side=TINY_MAX_LONG_SIDE)

@@ -19,14 +19,6 @@ from models.colorization.stroke_spec import parse_color, validate_strokes
 from models.colorization.strokes import MIN_RADIUS, build_stroke_hint, raster_strokes, render_vector_strokes
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def reference_coverage(points, radius, h, w):
     """Brute force: pixel (i, j) is covered when its centre (j + .5, i + .5) lies within
     `radius` of some segment of the polyline (a point: of the point)."""

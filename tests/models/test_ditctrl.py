@@ -24,14 +24,6 @@ from models.video.ditctrl.tiny import tiny_components
 from models.video.media import decode_mp4, encode_mp4, thumbnail
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()  # tiny models + a shared 2-core CPU: threads only spin
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def pipe() -> DiTCtrlPipeline:
     p = DiTCtrlPipeline(**tiny_components())

@@ -43,16 +43,6 @@ from models.video.tuneavideo.tiny import tiny_video_unet
 SIZE = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Tiny models gain nothing from intra-op threads; on a small shared CPU OpenMP's spinning
-    # threads make them much slower. Restored after.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def no_env_model_dir(monkeypatch):
     monkeypatch.delenv(MODEL_DIR_ENV, raising=False)
