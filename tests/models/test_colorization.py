@@ -16,23 +16,9 @@ import torch
 from PIL import Image
 
 from models.colorization.lab import l_channel, prepare_input, replace_l, working_size
-from models.colorization.pipeline import DEFAULT_NEGATIVE_PROMPT, PROMPT_SUFFIX, ControlColorPipeline
-from models.colorization.tiny import TINY_MAX_LONG_SIDE, TINY_SHORT_SIDE, tiny_components
+from models.colorization.pipeline import DEFAULT_NEGATIVE_PROMPT, PROMPT_SUFFIX
 from models.guidance import cfg
 from models.media import encode_image, load_image
-
-
-@pytest.fixture(scope="module")
-def pipe() -> ControlColorPipeline:
-    p = ControlColorPipeline(**tiny_components(), short_side=TINY_SHORT_SIDE, max_long_side=TINY_MAX_LONG_SIDE)
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
-@pytest.fixture(scope="module")
-def photo() -> Image.Image:
-    # a real photo at an odd, non-multiple-of-64 size
-    return Image.fromarray(skimage.data.astronaut()).resize((70, 45), Image.LANCZOS)
 
 
 def run(pipe, image, seed=0, steps=2, **kw):

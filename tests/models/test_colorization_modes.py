@@ -17,20 +17,8 @@ from models.colorization.exemplar import CLIP_MEAN, CLIP_STD, encode_exemplar, p
 from models.colorization.lab import l_channel, prepare_input
 from models.colorization.pipeline import ControlColorPipeline
 from models.colorization.strokes import build_stroke_hint
-from models.colorization.tiny import TINY_MAX_LONG_SIDE, TINY_SHORT_SIDE, tiny_components
+from models.colorization.tiny import tiny_components
 from models.guidance import GuidanceConfig, autoguidance
-
-
-@pytest.fixture(scope="module")
-def pipe() -> ControlColorPipeline:
-    p = ControlColorPipeline(**tiny_components(), short_side=TINY_SHORT_SIDE, max_long_side=TINY_MAX_LONG_SIDE)
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
-@pytest.fixture(scope="module")
-def photo() -> Image.Image:
-    return Image.fromarray(skimage.data.astronaut()).resize((70, 45), Image.LANCZOS)
 
 
 @pytest.fixture(scope="module")

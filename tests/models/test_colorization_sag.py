@@ -8,15 +8,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-import skimage.data
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
-from PIL import Image
 
 from models.colorization.deformable import ContentGuidedVAE, DeformableConv2d, modulated_deform_conv2d
 from models.colorization.lab import l_channel
-from models.colorization.pipeline import ControlColorPipeline
 from models.colorization.sag import (
     ExplicitAttnProcessor,
     MidBlockAttention,
@@ -25,20 +22,8 @@ from models.colorization.sag import (
     sag_attention_mask,
     sag_degrade,
 )
-from models.colorization.tiny import TINY_MAX_LONG_SIDE, TINY_SHORT_SIDE, tiny_components, tiny_vae
+from models.colorization.tiny import tiny_vae
 from models.guidance import GuidanceConfig, autoguidance, cfg
-
-
-@pytest.fixture(scope="module")
-def pipe() -> ControlColorPipeline:
-    p = ControlColorPipeline(**tiny_components(), short_side=TINY_SHORT_SIDE, max_long_side=TINY_MAX_LONG_SIDE)
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
-@pytest.fixture(scope="module")
-def photo() -> Image.Image:
-    return Image.fromarray(skimage.data.astronaut()).resize((70, 45), Image.LANCZOS)
 
 
 def run(pipe, image, seed=0, steps=3, **kw):
