@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import shutil
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from types import SimpleNamespace
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, BenchOptions, cuda_available, row  # noqa: E402
+from bench.common import ROOT, BenchOptions, cuda_available, print_and_save, row  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests" / "models"))
 FINAL = ("succeeded", "failed", "canceled")
@@ -240,17 +239,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-gpu", action="store_true", help="skip the CUDA timing even when a GPU is present")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/anomaly[_quick].json)")
     args = ap.parse_args(argv)
-    from bench.common import RESULTS, format_table
-
     res = collect(BenchOptions(quick=args.quick, gpu=not args.no_gpu),
                   categories=args.categories.split(",") if args.categories else None,
                   backbones=args.backbones.split(",") if args.backbones else None)
-    print(format_table({"anomaly": res["rows"]}))
-    out = Path(args.out) if args.out else RESULTS / f"anomaly{'_quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1, default=str))
-    print(f"wrote {out}")
-    return res
+    return print_and_save("anomaly", res, args.out, f"anomaly{'_quick' if args.quick else ''}")
 
 
 if __name__ == "__main__":

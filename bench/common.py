@@ -106,3 +106,16 @@ def format_table(rows_by_bench: dict[str, list[dict]]) -> str:
             prev_bench = line[0]
         out.append(fmt(line))
     return "\n".join(out)
+
+
+def print_and_save(name: str, res: dict, out: str | None, default_stem: str) -> dict:
+    """The standalone entry points' ending: the table, then the JSON under bench/results/."""
+    import json
+    from pathlib import Path
+
+    print(format_table({name: res["rows"]}))
+    path = Path(out) if out else RESULTS / f"{default_stem}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=1, default=str))
+    print(f"wrote {path}")
+    return res

@@ -67,7 +67,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BENCH_REDIS_URL, ROOT, BenchOptions, row, summary  # noqa: E402
+from bench.common import BENCH_REDIS_URL, ROOT, BenchOptions, print_and_save, row, summary  # noqa: E402
 
 PROBE_DIR = ROOT / "bench" / "service_probe"
 FINAL = ("succeeded", "failed", "canceled")
@@ -630,15 +630,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cpu", help="pipeline device of the worker and of the direct run")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/service_<device>.json)")
     args = ap.parse_args(argv)
-    from bench.common import RESULTS, format_table
-
     res = collect(BenchOptions(quick=args.quick), n=args.n, device=args.device)
-    print(format_table({"service": res["rows"]}))
-    out = Path(args.out) if args.out else RESULTS / f"service_{args.device}{'_quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1, default=str))
-    print(f"wrote {out}")
-    return res
+    return print_and_save("service", res, args.out, f"service_{args.device}{'_quick' if args.quick else ''}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ sampling (50 steps, CFG 12.5) seconds per video; the original README reports 10-
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -26,7 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BenchOptions, cuda_available, row  # noqa: E402
+from bench.common import BenchOptions, cuda_available, print_and_save, row  # noqa: E402
 
 
 def _ditctrl(kw: dict) -> dict:
@@ -106,17 +105,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--full", action="store_true", help="also the full-size random models on CUDA")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/video_<tiny|full>[_quick].json)")
     args = ap.parse_args(argv)
-    from bench.common import RESULTS, format_table
-
     if args.full and not cuda_available():
         sys.exit("--full needs a CUDA GPU")
     res = collect(BenchOptions(quick=args.quick), full=args.full)
-    print(format_table({"video": res["rows"]}))
-    out = Path(args.out) if args.out else RESULTS / f"video_{'full' if args.full else 'tiny'}{'_quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1, default=str))
-    print(f"wrote {out}")
-    return res
+    return print_and_save("video", res, args.out, f"video_{'full' if args.full else 'tiny'}{'_quick' if args.quick else ''}")
 
 
 if __name__ == "__main__":
