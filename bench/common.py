@@ -8,6 +8,7 @@ Figures are printed, never asserted.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # the benchmark database of the local Redis (tests use 11); every benchmark that uses it cleans it
-BENCH_REDIS_URL = "redis://127.0.0.1:6379/12"
+BENCH_REDIS_URL = f"redis://127.0.0.1:{os.environ.get('VISIONJOBS_TEST_REDIS_PORT', '6379')}/12"
 
 
 @dataclass

@@ -8,8 +8,10 @@ import socket
 import pytest
 import redis
 
+# VISIONJOBS_TEST_REDIS_PORT: another local redis-server (parallel test runs on one machine)
+TEST_REDIS_PORT = int(os.environ.get("VISIONJOBS_TEST_REDIS_PORT", "6379"))
 TEST_REDIS_DB = int(os.environ.get("VISIONJOBS_TEST_REDIS_DB", "11"))
-TEST_REDIS_URL = f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
+TEST_REDIS_URL = f"redis://127.0.0.1:{TEST_REDIS_PORT}/{TEST_REDIS_DB}"
 
 
 def free_port() -> int:
@@ -20,7 +22,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def redis_url():
-    """A clean Redis database for one test (the real server on 127.0.0.1:6379)."""
+    """A clean Redis database for one test (the real server on 127.0.0.1:6379 unless VISIONJOBS_TEST_REDIS_PORT says otherwise)."""
     client = redis.Redis.from_url(TEST_REDIS_URL)
     client.ping()  # no Redis is a failure, not a skip: CI has one
     client.flushdb()

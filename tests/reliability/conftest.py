@@ -23,11 +23,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.conftest import free_port
+from tests.conftest import TEST_REDIS_PORT, free_port
 from tests.helpers import ALICE, KEYS, auth, photo, png_bytes
 from tests.integration.procs import VISIONJOBS, Proc, clean_env, wait_for_log, wait_http
 
-SHARED_REDIS_URL = "redis://127.0.0.1:6379/13"
+SHARED_REDIS_URL = f"redis://127.0.0.1:{TEST_REDIS_PORT}/13"
 SIGNING_SECRET = "reliability-signing-secret-0123456789abcdef"
 LEASE_S = 2.0
 FINAL = ("succeeded", "failed", "canceled")
