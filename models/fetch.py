@@ -1,9 +1,10 @@
 """`visionjobs models fetch`: download pretrained weights where the network allows.
 
-Diffusers-format repositories land directly in the folder layout the `pretrained` profile
-reads (`$VISIONJOBS_MODEL_DIR/<folder>`); the Control Color checkpoint lands in
-`downloads/` and is converted by `visionjobs models convert-ctrlcolor`. Offline, every
-missing item is named in the error instead of a stack trace.
+`MANIFEST` is keyed by `models.profiles` entry (the names job kinds list in `JobKind.models`,
+service/kinds.py), one `Download` per repository. Diffusers-format repositories land directly
+in the folder layout the `pretrained` profile reads (`$VISIONJOBS_MODEL_DIR/<folder>`); the
+Control Color checkpoint lands in `downloads/` and is converted by `visionjobs models
+convert-ctrlcolor`. Offline, every missing item is named in the error instead of a stack trace.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ MANIFEST: dict[str, list[Download]] = {
     "video.generate": [
         Download("THUDM/CogVideoX-2b", "cogvideox-2b", (), "CogVideoX-2B transformer, VAE, T5 encoder (Apache-2.0 code, "
                                                            "CogVideoX licence weights)"),
+    ],
+    "video.cscv": [
         Download("openai/clip-vit-base-patch32", "clip-vit-base-patch32", (), "CLIP ViT-B/32 for the CSCV metric"),
     ],
     "video.edit": [
@@ -46,17 +49,29 @@ class FetchFailed(RuntimeError):
     pass
 
 
+def models_of(kinds: list[str]) -> list[str]:
+    """The `models.profiles` entries the job kinds (or families: "anomaly", "video") load."""
+    from service.kinds import KINDS, select
+
+    try:
+        names = select(kinds)
+    except ValueError as exc:
+        raise FetchFailed(str(exc)) from exc
+    out: list[str] = []
+    for name in names:
+        out += [m for m in KINDS[name].models + KINDS[name].optional_models if m not in out]
+    return out
+
+
 def fetch(kinds: list[str], model_dir: Path) -> list[Path]:
+    models = models_of(kinds)
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:  # the API image has no ML stack
         raise FetchFailed("huggingface_hub is not installed: run this in the worker image") from exc
-    unknown = [k for k in kinds if k not in MANIFEST]
-    if unknown:
-        raise FetchFailed(f"unknown kind(s) {', '.join(unknown)}; known: {', '.join(MANIFEST)}")
     fetched, failed = [], []
-    for kind in kinds:
-        for item in MANIFEST[kind]:
+    for model in models:
+        for item in MANIFEST.get(model, []):
             dest = Path(model_dir) / item.folder
             try:
                 snapshot_download(item.repo_id, local_dir=dest, allow_patterns=list(item.patterns) or None)

@@ -4,8 +4,11 @@
     pretrained  diffusers-format folders under the model dir (VISIONJOBS_MODEL_DIR)
     auto        pretrained where all its files are present, else tiny (with a loud warning)
 
-Each job kind registers a `KindSpec`: the files its pretrained profile needs (so a worker can
-report not-ready before the first job) and a loader. Later kinds add theirs with `register`.
+Each model registers a `ModelSpec` under a name: a loader and the files its pretrained profile
+needs (so a worker can report not-ready before the first job, and `visionjobs models check`
+can name what is missing). Job kinds (service/kinds.py) name the entries they load in
+`JobKind.models`; their downloads live under the same names in models/fetch.py. Importing
+this module does not import torch (each loader imports what it needs).
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +47,8 @@ class WeightsMissing(RuntimeError):
 
 
 @dataclass
-class KindSpec:
-    """What a job kind needs. `required` entries are relative to the model dir; each is a
+class ModelSpec:
+    """One loadable model. `required` entries are relative to the model dir; each is a
     tuple of alternatives (one present is enough), named by its first entry when missing."""
 
     name: str
@@ -52,15 +56,16 @@ class KindSpec:
     required: list[tuple[str, ...]] = field(default_factory=list)
 
 
-REGISTRY: dict[str, KindSpec] = {}
+KindSpec = ModelSpec  # the earlier name
+REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(spec: KindSpec) -> KindSpec:
+def register(spec: ModelSpec) -> ModelSpec:
     REGISTRY[spec.name] = spec
     return spec
 
 
-def _spec(kind: str) -> KindSpec:
+def _spec(kind: str) -> ModelSpec:
     if kind not in REGISTRY:
         raise ValueError(f"unknown model kind {kind!r}; registered: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[kind]
@@ -87,32 +92,38 @@ def missing_weights(kind: str, model_dir: str | Path | None) -> list[str]:
     return [alts[0] for alts in spec.required if not any((model_dir / a).is_file() for a in alts)]
 
 
-def resolve_profile(profile: str, model_dir: str | Path | None, kind: str = "colorize") -> str:
-    """'tiny' | 'pretrained' for a requested profile. `auto` falls back to tiny, loudly."""
+def resolve_profile(profile: str, model_dir: str | Path | None, kind: str | Sequence[str] = "colorize") -> str:
+    """'tiny' | 'pretrained' for a requested profile and one model (or every model a job kind
+    loads: pretrained only when all of them are present). `auto` falls back to tiny, loudly."""
     if profile not in PROFILES:
         raise ValueError(f"unknown model profile {profile!r}; use one of {', '.join(PROFILES)}")
+    names = [kind] if isinstance(kind, str) else list(kind)
+    for name in names:
+        _spec(name)  # unknown names fail whatever the profile
     if profile != "auto":
         return profile
-    missing = missing_weights(kind, model_dir)
+    missing = [m for name in names for m in missing_weights(name, model_dir)]
     if not missing:
         return "pretrained"
     log.warning(
         "!!! model profile 'auto' for %s: pretrained weights not found under %s (missing %s); "
-        "using the TINY profile: random weights, outputs are NOT meaningful images. Set %s to real weights. !!!",
-        kind, default_model_dir(model_dir) or f"<{MODEL_DIR_ENV} unset>", ", ".join(missing[:3])
+        "using the TINY profile: random weights, outputs are NOT meaningful. Set %s to real weights. !!!",
+        "+".join(names), default_model_dir(model_dir) or f"<{MODEL_DIR_ENV} unset>", ", ".join(missing[:3])
         + (" ..." if len(missing) > 3 else ""), MODEL_DIR_ENV,
     )
     return "tiny"
 
 
-def default_dtype(device: str | torch.device) -> torch.dtype:
+def default_dtype(device: "str | torch.device") -> "torch.dtype":
     """float16 on CUDA (what SD 1.5-family weights are usually run in; pass
     dtype=torch.bfloat16 to trade mantissa for range), float32 elsewhere (CPU half is slow)."""
+    import torch
+
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
-def load(kind: str, profile: str, model_dir: str | Path | None = None, device: str | torch.device = "cpu",
-         dtype: torch.dtype | None = None, **kwargs):
+def load(kind: str, profile: str, model_dir: str | Path | None = None, device: "str | torch.device" = "cpu",
+         dtype: "torch.dtype | None" = None, **kwargs):
     """Load the pipeline of `kind` for `profile`; sets `pipe.model_profile` to the profile
     actually used ('tiny' or 'pretrained'), which results report."""
     spec = _spec(kind)
@@ -214,11 +225,11 @@ def _load_colorize(profile: str, model_dir: Path | None, device, dtype, *, short
     return pipe
 
 
-register(KindSpec("colorize", _load_colorize, _COLORIZE_REQUIRED))
+register(ModelSpec("colorize", _load_colorize, _COLORIZE_REQUIRED))
 
 
-def load_colorization(profile: str, model_dir: str | Path | None = None, device: str | torch.device = "cpu",
-                      dtype: torch.dtype | None = None, **kwargs):
+def load_colorization(profile: str, model_dir: str | Path | None = None, device: "str | torch.device" = "cpu",
+                      dtype: "torch.dtype | None" = None, **kwargs):
     """The Control Color pipeline (`ControlColorPipeline`) for `profile`.
 
     kwargs: short_side / max_long_side override the profile's working size; seed (tiny);
@@ -250,11 +261,11 @@ def _load_video_edit(profile: str, model_dir: Path | None, device, dtype, *, see
     return build_pipeline(profile, root, TUNEAVIDEO_BASE_DIR, device, dtype, seed=seed, inflate_seed=inflate_seed)
 
 
-register(KindSpec("video.edit", _load_video_edit, _VIDEO_EDIT_REQUIRED))
+register(ModelSpec("video.edit", _load_video_edit, _VIDEO_EDIT_REQUIRED))
 
 
-def load_video_edit(profile: str, model_dir: str | Path | None = None, device: str | torch.device = "cpu",
-                    dtype: torch.dtype | None = None, **kwargs):
+def load_video_edit(profile: str, model_dir: str | Path | None = None, device: "str | torch.device" = "cpu",
+                    dtype: "torch.dtype | None" = None, **kwargs):
     """The Tune-A-Video pipeline (`TuneAVideoPipeline`) for `profile`.
 
     kwargs: seed (tiny weights), inflate_seed (init of the temporal attentions)."""
@@ -326,17 +337,40 @@ def _load_video_cscv(profile: str, model_dir: Path | None, device, dtype, *, see
     return CSCVScorer(vision.to(device=device, dtype=dtype))
 
 
-register(KindSpec("video.generate", _load_video_generate, _VIDEO_GENERATE_REQUIRED))
-register(KindSpec("video.cscv", _load_video_cscv, _VIDEO_CSCV_REQUIRED))
+register(ModelSpec("video.generate", _load_video_generate, _VIDEO_GENERATE_REQUIRED))
+register(ModelSpec("video.cscv", _load_video_cscv, _VIDEO_CSCV_REQUIRED))
 
 
-def load_video_generation(profile: str, model_dir: str | Path | None = None, device: str | torch.device = "cpu",
-                          dtype: torch.dtype | None = None, **kwargs):
+def load_video_generation(profile: str, model_dir: str | Path | None = None, device: "str | torch.device" = "cpu",
+                          dtype: "torch.dtype | None" = None, **kwargs):
     """The DiTCtrl pipeline (`models.video.ditctrl.pipeline.DiTCtrlPipeline`) for `profile`."""
     return load("video.generate", profile, model_dir, device, dtype, **kwargs)
 
 
-def load_cscv(profile: str, model_dir: str | Path | None = None, device: str | torch.device = "cpu",
-              dtype: torch.dtype | None = None, **kwargs):
+def load_cscv(profile: str, model_dir: str | Path | None = None, device: "str | torch.device" = "cpu",
+              dtype: "torch.dtype | None" = None, **kwargs):
     """The CSCV scorer (`models.video.ditctrl.metrics.CSCVScorer`) for `profile`."""
     return load("video.cscv", profile, model_dir, device, dtype, **kwargs)
+
+
+# ---------------------------------------------------------------- anomaly (PatchCore backbones)
+
+from models.anomaly import loader as _anomaly  # noqa: E402  (torch-free at import)
+
+ANOMALY_DIR = _anomaly.ANOMALY_DIR
+
+
+def _load_anomaly(profile: str, model_dir: Path | None, device, dtype):
+    """`AnomalyBackbones`: the ResNet backbones PatchCore embeds with, built per architecture
+    on first use. Default architecture: tiny (tiny profile) or wide_resnet50_2 (pretrained)."""
+    backbones = _anomaly.AnomalyBackbones(profile, model_dir, device)
+    backbones.get(backbones.default_arch)  # the default one now, so a missing file fails the load
+    return backbones
+
+
+register(ModelSpec("anomaly", _load_anomaly, _anomaly.required(_anomaly.DEFAULT_ARCH)))
+
+
+def load_anomaly(profile: str, model_dir: str | Path | None = None, device: "str | torch.device" = "cpu", **kwargs):
+    """The anomaly backbones (`models.anomaly.loader.AnomalyBackbones`) for `profile`."""
+    return load("anomaly", profile, model_dir, device, **kwargs)

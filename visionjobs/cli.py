@@ -65,17 +65,17 @@ def api(host: str, port: int, workers: int, allow_anonymous: bool) -> None:
 def worker(gpus: str | None, queues: str | None, concurrency: int | None, preload: bool | None) -> None:
     """Start worker processes, one per GPU, pinned with CUDA_VISIBLE_DEVICES."""
     _logging()
-    from service.kinds import KINDS
+    from service.kinds import queues as known_queues
     from worker.config import WorkerSettings
     from worker.launcher import plan, run as launch
 
     s = WorkerSettings()
     gpu_list = [g.strip() for g in (s.gpus if gpus is None else gpus).split(",") if g.strip()]
     queue_list = [q.strip() for q in (s.queues if queues is None else queues).split(",") if q.strip()]
-    queue_list = queue_list or [k.queue for k in KINDS.values()]
-    unknown = [q for q in queue_list if q not in {k.queue for k in KINDS.values()}]
+    queue_list = queue_list or known_queues()
+    unknown = [q for q in queue_list if q not in known_queues()]
     if unknown:
-        raise click.ClickException(f"unknown queue(s) {', '.join(unknown)}; known: {', '.join(KINDS)}")
+        raise click.ClickException(f"unknown queue(s) {', '.join(unknown)}; known: {', '.join(known_queues())}")
     n = s.concurrency if concurrency is None else concurrency
     if n < 1:
         raise click.ClickException("--concurrency must be at least 1")
@@ -102,15 +102,17 @@ def models() -> None:
 
 
 @models.command("fetch")
-@click.option("--kind", "kinds", multiple=True, default=["colorize", "video.generate", "video.edit"],
-              show_default=True)
+@click.option("--kind", "kinds", multiple=True, default=None,
+              help="A job kind or family (anomaly, video); repeatable. Default: every kind.")
 @click.option("--model-dir", type=click.Path(path_type=Path), default=None,
               help="Default: VISIONJOBS_MODEL_DIR.")
 def models_fetch(kinds: tuple[str, ...], model_dir: Path | None) -> None:
     """Download pretrained weights (needs network access to the Hugging Face Hub)."""
     from models.fetch import FetchFailed, fetch
     from service.core.config import get_settings
+    from service.kinds import KINDS
 
+    kinds = kinds or tuple(KINDS)
     target = model_dir or get_settings().model_dir
     if target is None:
         raise click.ClickException("set VISIONJOBS_MODEL_DIR or pass --model-dir")

@@ -24,7 +24,9 @@ try:  # the client is a separate distribution (./client); the server commands wo
 except ImportError:  # pragma: no cover - only without the client installed
     URL_ENV, API_KEY_ENV, DEFAULT_URL = "the client's URL variable", "the client's key variable", "http://127.0.0.1:8000"
 
-KINDS = ("colorize", "video.generate", "video.edit", "anomaly.fit", "anomaly.score")
+from service.kinds import KINDS as _DECLARED  # noqa: E402  (standard library only: no service code runs)
+
+KINDS = tuple(_DECLARED)
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 EXIT_JOB_FAILED, EXIT_API = 1, 3

@@ -29,10 +29,12 @@ def run_embedded(host: str, port: int, data_dir: Path) -> None:
     settings = WorkerSettings(**overrides)
     ctx = build_context(settings, anonymous=True)
     runner = Runner(settings, ctx.store, ctx.objects, name="embedded")
-    # resolves `auto`, warning loudly when it falls back to tiny
-    ctx.model_profile = runner.profile_for("colorize")
-    if ctx.model_profile == "tiny":
-        log.warning("MODEL PROFILE: tiny (random weights; outputs are not meaningful images)")
+    # resolves `auto` once per kind, warning loudly for each kind that falls back to tiny;
+    # every finished job reports the profile that actually ran
+    profiles = {kind: runner.profile_for(kind) for kind in KINDS}
+    tiny = [kind for kind, profile in profiles.items() if profile == "tiny"]
+    if tiny:
+        log.warning("MODEL PROFILE: tiny for %s (random weights; outputs are not meaningful)", ", ".join(tiny))
     keys = settings.key_map()
     log.warning("visionjobs embedded: data in %s; %s", data_dir.resolve(),
                 f"{len(keys)} API key(s)" if keys else "no API keys: one anonymous tenant, no authentication")

@@ -1,27 +1,28 @@
-"""Dynamic batching (colorize): after claiming a job, the worker claims up to `batch_max - 1`
-queued jobs with the same batch key (working size and per-step settings) and denoises them as
-one batch. Each job keeps its own lease, progress, cancel, seed, outputs and final state.
-Partners are taken oldest first; their Celery messages later find them claimed and are dropped."""
+"""Dynamic batching, for kinds that declare `batch_key` and `run_batch` (colorize today):
+after claiming a job, the worker claims up to `batch_max - 1` queued jobs of the same kind with
+an equal batch key and runs them as one batch. Each job keeps its own lease, progress, cancel,
+seed, outputs and final state. Partners are taken oldest first; their Celery messages later
+find them claimed and are dropped.
+
+This module knows no kind: the runner passes the kind's resolved declaration (worker/registry.py)."""
 from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
 
-from service.store.base import CANCELED, FAILED, SUCCEEDED, JobRecord
+from service.store.base import SUCCEEDED, JobRecord
 from worker.control import JobControl
-from worker.errors import JobCanceled, JobFailed, OwnershipLost
+from worker.model_cache import release_memory
+from worker.outcomes import classify, with_store_retry
 
 log = logging.getLogger("visionjobs.worker")
-BATCHABLE = {"colorize"}
 
 
-def partners(runner, first: JobRecord) -> list[JobRecord]:
-    """`first` plus the queued jobs claimed to run with it."""
+def partners(runner, first: JobRecord, batch_key) -> list[JobRecord]:
+    """`first` plus the queued jobs claimed to run with it (`batch_key(runner, job)`)."""
     limit = runner.settings.batch_max
-    if first.kind not in BATCHABLE or limit <= 1:
+    if batch_key is None or limit <= 1:
         return [first]
-    from worker.jobs.colorize import batch_key
-
     try:
         key = batch_key(runner, first)
         if key is None:
@@ -44,45 +45,28 @@ def partners(runner, first: JobRecord) -> list[JobRecord]:
         return [first]
 
 
-def classify(outcome) -> tuple[str, dict | None, dict | None] | None:
-    """(status, result, error) for a job's outcome; None when the attempt lost the job."""
-    from worker.runner import is_out_of_memory
-
-    if not isinstance(outcome, BaseException):
-        return SUCCEEDED, outcome, None
-    if isinstance(outcome, OwnershipLost):
-        return None
-    if isinstance(outcome, JobCanceled):
-        return CANCELED, None, {"code": outcome.code, "message": str(outcome)}
-    if isinstance(outcome, JobFailed):
-        return FAILED, None, {"code": outcome.code, "message": str(outcome)}
-    if is_out_of_memory(outcome):
-        return FAILED, None, {"code": "out_of_memory", "message": f"the device ran out of memory: {outcome}"[:500]}
-    return FAILED, None, {"code": "internal_error", "message": f"{type(outcome).__name__}: {outcome}"[:500]}
-
-
-def execute_batch(runner, jobs: list[JobRecord]) -> dict[str, str]:
-    from worker.jobs.colorize import run_batch
-    from worker.model_cache import release_memory
-    from worker.runner import JobContext, with_store_retry
-
+def execute_batch(runner, jobs: list[JobRecord], run_batch) -> dict[str, str]:
+    """Run `jobs` through `run_batch(ctxs)` and write each job's final state; job id -> status."""
     s = runner.settings
     with ExitStack() as stack:
         controls = [stack.enter_context(JobControl(runner.store, job, lease_s=s.lease_s,
                                                    progress_interval_s=s.progress_interval_s,
                                                    time_limit_s=s.job_time_limit_s)) for job in jobs]
-        outcomes = run_batch([JobContext(job, control, runner) for job, control in zip(jobs, controls)])
+        ctxs = [runner.context(job, control) for job, control in zip(jobs, controls)]
+        outcomes = run_batch(ctxs)
         statuses = {}
-        for job, outcome in zip(jobs, outcomes):
+        for ctx, outcome in zip(ctxs, outcomes):
+            job = ctx.job
             verdict = classify(outcome)
             if verdict is None:
                 statuses[job.id] = "ownership_lost"
                 continue
             status, result, error = verdict
             with_store_retry(f"finish {job.id}", lambda: runner.store.finish(
-                job.id, job.attempt, status, result=result, error=error, model_profile=runner._profiles.get(job.kind)))
+                job.id, job.attempt, status, result=result, error=error, model_profile=ctx.reported_profile()))
             statuses[job.id] = status
             log.info("job %s -> %s (batch of %d)", job.id, status, len(jobs))
     if any(v != SUCCEEDED for v in statuses.values()):
         release_memory()
     return statuses
+

@@ -1,43 +1,50 @@
-"""What this worker can run, reported to the job store so the API can refuse requests no live
-worker could serve (with the reason) instead of failing them later."""
+"""What this worker can run, reported per kind to the job store so the API can refuse requests
+no live worker could serve (with the reason) instead of failing them later.
+
+One report per (kind, worker), renewed every REPORT_INTERVAL_S (the API counts reports younger
+than two minutes as live workers):
+
+    profile   the kind's resolved profile (tiny | pretrained)
+    ready     True when every model the kind declares can load under that profile
+    missing   the files (relative to the model dir) that keep it from being ready
+    features  {feature: [missing files]} from the kind's `capabilities` probe; [] = available
+    <feature>, <feature>_missing  the same, flat (read by the colorize route)
+"""
 from __future__ import annotations
 
 import logging
 import threading
 
+from service.kinds import KINDS
+from worker.registry import runtime
+
 log = logging.getLogger("visionjobs.worker")
 REPORT_INTERVAL_S = 30.0
 
 
-def colorize_capabilities(runner) -> dict:
-    """Optional Control Color features and, when absent, the files that would enable them."""
-    profile = runner.profile_for("colorize")
-    caps: dict = {"profile": profile}
-    for feature in ("exemplar", "deformable_decoder", "autoguidance"):
-        missing: list[str] = []
-        if profile == "pretrained":
-            from models.colorization import weights_layout as layout
+def kind_capabilities(runner, kind: str) -> dict:
+    from models.profiles import missing_weights
 
-            model_dir = runner.settings.model_dir
-            missing = {"exemplar": lambda: layout.exemplar_weights_missing(model_dir),
-                       "deformable_decoder": lambda: layout.deformable_weights_missing(model_dir),
-                       "autoguidance": lambda: layout.guide_weights_missing(runner.settings.autoguidance_dir, model_dir)
-                       if runner.settings.autoguidance_dir else ["VISIONJOBS_AUTOGUIDANCE_DIR (unset)"]}[feature]()
-        caps[feature], caps[f"{feature}_missing"] = not missing, ", ".join(missing)
+    spec = KINDS[kind]
+    profile = runner.profile_for(kind)
+    missing = [] if profile == "tiny" else [m for model in spec.models
+                                            for m in missing_weights(model, runner.settings.model_dir)]
+    caps: dict = {"profile": profile, "ready": not missing, "missing": missing, "features": {}}
+    probe = runtime(kind).capabilities
+    if probe is not None:
+        caps["features"] = {name: list(files) for name, files in probe(runner).items()}
+    for name, files in caps["features"].items():
+        caps[name], caps[f"{name}_missing"] = not files, ", ".join(files)
     return caps
-
-
-CAPABILITIES = {"colorize": colorize_capabilities}
 
 
 def report(runner, kinds: list[str]) -> None:
     for kind in kinds:
-        probe = CAPABILITIES.get(kind)
-        if probe is None:
+        if kind not in KINDS:
             continue
         try:
-            runner.store.put_capabilities(kind, runner.name, probe(runner))
-        except Exception as exc:  # never fatal: the API then simply accepts and the job reports
+            runner.store.put_capabilities(kind, runner.name, kind_capabilities(runner, kind))
+        except Exception as exc:  # never fatal: the API then counts this worker out after a while
             log.warning("could not report %s capabilities: %s", kind, exc)
 
 

@@ -12,7 +12,7 @@ from celery.exceptions import Reject
 from kombu import Queue
 
 from service.dispatch import RUN_JOB_TASK, celery_base_config
-from service.kinds import KINDS
+from service.kinds import queues
 from service.store.base import StoreUnavailable
 from worker.config import WorkerSettings
 
@@ -28,7 +28,7 @@ def make_celery(settings: WorkerSettings) -> Celery:
         worker_prefetch_multiplier=1,     # never hold a second GPU job hostage
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
-        task_queues=[Queue(kind.queue) for kind in KINDS.values()],
+        task_queues=[Queue(name) for name in queues()],
     )
     return app
 

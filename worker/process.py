@@ -41,13 +41,15 @@ def main(argv: list[str] | None = None) -> None:
     queues = [q for q in args.queues.split(",") if q]
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
 
+    from service.kinds import kinds_on
     from worker.celery_app import app, get_runner, settings
 
+    kinds = kinds_on(queues)
     runner = get_runner()
     runner.name = f"{name}:{os.getpid()}"  # the pid tells operators (and tests) which process runs a job
     if args.preload or settings.preload:
-        runner.preload(queues)
-    start_reporting(runner, queues)
+        runner.preload(kinds)
+    start_reporting(runner, kinds)
     if settings.redis_url:
         from service.dispatch import CeleryDispatcher
 
@@ -60,9 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     Reaper(runner.store, LocalDispatcher(), settings.reaper_interval_s, settings.lease_s).start()
-    log.info("embedded worker %s polling %s for %s", name, runner.store, queues)
+    log.info("embedded worker %s polling %s for %s", name, runner.store, kinds)
     try:
-        poll_loop(runner, queues, stop)
+        poll_loop(runner, kinds, stop)
     except KeyboardInterrupt:
         pass
 

@@ -61,10 +61,10 @@ def _patch_runner(mod) -> None:
             _local.rec = None
             _emit(rec)
 
-    def pipeline(self, kind):
+    def pipeline(self, *args, **kwargs):
         t = time.perf_counter()
         try:
-            return orig_pipeline(self, kind)
+            return orig_pipeline(self, *args, **kwargs)
         finally:
             rec = _current()
             if rec is not None:

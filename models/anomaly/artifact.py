@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,8 @@ def save_artifact(model: "PatchCoreModel") -> dict[str, bytes]:
     bank = model.memory_bank.detach().to("cpu", torch.float32).contiguous()
     bank_bytes = save({"memory_bank": bank}, metadata={"format": ARTIFACT_FORMAT})
     cfg = model.config
+    weights = model.info.get("backbone_weights") or model.backbone.weights_source
+    random_seed = re.fullmatch(r"random:seed=(\d+)", str(weights))
     meta = {
         "format": ARTIFACT_FORMAT,
         "config": cfg.to_dict(),
@@ -69,8 +72,10 @@ def save_artifact(model: "PatchCoreModel") -> dict[str, bytes]:
         "backbone": {
             "arch": cfg.backbone,
             "width": model.backbone.base_width,
-            "seed": cfg.seed,
-            "weights": model.info.get("backbone_weights") or model.backbone.weights_source,
+            # the seed the random backbone was drawn with (not the fit's seed: a worker's warm
+            # backbone is shared by fits of any seed), so the artifact alone rebuilds it
+            "seed": int(random_seed.group(1)) if random_seed else cfg.seed,
+            "weights": weights,
             "fingerprint": model.info.get("backbone_fingerprint"),
             "layers": model.info.get("layers", ["layer2", "layer3"]),
         },
@@ -172,8 +177,9 @@ def load_artifact(files: Mapping[str, bytes], *, backbone: "ResNet | None" = Non
         if weights is None and not stored.startswith("random:"):
             raise ArtifactError(f"artifact was fitted with backbone weights {stored or 'unknown'!r}; "
                                 "pass weights= or backbone=")
-        backbone = build_backbone(cfg.backbone, width=cfg.backbone_width, weights=weights,
-                                  seed=int(b.get("seed", cfg.seed)), device=dev)
+        recorded = re.fullmatch(r"random:seed=(\d+)", stored)
+        seed = int(recorded.group(1)) if recorded else int(b.get("seed", cfg.seed))
+        backbone = build_backbone(cfg.backbone, width=cfg.backbone_width, weights=weights, seed=seed, device=dev)
     else:
         expected_width = cfg.backbone_width or ARCHITECTURES[cfg.backbone].width
         if backbone.arch != cfg.backbone or backbone.base_width != expected_width:

@@ -9,21 +9,39 @@ from typing import TYPE_CHECKING
 from worker.errors import InvalidInput, ModelsNotReady
 
 if TYPE_CHECKING:
-    from worker.runner import JobContext
+    from models.anomaly.loader import AnomalyBackbones, LoadedBackbone
+    from worker.context import JobContext
 
 ANOMALY_MODEL = "anomaly_model"
 
 
-def _backbone(ctx: "JobContext", arch: str):
-    from models.anomaly.loader import BackboneWeightsMissing, load_backbone
+def _backbone(pick) -> "LoadedBackbone":
+    """`pick()` a backbone of the kind's warm `AnomalyBackbones`; a missing weight file is not-ready."""
+    from models.profiles import WeightsMissing
 
-    runner = ctx.runner
     try:
-        return runner.cache.get(("anomaly.backbone", arch, runner.settings.model_profile, runner.device),
-                                lambda: load_backbone(arch, runner.settings.model_profile, runner.settings.model_dir,
-                                                      runner.device))
-    except BackboneWeightsMissing as exc:
+        return pick()
+    except WeightsMissing as exc:
         raise ModelsNotReady(str(exc)) from exc
+
+
+def warmup(backbones: "AnomalyBackbones") -> None:
+    """One small forward pass of the default backbone (allocator, kernels)."""
+    import torch
+
+    with torch.inference_mode():
+        backbones.get().net.extract(torch.zeros(1, 3, 64, 64, device=backbones.device))
+
+
+BACKBONES = ("wide_resnet50_2", "resnet18", "tiny")  # what the API accepts (service/schemas/anomaly.py)
+
+
+def capabilities(rt) -> dict[str, list[str]]:
+    """Per backbone a fit may ask for: the weight file this worker lacks for it."""
+    from models.anomaly.loader import missing
+
+    tiny = rt.profile_for("anomaly.fit") == "tiny"
+    return {f"backbone:{a}": [] if tiny else missing(a, rt.settings.model_dir) for a in BACKBONES}
 
 
 def _load(ctx: "JobContext", ids: list[str], field: str) -> list:
@@ -58,8 +76,11 @@ def fit(ctx: "JobContext") -> dict:
     from service.archives import ArchiveError, read_images
 
     p, job = ctx.params, ctx.job
-    profile = ctx.runner.settings.model_profile
-    arch = p.get("backbone") or ("tiny" if profile == "tiny" else "wide_resnet50_2")
+    # the backbone first: a missing weight file refuses the job before any image is decoded
+    backbones = ctx.pipeline("anomaly")
+    backbone = _backbone(lambda: backbones.get(p.get("backbone")))
+    arch = backbone.arch
+    ctx.model_profile = backbone.profile  # what runs: an explicit `tiny` backbone is tiny under any profile
     ctx.control.report(0.01, "reading images", force=True)
     if p.get("archive"):
         try:
@@ -75,11 +96,10 @@ def fit(ctx: "JobContext") -> dict:
     v = p.get("validation") or {}
     validation = Validation(normal=_load(ctx, v.get("normal", []), "validation.normal"),
                             abnormal=_load(ctx, v.get("abnormal", []), "validation.abnormal")) if v else None
-    backbone, weights, resolved = _backbone(ctx, arch)
     config = PatchCoreConfig(backbone=arch, image_size=p["image_size"], coreset_ratio=p["coreset_ratio"],
                              seed=int(p["seed"]) % 2**31)
     try:
-        model = fit_patchcore(images, config, validation, backbone=backbone, device=ctx.runner.device,
+        model = fit_patchcore(images, config, validation, backbone=backbone.net, device=ctx.runner.device,
                               progress=_progress(ctx, 0.05, 0.9))
     except ValueError as exc:
         raise InvalidInput(str(exc)) from exc
@@ -99,24 +119,34 @@ def fit(ctx: "JobContext") -> dict:
     ctx.runner.store.put_resource(ANOMALY_MODEL, model_id, job.tenant, {
         "name": p["name"], "backbone": arch, "image_size": p["image_size"], "coreset_ratio": p["coreset_ratio"],
         "thresholds": thresholds, "counts": counts, "prefix": prefix, "files": sorted(files), "job_id": job.id,
-        "profile": resolved, "created_at": now, "updated_at": now})
+        "profile": backbone.profile, "backbone_weights": backbone.weights, "backbone_fingerprint": backbone.fingerprint,
+        "created_at": now, "updated_at": now})
     return {"model_id": model_id, "thresholds": thresholds, "counts": counts}
 
 
 def score(ctx: "JobContext") -> dict:
-    from models.anomaly import load_artifact
+    from models.anomaly import ArtifactError, load_artifact, read_artifact_meta
 
     p, runner = ctx.params, ctx.runner
     doc = runner.store.get_resource(ANOMALY_MODEL, p["model_id"])
     if doc is None or doc["tenant"] != ctx.job.tenant:
         raise InvalidInput(f"model_id: {p['model_id']} no longer exists")
-    backbone, _, _ = _backbone(ctx, doc["backbone"])
+
+    backbones = ctx.pipeline("anomaly")  # outside the cache's loader below (the cache lock is not reentrant)
 
     def load():
+        # the backbone the artifact records (its weights, checked by fingerprint), not this worker's default
         files = {name: runner.objects.get(doc["prefix"] + name) for name in doc["files"]}
-        return load_artifact(files, backbone=backbone, device=runner.device)
+        try:
+            backbone = _backbone(lambda: backbones.for_artifact(read_artifact_meta(files)))
+            model = load_artifact(files, backbone=backbone.net, device=runner.device)
+        except ArtifactError as exc:
+            raise InvalidInput(f"model_id: {p['model_id']} cannot be loaded: {exc}") from exc
+        model.model_profile = backbone.profile
+        return model
 
     model = runner.cache.get(("anomaly.model", p["model_id"], doc["created_at"]), load)
+    ctx.model_profile = model.model_profile
     t = doc["thresholds"]
     model.set_thresholds(image=t["image"], pixel=t["pixel"])  # PATCHed values, no refit
     images = _load(ctx, p["images"], "images")

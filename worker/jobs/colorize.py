@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from worker.errors import InvalidInput, JobFailed
 
 if TYPE_CHECKING:
-    from worker.runner import JobContext
+    from worker.context import JobContext
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
@@ -124,12 +124,12 @@ def run(ctx: "JobContext") -> dict:
     return outcome
 
 
-def batch_key(ctx_runner, job) -> tuple | None:
+def batch_key(rt, job) -> tuple | None:
     """Jobs with equal keys can share a batch; None: this job is not batchable."""
-    upload = ctx_runner.store.get_upload(job.params["image"])
+    upload = rt.store.get_upload(job.params["image"])
     if upload is None or not upload.width:
         return None
-    pipe = ctx_runner.pipeline("colorize")
+    pipe = rt.pipeline("colorize", "colorize")
     s = shared_settings(job.params)
     return pipe.batch_key(upload.width, upload.height, steps=s["num_inference_steps"], guidance=s["guidance"],
                           sag_scale=s["sag_scale"], sag_threshold=s["sag_threshold"],
@@ -140,3 +140,16 @@ def warmup(pipe) -> None:
     from PIL import Image
 
     pipe(image=Image.new("RGB", (64, 64), (128, 128, 128)), num_inference_steps=1, sag_scale=0.05, sag_threshold=0)
+
+
+def capabilities(rt) -> dict[str, list[str]]:
+    """Optional Control Color features and, when absent, the files that would enable them."""
+    if rt.profile_for("colorize") != "pretrained":
+        return {"exemplar": [], "deformable_decoder": [], "autoguidance": []}
+    from models.colorization import weights_layout as layout
+
+    model_dir, guide = rt.settings.model_dir, rt.settings.autoguidance_dir
+    return {"exemplar": layout.exemplar_weights_missing(model_dir),
+            "deformable_decoder": layout.deformable_weights_missing(model_dir),
+            "autoguidance": layout.guide_weights_missing(guide, model_dir) if guide
+            else ["VISIONJOBS_AUTOGUIDANCE_DIR (unset)"]}

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from worker.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from worker.runner import JobContext
+    from worker.context import JobContext
 
 TUNED_VIDEO_MODEL = "tuned_video_model"
 

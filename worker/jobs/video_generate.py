@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from worker.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from worker.runner import JobContext
+    from worker.context import JobContext
 
 
 def pair_progress(ctx: "JobContext", start: float, end: float):
@@ -31,6 +31,8 @@ def run(ctx: "JobContext") -> dict:
 
     p = ctx.params
     pipe = ctx.pipeline("video.generate")
+    # the metric's model before any denoising: a job that cannot be scored fails now, not after the video
+    scorer = ctx.pipeline("video.cscv") if "cscv" in p.get("metrics", []) else None
     ctx.control.report(0.02, "encoding prompts", force=True)
     generator = torch.Generator("cpu").manual_seed(int(p["seed"]))
     try:
@@ -47,10 +49,18 @@ def run(ctx: "JobContext") -> dict:
     thumb, thumb_type = thumbnail(frames)
     thumb_key = ctx.write_output("thumbnail.jpg", thumb, thumb_type)
     metrics = {}
-    if "cscv" in p.get("metrics", []):
+    if scorer is not None:
         ctx.control.report(0.95, "scoring CSCV", force=True)
-        metrics["cscv"] = float(ctx.pipeline("video.cscv")(frames))
+        metrics["cscv"] = float(scorer(frames))
     return {"video": {"key": video_key, "frames": int(frames.shape[0]), "fps": out.fps, "width": out.width,
                       "height": out.height, "content_type": MP4_CONTENT_TYPE},
             "thumbnail_key": thumb_key, "segments": out.segments, "latent_frames": out.latent_frames,
             "seed": int(p["seed"]), "metrics": metrics}
+
+
+def capabilities(rt) -> dict[str, list[str]]:
+    """The CSCV metric needs CLIP ViT-B/32 under the pretrained profile."""
+    from models.profiles import missing_weights
+
+    pretrained = rt.profile_for("video.generate") == "pretrained"
+    return {"cscv": missing_weights("video.cscv", rt.settings.model_dir) if pretrained else []}
