@@ -214,7 +214,14 @@ def test_autoguidance_guide_dir(saved_dir, tmp_path, photo):
         p.set_progress_bar_config(disable=True)
     a = tiny(photo, num_inference_steps=2, guidance=g, generator=torch.Generator().manual_seed(1)).images[0]
     b = pre(photo, num_inference_steps=2, guidance=g, generator=torch.Generator().manual_seed(1)).images[0]
-    assert np.array_equal(np.asarray(a), np.asarray(b))
+    # The same weights, loaded from files: equal up to float summation order (weights read from
+    # safetensors can take other CPU kernels than freshly built ones; seen: 2/255 in 0.02% of
+    # pixels). Another guide (or none) moves most pixels, so this still tells the guide was used.
+    diff = np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int))
+    assert diff.max() <= 2 and (diff > 0).mean() < 0.005
+    other = tiny(photo, num_inference_steps=2, guidance={"mode": "cfg", "scale": 2.0},
+                 generator=torch.Generator().manual_seed(1)).images[0]
+    assert (np.abs(np.asarray(other, dtype=int) - np.asarray(b, dtype=int)) > 2).mean() > 0.2
     # relative guide dirs resolve under the model dir
     root = _subset(saved_dir, tmp_path)
     shutil.copytree(guide, root / "guide-relative")
