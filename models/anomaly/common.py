@@ -19,6 +19,7 @@ __all__ = [
     "as_rgb_pil",
     "gaussian_blur",
     "images_to_tensor",
+    "images_to_uint8",
     "mask_to_array",
     "resolve_device",
 ]
@@ -89,8 +90,8 @@ def as_rgb_pil(image):
     raise TypeError(f"not an image: array of shape {arr.shape}")
 
 
-def images_to_tensor(images: Sequence, size: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """PIL images (or uint8 arrays) -> (B, 3, size, size) float in [0, 1] and their (W, H).
+def images_to_uint8(images: Sequence, size: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """PIL images (or uint8 arrays) -> (B, 3, size, size) uint8 and their original (W, H).
 
     Resizing is PIL bilinear (antialiased when shrinking, like torchvision's
     ``Resize(antialias=True)`` that anomalib uses); non-square images are stretched, as
@@ -105,8 +106,16 @@ def images_to_tensor(images: Sequence, size: int) -> tuple[torch.Tensor, list[tu
         if pil.size != (size, size):
             pil = pil.resize((size, size), Image.BILINEAR)
         arrays.append(np.asarray(pil, dtype=np.uint8))
-    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
-    return batch, sizes
+    if not arrays:
+        return torch.zeros((0, 3, size, size), dtype=torch.uint8), sizes
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), sizes
+
+
+def images_to_tensor(images: Sequence, size: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """PIL images (or uint8 arrays) -> (B, 3, size, size) float in [0, 1] and their (W, H);
+    see :func:`images_to_uint8`."""
+    batch, sizes = images_to_uint8(images, size)
+    return batch.float().div_(255.0), sizes
 
 
 def mask_to_array(mask, size: int) -> np.ndarray:
