@@ -28,7 +28,7 @@ class ReverseDistillationConfig:
 
     backbone: str = "wide_resnet50_2"  # the teacher; tiny for the tiny profile
     backbone_width: int | None = None  # base width override (tiny: 16)
-    image_size: int = 256  # images are resized to image_size x image_size (a multiple of 32)
+    image_size: int = 256  # images are resized to image_size x image_size (a multiple of 32, >= 64)
     #: OCBE block width per group: None = 64 (anomalib); 128 = RD4AD's code for wide_resnet50_2
     ocbe_width_per_group: int | None = None
     loss: str = "per_location"  # per_location (paper eq. 2) | flattened (RD4AD code, anomalib)
@@ -48,9 +48,10 @@ class ReverseDistillationConfig:
     def validate(self) -> "ReverseDistillationConfig":
         if self.backbone not in ARCHITECTURES:
             raise ValueError(f"backbone must be one of {sorted(ARCHITECTURES)}, got {self.backbone!r}")
-        if not 32 <= int(self.image_size) <= 2048 or int(self.image_size) % 32:
-            raise ValueError(f"image_size must be a multiple of 32 between 32 and 2048 (the student "
-                             f"upsamples a stride-32 map), got {self.image_size}")
+        # a multiple of 32: the student upsamples a stride-32 map; at least 64, so that the
+        # OCBE's BatchNorm sees more than one value per channel even in a batch of one image
+        if not 64 <= int(self.image_size) <= 2048 or int(self.image_size) % 32:
+            raise ValueError(f"image_size must be a multiple of 32 between 64 and 2048, got {self.image_size}")
         if self.loss not in LOSS_MODES:
             raise ValueError(f"loss must be one of {LOSS_MODES}, got {self.loss!r}")
         if self.anomaly_map_mode not in MAP_MODES:
