@@ -247,6 +247,17 @@ def test_result_shape_metrics_and_artifact_round_trip(trained):
         load_artifact(art, backbone=build_backbone("tiny", seed=5))
 
 
+def test_artifact_rebuilds_a_shared_teacher_of_another_seed():
+    splits = _splits(4)
+    teacher = build_backbone("tiny", seed=0)  # a worker's warm teacher, shared by trainings of any seed
+    result = train_reverse_distillation(splits, ReverseDistillationConfig(**{**CFG, "seed": 3}, max_epochs=1),
+                                        backbone=teacher, device="cpu")
+    art = save_artifact(result.model)
+    assert read_artifact_meta(art)["backbone"]["seed"] == 0
+    image = splits.train[0]
+    assert load_artifact(art).score([image])[0].score == result.model.score([image])[0].score
+
+
 # ------------------------------------------------------------- cancel and resume
 
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,7 @@ def save_artifact(model: "ReverseDistillationModel") -> dict[str, bytes]:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.net.student_state_dict().items()}
     student = save(state, metadata={"format": ARTIFACT_FORMAT})
     cfg, teacher = model.config, model.net.teacher
+    weights = model.info.get("backbone_weights") or teacher.weights_source
     meta = {
         "format": ARTIFACT_FORMAT,
         "model": "reverse_distillation",
@@ -57,8 +59,10 @@ def save_artifact(model: "ReverseDistillationModel") -> dict[str, bytes]:
         "thresholds": model.thresholds.to_dict(),
         "normalization": model.stats.to_dict(),
         "backbone": {
-            "arch": cfg.backbone, "width": teacher.base_width, "seed": cfg.seed,
-            "weights": model.info.get("backbone_weights") or teacher.weights_source,
+            # the seed a random teacher was drawn with (a warm teacher is shared by trainings of
+            # any seed), so that the artifact alone rebuilds it
+            "arch": cfg.backbone, "width": teacher.base_width, "seed": _random_seed(weights, cfg.seed),
+            "weights": weights,
             "fingerprint": model.info.get("backbone_fingerprint"),
             "layers": ["layer1", "layer2", "layer3"],
         },
@@ -71,6 +75,11 @@ def save_artifact(model: "ReverseDistillationModel") -> dict[str, bytes]:
                  if k not in ("backbone_fingerprint", "backbone_weights", "test_metrics")},
     }
     return {CONFIG_FILE: _dumps(meta), STUDENT_FILE: student}
+
+
+def _random_seed(weights, default: int) -> int:
+    found = re.fullmatch(r"random:seed=(\d+)", str(weights or ""))
+    return int(found.group(1)) if found else int(default)
 
 
 def _meta_from(files_or_json: Mapping[str, bytes] | bytes | str) -> dict:
@@ -152,8 +161,8 @@ def load_artifact(files: Mapping[str, bytes], *, backbone: "ResNet | None" = Non
         if weights is None and not stored.startswith("random:"):
             raise ArtifactError(f"artifact was trained with teacher weights {stored or 'unknown'!r}; "
                                 "pass weights= or backbone=")
-        backbone = build_backbone(cfg.backbone, width=cfg.backbone_width, weights=weights,
-                                  seed=int(b.get("seed", cfg.seed)), device=dev)
+        seed = _random_seed(stored, b.get("seed", cfg.seed))
+        backbone = build_backbone(cfg.backbone, width=cfg.backbone_width, weights=weights, seed=seed, device=dev)
     else:
         expected_width = cfg.backbone_width or ARCHITECTURES[cfg.backbone].width
         if backbone.arch != cfg.backbone or backbone.base_width != expected_width:
