@@ -295,3 +295,11 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run():
         train_reverse_distillation(_splits(8, seed=1), cfg, device="cpu", resume_from=ckpts[1])
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         train_reverse_distillation(splits, cfg, device="cpu", resume_from=b"garbage")
+
+
+def test_artifact_json_helpers_import_without_torch():
+    import subprocess
+
+    code = ("import sys; from models.anomaly.reverse_distillation.artifact import read_artifact_meta, "
+            "update_thresholds; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])

@@ -23,33 +23,32 @@ Notebook use::
 """
 from __future__ import annotations
 
-from .artifact import CONFIG_FILE, STUDENT_FILE, load_artifact, read_artifact_meta, save_artifact, update_thresholds
-from .checkpoint import CheckpointError, read_checkpoint
-from .components import DeResNet, OneClassBottleneck
-from .loss import anomaly_map, distillation_loss
-from .model import LAYERS, ReverseDistillationConfig, ReverseDistillationModel, ReverseDistillationNet
-from .trainer import EpochMetrics, StepProgress, TrainingCanceled, TrainResult, train_reverse_distillation
+import importlib
 
-__all__ = [
-    "CONFIG_FILE",
-    "CheckpointError",
-    "DeResNet",
-    "EpochMetrics",
-    "LAYERS",
-    "OneClassBottleneck",
-    "ReverseDistillationConfig",
-    "ReverseDistillationModel",
-    "ReverseDistillationNet",
-    "STUDENT_FILE",
-    "StepProgress",
-    "TrainResult",
-    "TrainingCanceled",
-    "anomaly_map",
-    "distillation_loss",
-    "load_artifact",
-    "read_artifact_meta",
-    "read_checkpoint",
-    "save_artifact",
-    "train_reverse_distillation",
-    "update_thresholds",
-]
+_EXPORTS = {
+    "CONFIG_FILE": "artifact", "STUDENT_FILE": "artifact", "load_artifact": "artifact",
+    "read_artifact_meta": "artifact", "save_artifact": "artifact", "update_thresholds": "artifact",
+    "CheckpointError": "checkpoint", "read_checkpoint": "checkpoint",
+    "DeResNet": "components", "OneClassBottleneck": "components",
+    "anomaly_map": "loss", "distillation_loss": "loss",
+    "LAYERS": "model", "ReverseDistillationConfig": "model", "ReverseDistillationModel": "model",
+    "ReverseDistillationNet": "model",
+    "EpochMetrics": "trainer", "StepProgress": "trainer", "TrainResult": "trainer", "TrainingCanceled": "trainer",
+    "train_reverse_distillation": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # lazy (PEP 562): the artifact's JSON helpers work without importing torch
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
