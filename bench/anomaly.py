@@ -1,7 +1,9 @@
-"""Anomaly scoring benchmark through the API (issue 4, items 1 and 4).
+"""Anomaly scoring benchmark through the API (issue 4, items 1 and 4), and PatchCore beside
+Reverse Distillation (issue 20).
 
-    python bench/anomaly.py            # brick, grass, gravel; 20 train, 8+8 validation, 72 test each
-    python bench/anomaly.py --quick    # smaller sets
+    python bench/anomaly.py                  # brick, grass, gravel; 20 train, 8+8 validation, 72 test each
+    python bench/anomaly.py --quick          # smaller sets
+    python bench/anomaly.py --compare-only   # part 3 alone
 
 1. Detection quality through the API. The synthetic benchmark of tests/models/anomaly_data.py
    (scikit-image texture photographs, 224 px crops; test crops carry scratches, stains, pasted
@@ -18,6 +20,10 @@
 2. Fit time and scoring images/s at 256 px for the tiny and the full-size wide_resnet50_2
    backbone (seeded random weights: the real FLOPs), on the CPU, and on CUDA when available,
    from bench/anomaly_model.py (the model part, no API): one category, a warm-up fit first.
+3. PatchCore and Reverse Distillation side by side on the same folder dataset and split
+   (bench/anomaly_compare.py, the model part): fit / train seconds, scoring images/s, image
+   and pixel AUROC and F1 on the held-out test split; the tiny backbone on the CPU (one torch
+   thread), and wide_resnet50_2 (random weights: the real FLOPs) on CUDA when available.
 
 Figures are printed, never asserted.
 """
@@ -228,7 +234,49 @@ def collect(opts: BenchOptions | None = None, *, categories: list[str] | None = 
         rows += [row(case, "fit", r["fit_s"], "s", f"{timing_sizes['train'] + 2 * timing_sizes['validation']} images "
                                                    f"(train + validation), memory bank {r['bank']}"),
                  row(case, "scoring", r["ips"], "img/s", "batch 8")]
-    return {"settings": settings, "rows": rows, "details": {"api": api, "timing": timing}}
+    compare = run_compare(opts, backbones)
+    rows += compare_rows(compare)
+    settings["compare"] = compare["settings"]
+    return {"settings": settings, "rows": rows, "details": {"api": api, "timing": timing, "compare": compare["results"]}}
+
+
+def run_compare(opts: BenchOptions, backbones: list[str]) -> dict:
+    """Part 3: bench/anomaly_compare.run with this run's sizes; one torch thread on the CPU."""
+    import torch
+
+    from bench.anomaly_compare import run
+
+    sizes = (dict(crop=224, train=12, test_normal=6, per_defect=2) if opts.quick else
+             dict(crop=224, train=24, test_normal=12, per_defect=4))
+    epochs, patience, image_size, batch_size = (10 if opts.quick else 30), 5, 256, 8
+    devices = ["cpu"] + (["cuda"] if opts.gpu and cuda_available() else [])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        print("PatchCore vs Reverse Distillation (model only) ...", flush=True)
+        results = run(backbones, devices, ["brick"], sizes, image_size, batch_size, epochs, patience)
+    finally:
+        torch.set_num_threads(threads)
+    return {"settings": {"category": "brick", "image_size": image_size, "batch_size": batch_size,
+                         "rd_max_epochs": epochs, "rd_patience": patience, "devices": devices, "torch_threads_cpu": 1,
+                         "weights": "seeded random", **sizes},
+            "results": results}
+
+
+def compare_rows(compare: dict) -> list[dict]:
+    rows = []
+    for key, res in compare["results"].items():
+        backbone, rest = key.split("@")
+        device, category = rest.split(":")
+        case = f"PatchCore vs Reverse Distillation, {backbone}, {device}, {category}"
+        for name, label in (("patchcore", "PatchCore"), ("reverse_distillation", "RD")):
+            r = res[name]
+            rows += [row(case, f"{label} fit/train", r["fit_s"], "s", r["note"]),
+                     row(case, f"{label} scoring", r["ips"], "img/s", "batch 8, maps + masks + boxes"),
+                     row(case, f"{label} image AUROC", r["image_auroc"], "", f"test split {res['split']['test']}"),
+                     row(case, f"{label} pixel AUROC", r["pixel_auroc"]),
+                     row(case, f"{label} F1 at threshold", r["image_f1"])]
+    return rows
 
 
 def main(argv=None) -> dict:
@@ -238,7 +286,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--backbones", default=None, help="timing backbones (default tiny,wide_resnet50_2)")
     ap.add_argument("--no-gpu", action="store_true", help="skip the CUDA timing even when a GPU is present")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/anomaly[_quick].json)")
+    ap.add_argument("--compare-only", action="store_true",
+                    help="only part 3: PatchCore vs Reverse Distillation (model only)")
     args = ap.parse_args(argv)
+    if args.compare_only:
+        opts = BenchOptions(quick=args.quick, gpu=not args.no_gpu)
+        compare = run_compare(opts, args.backbones.split(",") if args.backbones else ["tiny", "wide_resnet50_2"])
+        res = {"settings": {"compare": compare["settings"]}, "rows": compare_rows(compare),
+               "details": {"compare": compare["results"]}}
+        return print_and_save("anomaly", res, args.out, f"anomaly_compare{'_quick' if args.quick else ''}")
     res = collect(BenchOptions(quick=args.quick, gpu=not args.no_gpu),
                   categories=args.categories.split(",") if args.categories else None,
                   backbones=args.backbones.split(",") if args.backbones else None)

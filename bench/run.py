@@ -10,7 +10,8 @@ Benchmarks (each in its own subprocess, in this order; see each module's docstri
                                  submissions/s, queue-to-start, cold vs warm worker (CPU, Redis db 12)
     colorize  bench/colorize.py  Control Color seconds/image and passes/image, SAG on/off, batch 1/4
     anomaly   bench/anomaly.py   PatchCore through the API: image / pixel AUROC per defect type;
-                                 fit time and scoring images/s, tiny and wide_resnet50_2
+                                 fit time and scoring images/s, tiny and wide_resnet50_2;
+                                 PatchCore beside Reverse Distillation on one folder split
     video     bench/video.py     DiTCtrl clip vs 2 prompts; Tune-A-Video tuning / inversion / sampling
 
 The CPU rows always run (tiny profiles). When CUDA is available the GPU rows run too

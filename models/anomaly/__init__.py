@@ -1,4 +1,5 @@
-"""Image anomaly detection: PatchCore on a plain-torch ResNet/WideResNet backbone.
+"""Image anomaly detection on a plain-torch ResNet/WideResNet backbone: PatchCore (fit, no
+training) and Reverse Distillation (trained; models.anomaly.reverse_distillation).
 
 Notebook use::
 
@@ -8,6 +9,10 @@ Notebook use::
     png = render_heat_map(test_images[0], items[0].normalized_map)
     files = save_artifact(model)                        # {"patchcore.json": ..., "memory_bank.safetensors": ...}
     model = load_artifact(files)
+
+    splits = folder_splits(normal_images, abnormal_images, seed=0)   # anomalib Folder's splits
+    result = train_reverse_distillation(splits, ReverseDistillationConfig(backbone="tiny"))
+    items = result.model.score(test_images)             # the same ScoreItem results
 
 Names are imported lazily (PEP 562) so that ``models.anomaly.artifact``'s JSON helpers and
 ``models.anomaly.postprocess`` can be used without importing torch.
@@ -41,7 +46,18 @@ _EXPORTS = {
     "decode_anomaly_map_png16": "postprocess",
     "mask_png_bytes": "postprocess",
     "render_heat_map": "postprocess",
-    # artifact
+    # shared: folder datasets, held-out metrics, results
+    "FolderSplits": "folder",
+    "folder_splits": "folder",
+    "group_folder_entries": "folder",
+    "evaluate": "evaluation",
+    "render_segmentation": "postprocess",
+    # reverse distillation
+    "ReverseDistillationConfig": "reverse_distillation",
+    "ReverseDistillationModel": "reverse_distillation",
+    "TrainingCanceled": "reverse_distillation",
+    "train_reverse_distillation": "reverse_distillation",
+    # artifact (PatchCore's; Reverse Distillation's is models.anomaly.reverse_distillation.artifact)
     "ArtifactError": "artifact",
     "load_artifact": "artifact",
     "read_artifact_meta": "artifact",

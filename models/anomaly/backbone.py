@@ -1,4 +1,5 @@
-"""Plain-torch ResNet / WideResNet feature backbone for PatchCore.
+"""Plain-torch ResNet / WideResNet feature backbone for PatchCore and the Reverse Distillation
+teacher.
 
 The modules are laid out so that ``state_dict()`` has exactly torchvision's key names and
 shapes (``conv1``, ``bn1``, ``layer1..4.{i}.conv1/bn1/conv2/bn2[/conv3/bn3]``,
@@ -14,8 +15,8 @@ Supported architectures (torchvision's definitions):
 * ``tiny``: the resnet18 layout with a base width of 16 instead of 64 (``width`` option);
   used by the ``tiny`` model profile with seeded random weights.
 
-Feature extraction (:meth:`ResNet.extract`) stops after ``layer3``; ``layer4`` and ``fc``
-exist only so that a full torchvision/timm checkpoint loads strictly.
+Feature extraction (:meth:`ResNet.extract`: ``layer1`` to ``layer3``) stops after ``layer3``;
+``layer4`` and ``fc`` exist only so that a full torchvision/timm checkpoint loads strictly.
 
 Random weights (``weights=None``) follow torchvision's initialisation: Kaiming-normal
 (fan_out, ReLU) convolutions, BatchNorm weight 1 / bias 0 / running stats (0, 1), so
@@ -125,7 +126,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """torchvision-compatible ResNet; :meth:`extract` returns ``layer2`` and ``layer3``."""
+    """torchvision-compatible ResNet; :meth:`extract` returns ``layer1``..``layer3`` maps."""
 
     def __init__(self, arch: str = "resnet18", width: int | None = None,
                  num_classes: int = 1000) -> None:
@@ -159,10 +160,12 @@ class ResNet(nn.Module):
         # ImageNet normalisation as non-persistent buffers: not part of the state_dict.
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.feature_channels = {
-            "layer2": base * 2 * block.expansion,
-            "layer3": base * 4 * block.expansion,
-        }
+        #: channels of every extractable layer; ``feature_channels``: PatchCore's two
+        self.layer_channels = {f"layer{i + 1}": base * 2 ** i * block.expansion for i in range(3)}
+        self.feature_channels = {name: self.layer_channels[name] for name in ("layer2", "layer3")}
+        self.expansion = block.expansion
+        self.width_per_group = spec.width_per_group
+        self.block_counts = spec.layers
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         block = self._block
@@ -206,18 +209,28 @@ class ResNet(nn.Module):
         """RGB in [0, 1], (B, 3, H, W) -> ImageNet-normalised."""
         return (images - self.pixel_mean) / self.pixel_std
 
-    def extract(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Feature maps of ``layer2`` (stride 8) and ``layer3`` (stride 16).
+    def extract(self, images: torch.Tensor,
+                layers: tuple[str, ...] = ("layer2", "layer3")) -> dict[str, torch.Tensor]:
+        """Feature maps of ``layers`` (default PatchCore's ``layer2``, stride 8, and ``layer3``,
+        stride 16; Reverse Distillation adds ``layer1``, stride 4), in that order.
 
-        ``images`` are RGB in [0, 1]; ImageNet normalisation happens here. ``layer4`` and the
-        head are not evaluated.
+        ``images`` are RGB in [0, 1]; ImageNet normalisation happens here. Nothing after
+        ``layer3`` is evaluated (``layer4`` and the head exist for strict weight loading).
         """
+        unknown = [name for name in layers if name not in self.layer_channels]
+        if unknown:
+            raise ValueError(f"layers must be among {sorted(self.layer_channels)}, got {unknown}")
         x = self.normalize(images)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out = {}
         x = self.layer1(x)
-        f2 = self.layer2(x)
-        f3 = self.layer3(f2)
-        return {"layer2": f2, "layer3": f3}
+        out["layer1"] = x
+        if "layer2" in layers or "layer3" in layers:
+            x = self.layer2(x)
+            out["layer2"] = x
+            if "layer3" in layers:
+                out["layer3"] = self.layer3(x)
+        return {name: out[name] for name in layers}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # classifier, for completeness
         x = self.extract(images)["layer3"]

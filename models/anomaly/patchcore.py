@@ -40,26 +40,32 @@ Deviations from anomalib (each also commented where it happens):
 """
 from __future__ import annotations
 
-import contextlib
-import math
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .backbone import ARCHITECTURES, ResNet, build_backbone, weights_fingerprint
-from .postprocess import (
-    Box,
-    NormalizationStats,
-    Thresholds,
-    boxes_from_mask,
-    f1_optimal_threshold,
-    normalize,
-    quantile_threshold,
+from .calibration import calibrate
+from .common import (  # noqa: F401  (re-exported: the names lived here before the split)
+    Progress,
+    ScoreItem,
+    Validation,
+    gaussian_blur,
+    images_to_tensor,
+    resolve_device,
 )
+from .coreset import (  # noqa: F401  (re-exported)
+    SparseRandomProjection,
+    jl_min_dim,
+    k_center_greedy,
+    select_coreset,
+)
+from .postprocess import NormalizationStats, Thresholds
+from .scoring import AnomalyScorer
 
 __all__ = [
     "PatchCoreConfig",
@@ -78,10 +84,6 @@ __all__ = [
 ]
 
 LAYERS = ("layer2", "layer3")
-
-#: ``progress(stage, done, total)``; stages: "embedding", "coreset", "calibration", "scoring".
-#: Called at least once per batch; an exception raised by it (e.g. a cancellation) propagates.
-Progress = Callable[[str, int, int], None]
 
 
 # ------------------------------------------------------------------------------- config
@@ -140,99 +142,7 @@ class PatchCoreConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-@dataclass
-class Validation:
-    """Images for thresholds and normalisation statistics.
-
-    ``normal`` and ``abnormal`` images; ``abnormal_masks`` (optional, aligned with
-    ``abnormal``; PIL images or HxW arrays, nonzero = defect) enable the F1-optimal pixel
-    threshold.
-    """
-
-    normal: Sequence = ()
-    abnormal: Sequence = ()
-    abnormal_masks: Sequence | None = None
-
-
-@dataclass
-class ScoreItem:
-    """Result for one image. Maps are at the scored image's own size (H, W)."""
-
-    score: float  # raw image score
-    normalized_score: float  # in [0, 1]; the image threshold maps to 0.5
-    label: bool  # normalized_score > 0.5
-    boxes: list[Box]  # connected components of the mask
-    anomaly_map: np.ndarray = field(repr=False)  # float32 raw distances
-    normalized_map: np.ndarray = field(repr=False)  # float32 in [0, 1]
-    mask: np.ndarray = field(repr=False)  # bool, normalized_map > 0.5
-
-    def to_dict(self) -> dict:
-        """JSON-friendly summary (no arrays)."""
-        return {
-            "score": float(self.score),
-            "normalized_score": float(self.normalized_score),
-            "label": bool(self.label),
-            "boxes": [b.to_dict() for b in self.boxes],
-        }
-
-
-# ---------------------------------------------------------------------- image handling
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _as_rgb_pil(image):
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise TypeError("array images must be uint8")
-    if arr.ndim == 2:
-        return Image.fromarray(arr, "L").convert("RGB")
-    if arr.ndim == 3 and arr.shape[2] in (3, 4):
-        return Image.fromarray(arr[..., :3].copy(), "RGB")
-    raise TypeError(f"not an image: array of shape {arr.shape}")
-
-
-def images_to_tensor(images: Sequence, size: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """PIL images (or uint8 arrays) -> (B, 3, size, size) float in [0, 1] and their (W, H).
-
-    Resizing is PIL bilinear (antialiased when shrinking, like torchvision's
-    ``Resize(antialias=True)`` that anomalib uses); non-square images are stretched, as
-    anomalib's square ``image_size`` does.
-    """
-    from PIL import Image
-
-    arrays, sizes = [], []
-    for im in images:
-        pil = _as_rgb_pil(im)
-        sizes.append(pil.size)
-        if pil.size != (size, size):
-            pil = pil.resize((size, size), Image.BILINEAR)
-        arrays.append(np.asarray(pil, dtype=np.uint8))
-    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
-    return batch, sizes
-
-
-def _mask_to_array(mask, size: int) -> np.ndarray:
-    from PIL import Image
-
-    if isinstance(mask, Image.Image):
-        m = mask.convert("L")
-    else:
-        m = Image.fromarray((np.asarray(mask) != 0).astype(np.uint8) * 255, "L")
-    if m.size != (size, size):
-        m = m.resize((size, size), Image.NEAREST)
-    return np.asarray(m) > 127
-
-
-# ---------------------------------------------------------------- features and blur
+# ------------------------------------------------------------------------- features
 
 
 def generate_embedding(features: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -246,134 +156,6 @@ def generate_embedding(features: Mapping[str, torch.Tensor]) -> torch.Tensor:
     for f in pooled[1:]:
         parts.append(F.interpolate(f, size=base.shape[-2:], mode="bilinear", align_corners=False))
     return torch.cat(parts, dim=1)
-
-
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of (B, 1, H, W), anomalib's ``GaussianBlur2d``: kernel size
-    ``2 * int(4 sigma + 0.5) + 1``, normalised kernel, reflect padding, "same" output.
-    Applied separably (identical result to the 2-D kernel, which is an outer product)."""
-    if sigma <= 0:
-        return maps
-    k = 2 * int(4.0 * sigma + 0.5) + 1
-    half = k // 2
-    x = torch.arange(k, dtype=torch.float32, device=maps.device) - half
-    kern = torch.exp(-(x ** 2) / (2.0 * sigma ** 2))
-    kern = kern / kern.sum()
-    h, w = maps.shape[-2:]
-    mode = "reflect" if half < min(h, w) else "replicate"
-    out = F.pad(maps, (half, half, half, half), mode=mode)
-    out = F.conv2d(out, kern.view(1, 1, 1, k))
-    out = F.conv2d(out, kern.view(1, 1, k, 1))
-    return out
-
-
-# -------------------------------------------------------------------- coreset sampling
-
-
-def jl_min_dim(n_samples: int, eps: float) -> int:
-    """Johnson-Lindenstrauss safe dimension, ``4 ln n / (eps^2/2 - eps^3/3)`` (Dasgupta &
-    Gupta eq. 2.1, as sklearn and anomalib compute it)."""
-    denominator = eps ** 2 / 2.0 - eps ** 3 / 3.0
-    return int(4.0 * math.log(max(int(n_samples), 2)) / denominator)
-
-
-class SparseRandomProjection:
-    """Very sparse random projection (Li, Hastie & Church 2006), density ``1/sqrt(d)``:
-    entries ``+-sqrt(1/density)/sqrt(k)`` with probability ``density/2`` each, else 0.
-    Stored dense on the features' device (as anomalib does)."""
-
-    def __init__(self, eps: float = 0.9, seed: int = 0) -> None:
-        self.eps = float(eps)
-        self.seed = int(seed)
-        self.matrix: torch.Tensor | None = None  # (d, k)
-        self.n_components: int | None = None
-
-    def fit(self, n_samples: int, n_features: int, device: torch.device | str = "cpu") -> "SparseRandomProjection":
-        k = jl_min_dim(n_samples, self.eps)
-        self.n_components = k
-        g = torch.Generator(device="cpu").manual_seed(self.seed)
-        density = 1.0 / math.sqrt(n_features)
-        nonzero = torch.rand((n_features, k), generator=g) < density
-        signs = torch.where(torch.rand((n_features, k), generator=g) < 0.5, -1.0, 1.0)
-        scale = math.sqrt(1.0 / density) / math.sqrt(k)
-        self.matrix = (nonzero.float() * signs * scale).to(device)
-        return self
-
-    def transform(self, x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-        if self.matrix is None:
-            raise RuntimeError("SparseRandomProjection.fit() has not been called")
-        return torch.cat([x[i:i + chunk] @ self.matrix for i in range(0, x.shape[0], chunk)])
-
-
-@contextlib.contextmanager
-def _cpu_threads_for_small_steps(features: torch.Tensor):
-    """Run the k-center loop single-threaded on the CPU when each step is small.
-
-    Each step is a handful of O(N d) kernels; for N d below ~8M elements, OpenMP's per-kernel
-    fork/join costs more than it saves, and on a busy machine it costs 10-15x (measured:
-    0.42 ms/step single-threaded vs 6-8 ms with 2 threads for N=20480, d=96). The thread
-    count is process-global: it is restored on exit.
-    """
-    if features.device.type != "cpu" or features.numel() > (1 << 23) or torch.get_num_threads() == 1:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def k_center_greedy(features: torch.Tensor, n_select: int, seed: int = 0,
-                    progress: Progress | None = None) -> torch.Tensor:
-    """Greedy k-center: repeatedly add the point farthest from the selected set.
-
-    Memory O(N): one running minimum distance per point, updated by a mat-vec per step (no
-    N x N matrix). The random first centre is part of the selection (paper's Algorithm 1;
-    deviation: anomalib only uses it to initialise distances). Returns ``n_select`` distinct
-    indices (LongTensor on the features' device).
-    """
-    n = features.shape[0]
-    n_select = int(min(max(n_select, 1), n))
-    g = torch.Generator(device="cpu").manual_seed(int(seed))
-    start = int(torch.randint(n, (1,), generator=g).item())
-    feats = features.float()
-    sq = (feats * feats).sum(dim=1)
-    min_dist = torch.full((n,), float("inf"), device=feats.device)
-    d = torch.empty(n, device=feats.device)
-    selected = torch.empty(n_select, dtype=torch.long, device=feats.device)
-    idx = torch.tensor([start], device=feats.device)
-    report_every = max(1, n_select // 50)
-    with _cpu_threads_for_small_steps(feats):
-        for i in range(n_select):
-            selected[i] = idx[0]
-            center = feats.index_select(0, idx)[0]  # (d,)
-            torch.addmv(sq, feats, center, alpha=-2.0, out=d)  # |x|^2 - 2 x.c
-            d.add_(sq.index_select(0, idx)).clamp_min_(0.0)  # + |c|^2
-            torch.minimum(min_dist, d, out=min_dist)
-            min_dist.index_fill_(0, idx, 0.0)  # exact zero for the chosen point (rounding)
-            idx = torch.argmax(min_dist).view(1)  # stays on device: no sync per step
-            if progress is not None and ((i + 1) % report_every == 0 or i + 1 == n_select):
-                progress("coreset", i + 1, n_select)
-    return selected
-
-
-def select_coreset(embedding: torch.Tensor, ratio: float, eps: float = 0.9, seed: int = 0,
-                   progress: Progress | None = None) -> torch.Tensor:
-    """Indices of ``max(1, int(N * ratio))`` patches chosen by greedy k-center on a sparse
-    random projection of ``embedding`` (N, d)."""
-    n, d = embedding.shape
-    n_select = max(1, int(n * ratio))
-    if n_select >= n:
-        return torch.arange(n, device=embedding.device)
-    k = jl_min_dim(n, eps)
-    if k < d:
-        proj = SparseRandomProjection(eps=eps, seed=seed).fit(n, d, embedding.device)
-        reduced = proj.transform(embedding)
-    else:  # deviation: no projection when it would not reduce the dimension
-        reduced = embedding
-    return k_center_greedy(reduced, n_select, seed=seed, progress=progress)
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -452,8 +234,9 @@ def reweighted_image_score(patch_scores: torch.Tensor, locations: torch.Tensor,
 # ------------------------------------------------------------------------------ model
 
 
-class PatchCoreModel:
-    """A fitted PatchCore model: backbone + memory bank + thresholds + normalisation stats."""
+class PatchCoreModel(AnomalyScorer):
+    """A fitted PatchCore model: backbone + memory bank + thresholds + normalisation stats.
+    Thresholds, scoring and rendering come from :class:`scoring.AnomalyScorer`."""
 
     def __init__(self, config: PatchCoreConfig, backbone: ResNet, memory_bank: torch.Tensor,
                  thresholds: Thresholds, stats: NormalizationStats, info: dict | None = None) -> None:
@@ -481,26 +264,6 @@ class PatchCoreModel:
             n += sum(t.numel() * t.element_size() for t in self.backbone.state_dict().values())
         return int(n)
 
-    # -- thresholds -------------------------------------------------------------------
-    def set_thresholds(self, image: float | None = None, pixel: float | None = None) -> Thresholds:
-        """Change the raw-unit thresholds without refitting (normalisation stats stay)."""
-        t = self.thresholds
-        if image is not None:
-            if not math.isfinite(float(image)):
-                raise ValueError("image threshold must be finite")
-            t.image, t.image_method = float(image), "manual"
-        if pixel is not None:
-            if not math.isfinite(float(pixel)):
-                raise ValueError("pixel threshold must be finite")
-            t.pixel, t.pixel_method = float(pixel), "manual"
-        return t
-
-    def normalize_score(self, score):
-        return normalize(score, self.thresholds.image, self.stats.image_min, self.stats.image_max)
-
-    def normalize_map(self, anomaly_map):
-        return normalize(anomaly_map, self.thresholds.pixel, self.stats.pixel_min, self.stats.pixel_max)
-
     # -- raw inference ----------------------------------------------------------------
     @torch.inference_mode()
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
@@ -524,140 +287,8 @@ class PatchCoreModel:
         maps = gaussian_blur(maps, self.config.blur_sigma)
         return scores, maps[:, 0]
 
-    def predict_images_raw(self, images: Sequence, batch_size: int | None = None,
-                           progress: Progress | None = None, stage: str = "scoring"):
-        """Raw scores (N,) and network-resolution maps (N, S, S) as numpy, in batches."""
-        images = list(images)
-        bs = int(batch_size or self.config.batch_size)
-        scores, maps = [], []
-        for start in range(0, len(images), bs):
-            batch, _ = images_to_tensor(images[start:start + bs], self.config.image_size)
-            s, m = self.predict_raw(batch)
-            scores.append(s.float().cpu().numpy())
-            maps.append(m.float().cpu().numpy())
-            if progress is not None:
-                progress(stage, min(start + bs, len(images)), len(images))
-        if not scores:
-            s = self.config.image_size
-            return np.zeros((0,), np.float32), np.zeros((0, s, s), np.float32)
-        return np.concatenate(scores), np.concatenate(maps)
-
-    # -- public scoring ---------------------------------------------------------------
-    def score(self, images: Sequence, batch_size: int | None = None,
-              progress: Progress | None = None) -> list[ScoreItem]:
-        """Score images in batches (on the model's device). Maps, masks and boxes are at each
-        image's own size; ``progress("scoring", done, total)`` is called after each batch."""
-        import cv2
-
-        images = list(images)
-        bs = int(batch_size or self.config.batch_size)
-        items: list[ScoreItem] = []
-        for start in range(0, len(images), bs):
-            chunk = images[start:start + bs]
-            batch, sizes = images_to_tensor(chunk, self.config.image_size)
-            scores, maps = self.predict_raw(batch)
-            scores_np = scores.float().cpu().numpy()
-            maps_np = maps.float().cpu().numpy()
-            for score, amap, (w, h) in zip(scores_np, maps_np, sizes):
-                if (w, h) != amap.shape[::-1]:
-                    amap = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
-                nmap = self.normalize_map(amap).astype(np.float32)
-                nscore = float(self.normalize_score(float(score)))
-                mask = nmap > 0.5
-                boxes = boxes_from_mask(mask, nmap, self.config.min_box_area)
-                items.append(ScoreItem(float(score), nscore, nscore > 0.5, boxes,
-                                       amap.astype(np.float32), nmap, mask))
-            if progress is not None:
-                progress("scoring", min(start + bs, len(images)), len(images))
-        return items
-
-    __call__ = score
-
-    def render(self, image, item: ScoreItem, alpha: float = 0.4) -> dict[str, bytes]:
-        """The three result files of one scored image: ``heat_map.png`` (JET over the image,
-        alpha 0.4), ``mask.png`` (8-bit, 255 = anomalous) and ``anomaly_map.png`` (16-bit
-        normalised map, see :func:`postprocess.anomaly_map_png16_bytes` for its scaling)."""
-        from .postprocess import anomaly_map_png16_bytes, mask_png_bytes, render_heat_map
-
-        return {
-            "heat_map.png": render_heat_map(image, item.normalized_map, alpha),
-            "mask.png": mask_png_bytes(item.mask),
-            "anomaly_map.png": anomaly_map_png16_bytes(item.normalized_map, thresholds=self.thresholds,
-                                                       stats=self.stats),
-        }
-
 
 # -------------------------------------------------------------------------------- fit
-
-
-def _calibrate(model: PatchCoreModel, normal: Sequence, abnormal: Sequence,
-               abnormal_masks: Sequence | None, progress: Progress | None) -> None:
-    """Set thresholds and normalisation stats from validation predictions.
-
-    * image threshold: F1-optimal when both normal and abnormal images are given, else the
-      ``threshold_quantile`` quantile of the normal image scores;
-    * pixel threshold: F1-optimal over all validation pixels when masks for the abnormal
-      images are given (normal images count as all-normal pixels), else the
-      ``threshold_quantile`` quantile of the per-image maxima of the normal images' maps (so
-      that about that share of normal images gets an empty mask). anomalib falls back to the
-      image threshold here; for PatchCore the map maximum is smaller than the image score
-      (it is blurred), so that would make masks too small.
-    * min/max: over all validation image scores and all validation map pixels (anomalib).
-    """
-    cfg = model.config
-    q = float(cfg.threshold_quantile)
-    all_images = list(normal) + list(abnormal)
-    total = len(all_images)
-    done = [0]
-
-    def sub(stage, d, t):
-        if progress is not None:
-            progress("calibration", min(done[0] + d, total), total)
-
-    n_scores, n_maps = model.predict_images_raw(normal, progress=sub)
-    done[0] = len(normal)
-    a_scores, a_maps = model.predict_images_raw(abnormal, progress=sub)
-    scores = np.concatenate([n_scores, a_scores])
-    maps = np.concatenate([n_maps, a_maps])
-
-    if len(normal) and len(abnormal):
-        labels = np.r_[np.zeros(len(normal)), np.ones(len(abnormal))]
-        image_thr, _ = f1_optimal_threshold(scores, labels)
-        image_method = "f1"
-    elif len(normal):
-        image_thr, image_method = quantile_threshold(n_scores, q), "quantile"
-    else:
-        raise ValueError("calibration needs normal images")
-
-    masks_given = abnormal_masks is not None and len(abnormal) and any(m is not None for m in abnormal_masks)
-    pixel_method = "quantile"
-    if masks_given:
-        if len(abnormal_masks) != len(abnormal):
-            raise ValueError("abnormal_masks must align with abnormal images")
-        s = cfg.image_size
-        gt = [np.zeros((s, s), bool)] * len(normal) + [
-            _mask_to_array(m, s) if m is not None else None for m in abnormal_masks]
-        keep = [i for i, m in enumerate(gt) if m is not None]
-        pix_scores = maps[keep].reshape(-1)
-        pix_labels = np.stack([gt[i] for i in keep]).reshape(-1)
-        # bounded cost: at most 4M pixels (seeded subsample) for the precision-recall sweep
-        limit = 1 << 22
-        if pix_scores.size > limit:
-            sel = np.random.default_rng(cfg.seed).choice(pix_scores.size, limit, replace=False)
-            pix_scores, pix_labels = pix_scores[sel], pix_labels[sel]
-        if pix_labels.any() and not pix_labels.all():
-            pixel_thr, _ = f1_optimal_threshold(pix_scores, pix_labels)
-            pixel_method = "f1"
-    if pixel_method == "quantile":
-        ref = n_maps if len(normal) else maps
-        pixel_thr = quantile_threshold(ref.reshape(len(ref), -1).max(axis=1), q)
-
-    model.thresholds = Thresholds(float(image_thr), float(pixel_thr), image_method, pixel_method,
-                                  q if "quantile" in (image_method, pixel_method) else None)
-    model.stats = NormalizationStats(float(scores.min()), float(scores.max()),
-                                     float(maps.min()), float(maps.max()))
-    model.info["calibration"] = {"normal": len(normal), "abnormal": len(abnormal),
-                                 "masks": bool(masks_given)}
 
 
 def _embed_all(model: PatchCoreModel, images: Sequence, batch_size: int,
@@ -682,7 +313,7 @@ def fit_patchcore(images: Sequence, config: PatchCoreConfig | None = None,
 
     ``backbone``: an already built :class:`ResNet` (e.g. from a warm cache) matching
     ``config.backbone``; otherwise one is built from ``weights`` (file or state_dict; ``None``
-    = seeded random weights, the ``tiny`` profile). ``validation``: see :func:`_calibrate`.
+    = seeded random weights, the ``tiny`` profile). ``validation``: see :func:`calibration.calibrate`.
     Without normal validation images, ``holdout_fraction`` of the training images (seeded
     choice, at least one) are held out of the memory bank and used as the normal
     validation images; with a single training image its own (in-bank) scores are used.
@@ -742,7 +373,7 @@ def fit_patchcore(images: Sequence, config: PatchCoreConfig | None = None,
                    "patches": len(train) * grid * grid,
                    "memory_bank": int(model.memory_bank.shape[0])},
     }
-    _calibrate(model, normal_val, abnormal_val, validation.abnormal_masks, progress)
+    calibrate(model, normal_val, abnormal_val, validation.abnormal_masks, progress)
     return model
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "normalize",
     "quantile_threshold",
     "render_heat_map",
+    "render_segmentation",
 ]
 
 # Normalised value 0.5 <=> raw value == threshold; a mask pixel is anomalous above it.
@@ -260,6 +261,29 @@ def render_heat_map(image, normalized_map: np.ndarray, alpha: float = 0.4) -> by
     jet = cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
     out = np.clip(np.rint(alpha * jet.astype(np.float32) + (1.0 - alpha) * rgb.astype(np.float32)), 0, 255)
     return _png_bytes(Image.fromarray(out.astype(np.uint8), "RGB"))
+
+
+def render_segmentation(image, mask: np.ndarray) -> bytes:
+    """The mask's boundaries drawn in red over the image, as PNG bytes: anomalib's
+    "Segmentation Result" (``skimage.segmentation.mark_boundaries(image, mask, color=(1, 0, 0),
+    mode="thick")``): a pixel is a boundary where the dilation and erosion of the mask by the
+    3x3 cross (connectivity 1) differ, i.e. on both sides of the edge. The mask is resized
+    (nearest) to the image."""
+    import cv2
+    from PIL import Image
+
+    rgb = np.asarray(image.convert("RGB")) if hasattr(image, "convert") else np.asarray(image)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
+    m = np.asarray(mask, dtype=np.uint8)
+    if m.shape != rgb.shape[:2]:
+        m = cv2.resize(m, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    edge = (cv2.dilate(m, cross, borderType=cv2.BORDER_REPLICATE)
+            != cv2.erode(m, cross, borderType=cv2.BORDER_REPLICATE))
+    out = rgb[..., :3].copy()
+    out[edge] = (255, 0, 0)
+    return _png_bytes(Image.fromarray(out, "RGB"))
 
 
 def mask_png_bytes(mask: np.ndarray) -> bytes:
