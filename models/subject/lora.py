@@ -161,7 +161,9 @@ def export_lora(models: dict[str, nn.Module], base_model: str, **extra) -> LoraA
                 num_parameters=int(sum(t.numel() for t in tensors.values())),
                 dtype=dtypes[0] if len(dtypes) == 1 else dtypes)
     json.dumps(meta)  # fail here, not at storage time, if something is not JSON
-    return LoraArtifact(st_save(tensors, metadata={"format": LORA_FORMAT, "base_model": base_model}), meta)
+    # one metadata key: safetensors writes its metadata map in hash order, and the same tuning
+    # should give the same bytes (the base model id is in meta)
+    return LoraArtifact(st_save(tensors, metadata={"format": LORA_FORMAT}), meta)
 
 
 def apply_lora(models: dict[str, nn.Module], artifact: LoraArtifact, base_model: str | None = None) -> None:

@@ -78,11 +78,14 @@ def test_artifact_holds_only_the_lora_parameters(pipe, photos):
     assert art.meta["num_parameters"] < all_params / 20  # a small delta, not a checkpoint
 
 
-def test_artifact_loads_onto_the_base_and_reproduces_the_tuned_output(pipe, photos):
-    tune(pipe, photos)
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+def test_artifact_loads_onto_the_base_and_reproduces_the_tuned_output(pipe, photos, train_text_encoder):
+    tune(pipe, photos, train_text_encoder=train_text_encoder)
     tuned = sample(pipe)
     art = pipe.export_lora()
     stored = LoraArtifact.from_parts(art.weights, art.meta_json())  # as the store hands it back
+    tune(pipe, photos, train_text_encoder=train_text_encoder)
+    assert pipe.export_lora().weights == art.weights  # the same seed tunes the same adapter
 
     fresh = load_subject_expert("tiny")
     base = sample(fresh)
