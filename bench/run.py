@@ -13,10 +13,12 @@ Benchmarks (each in its own subprocess, in this order; see each module's docstri
                                  fit time and scoring images/s, tiny and wide_resnet50_2;
                                  PatchCore beside Reverse Distillation on one folder split
     video     bench/video.py     DiTCtrl clip vs 2 prompts; Tune-A-Video tuning / inversion / sampling
+    subject   bench/subject.py   BLIP-Diffusion s/image; DreamBooth-LoRA 400-step tuning, s/image,
+                                 class images; peak memory; DreamBench metrics (tiny)
 
 The CPU rows always run (tiny profiles). When CUDA is available the GPU rows run too
 (full-size architectures with random weights: SD-1.5 UNet + ControlNet, CogVideoX-2B, SD-1.5
-for Tune-A-Video, WideResNet-50-2); --no-gpu skips them.
+for Tune-A-Video, WideResNet-50-2, BLIP-Diffusion and SD-1.5 + LoRA for subjects); --no-gpu skips them.
 
 Output: the table on stdout, and bench/results/run_<cpu|cuda>[_quick].json (or --out) with the
 machine (CPU model, cores, RAM, load average, GPU), versions (Python, torch, diffusers, the
@@ -55,6 +57,7 @@ BENCHMARKS = {
     "colorize": "bench.colorize:collect",
     "anomaly": "bench.anomaly:collect",
     "video": "bench.video:collect",
+    "subject": "bench.subject:collect",
 }
 # runnable with --only, never part of the default run
 EXTRA = {
