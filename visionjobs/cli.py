@@ -58,7 +58,8 @@ def api(host: str, port: int, workers: int, allow_anonymous: bool) -> None:
 
 
 @main.command()
-@click.option("--gpus", default=None, help="Comma-separated CUDA device ids (one process each); empty: CPU.")
+@click.option("--gpus", default=None, help="Comma-separated CUDA device ids (one process each), or `all` "
+                                           "(every GPU visible); empty: CPU.")
 @click.option("--queues", default=None, help="Comma-separated queues (job kinds).")
 @click.option("--concurrency", default=None, type=int, help="Processes per GPU (or CPU processes).")
 @click.option("--preload", is_flag=True, default=None, help="Load the queues' models before the first job.")
@@ -67,10 +68,10 @@ def worker(gpus: str | None, queues: str | None, concurrency: int | None, preloa
     _logging()
     from service.kinds import queues as known_queues
     from worker.config import WorkerSettings
-    from worker.launcher import plan, run as launch
+    from worker.launcher import expand_gpus, plan, run as launch
 
     s = WorkerSettings()
-    gpu_list = [g.strip() for g in (s.gpus if gpus is None else gpus).split(",") if g.strip()]
+    gpu_list = expand_gpus(s.gpus if gpus is None else gpus)
     queue_list = [q.strip() for q in (s.queues if queues is None else queues).split(",") if q.strip()]
     queue_list = queue_list or known_queues()
     unknown = [q for q in queue_list if q not in known_queues()]

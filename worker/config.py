@@ -7,7 +7,7 @@ from service.core.config import Settings
 
 
 class WorkerSettings(Settings):
-    gpus: str = Field("", description="Comma-separated CUDA device ids for `visionjobs worker`; empty = CPU processes.")
+    gpus: str = Field("", description="Comma-separated CUDA device ids for `visionjobs worker`, or all; empty = CPU processes.")
     queues: str = Field("", description="Comma-separated queues (job kinds) this worker consumes; empty = all.")
     concurrency: int = Field(1, description="Worker processes per GPU (or CPU processes when no GPU).")
     preload: bool = Field(False, description="Load the queues' models before taking the first job.")
