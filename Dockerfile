@@ -1,13 +1,12 @@
 # syntax=docker/dockerfile:1
 # Two images from one file:
 #   docker build --target api    -t visionjobs-api .     # FastAPI only: no torch, no CUDA
-#   docker build --target worker -t visionjobs-worker .  # CUDA runtime + torch + the `ml` extra
-# docker-compose.yml builds both.
+#   docker build --target worker -t visionjobs-worker .  # torch (CUDA build) + the `ml` extra
+# docker-compose.yml builds both. Both install from requirements/lock.txt, the lock the test
+# suite runs against (tests/deploy/test_lock.py and test_worker_env.py check it).
 
+# Python 3.11: the version the lock was made on (its markers were evaluated for it).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-# Ships CUDA 12.4 + cuDNN 9 + a matching torch on Python 3.11 (pyproject needs >= 3.11;
-# the plain nvidia/cuda Ubuntu 22.04 images only have 3.10).
-ARG TORCH_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 
 # ---- base: build the project wheel once; both targets install it -----------------------
 FROM ${PYTHON_IMAGE} AS base
@@ -27,8 +26,9 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     VISIONJOBS_DATA_DIR=/data
 COPY --from=base /wheels /wheels
+COPY requirements/lock.txt /tmp/lock.txt
 # Core dependencies only (no extras): the service never imports torch.
-RUN pip install /wheels/*.whl && rm -rf /wheels
+RUN pip install -c /tmp/lock.txt /wheels/*.whl && rm -rf /wheels /tmp/lock.txt
 # /data exists and is owned by the user, so a named volume mounted there is writable.
 RUN useradd --system --uid 10001 --create-home visionjobs \
     && mkdir -p /data && chown visionjobs:visionjobs /data
@@ -39,17 +39,20 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
 CMD ["visionjobs", "api", "--host", "0.0.0.0", "--port", "8000"]
 
-# ---- worker: one container per GPU (compose pins the device) ----------------------------
-FROM ${TORCH_IMAGE} AS worker
+# ---- worker: the GPU processes (compose gives it the host's GPUs) -------------------------
+# torch at the locked version, first: PyPI's Linux wheel of it is the CUDA build and brings
+# its CUDA runtime (nvidia-* wheels, pinned by torch itself); the host needs only the NVIDIA
+# driver and container toolkit. Development installs the CPU wheel of the same version.
+FROM ${PYTHON_IMAGE} AS worker
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     VISIONJOBS_MODEL_DIR=/models \
     HF_HOME=/models/huggingface
 COPY --from=base /wheels /wheels
-# Constrain torch to the image's CUDA build so no dependency can swap it for another wheel.
-RUN pip freeze | grep -i '^torch==' > /tmp/torch-constraint.txt \
-    && pip install -c /tmp/torch-constraint.txt "$(ls /wheels/*.whl)[ml]" \
-    && rm -rf /wheels /tmp/torch-constraint.txt
+COPY requirements/lock.txt /tmp/lock.txt
+RUN pip install -c /tmp/lock.txt "torch==$(sed -n 's/^torch==//p' /tmp/lock.txt)" \
+    && pip install -c /tmp/lock.txt "$(ls /wheels/*.whl)[ml]" \
+    && rm -rf /wheels /tmp/lock.txt
 RUN useradd --system --uid 10001 --create-home visionjobs \
     && mkdir -p /models && chown visionjobs:visionjobs /models
 USER visionjobs

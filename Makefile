@@ -3,18 +3,25 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# One lock for development, CI and both images (requirements/lock.py says how it is made).
+LOCK := requirements/lock.txt
+TORCH := $(shell sed -n 's/^torch==//p' $(LOCK))
 
-.PHONY: run test openapi bench clean
+.PHONY: run test openapi bench lock clean
 
-# torch first and pinned: the CPU build lies in the local wheel cache on dev/CI machines,
-# and a later unpinned requirement would otherwise pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml client/pyproject.toml
+# torch first, at the locked version: the CPU build lies in the local wheel cache on dev/CI
+# machines, and a later requirement would otherwise pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml client/pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ./client
-	$(BIN)/pip install -q -e '.[ml,test]'
+	$(BIN)/pip install -q -c $(LOCK) torch==$(TORCH)
+	$(BIN)/pip install -q -c $(LOCK) -e ./client
+	$(BIN)/pip install -q -c $(LOCK) -e '.[ml,test]'
 	touch $(STAMP)
+
+# After changing a dependency: install it (make .venv/.installed), then pin it here.
+lock: $(STAMP)
+	$(BIN)/python requirements/lock.py
 
 run: $(STAMP)
 	$(BIN)/visionjobs run

@@ -6,7 +6,8 @@ import secrets
 from datetime import datetime, timezone
 from typing import Any
 
-from service.core.errors import ApiError
+from service.core.errors import ApiError, field_error
+from service.kinds import KINDS
 from service.limits import too_many
 from service.webhooks import validate_request
 from service.schemas import Job
@@ -23,10 +24,44 @@ def _ts(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, tz=timezone.utc)
 
 
+NO_WORKER_RETRY_S = 30  # workers report every 30 s (worker/capabilities.py)
+
+
+def live_workers(store, kind: str) -> tuple[list[dict], list[dict]]:
+    """(reports of live workers serving `kind`, those of them ready to run it)."""
+    caps = store.get_capabilities(kind)
+    return caps, [c for c in caps if c.get("ready", True)]
+
+
+def check_workers(ctx, kind: str, params: dict[str, Any]) -> None:
+    """Refuse at once what no live worker can run, from the workers' reports: 503 + Retry-After
+    when none serves the kind, 422 naming the missing files when none has its weights or the
+    optional feature a parameter asks for (`JobKind.wants`)."""
+    if not ctx.settings.refuse_unserved:
+        return
+    caps, ready = live_workers(ctx.store, kind)
+    if not caps:
+        raise ApiError(503, "Service unavailable", f"no live worker serves {kind} jobs now; start one "
+                       f"(`visionjobs worker --queues {KINDS[kind].queue}`) or retry later",
+                       code="no_worker", headers={"Retry-After": str(NO_WORKER_RETRY_S)})
+    if not ready:
+        missing = sorted({m for c in caps for m in c.get("missing", [])})
+        raise ApiError(422, "Models missing", f"no live worker can run {kind}: pretrained weights missing under "
+                       f"VISIONJOBS_MODEL_DIR: {', '.join(missing)} (`visionjobs models fetch --kind {kind}`)",
+                       code="models_missing", errors=[{"field": "kind", "message": "weights missing", "missing": missing}])
+    wants = KINDS[kind].wants(params) if KINDS[kind].wants else {}
+    for feature, field in wants.items():
+        absent = [c.get("features", {}).get(feature) for c in ready]
+        if all(absent):  # every ready worker lacks it (a worker that does not report the feature has it)
+            raise field_error(field, f"no live worker can run this ({feature}): missing under VISIONJOBS_MODEL_DIR: "
+                                     f"{', '.join(absent[0])}", missing=absent[0])
+
+
 def submit(ctx, *, tenant: str, kind: str, params: dict[str, Any],
            idempotency_key: str | None) -> tuple[JobRecord, bool]:
     """Create the job (or find the one this Idempotency-Key made) and hand it to the workers."""
     store, settings = ctx.store, ctx.settings
+    check_workers(ctx, kind, params)
     if settings.max_active_jobs and store.active_jobs(tenant) >= settings.max_active_jobs:
         raise too_many(f"this key has {settings.max_active_jobs} queued or running jobs, the limit; "
                        "wait for some to finish", 30, "quota_exceeded")

@@ -8,6 +8,10 @@ import socket
 import pytest
 import redis
 
+# Most tests run an API without live workers (or submit before theirs report): off unless a test
+# turns it on (tests/api/test_admission.py, tests/e2e). Subprocesses get it from clean_env.
+os.environ.setdefault("VISIONJOBS_REFUSE_UNSERVED", "false")
+
 # VISIONJOBS_TEST_REDIS_PORT: another local redis-server (parallel test runs on one machine)
 TEST_REDIS_PORT = int(os.environ.get("VISIONJOBS_TEST_REDIS_PORT", "6379"))
 TEST_REDIS_DB = int(os.environ.get("VISIONJOBS_TEST_REDIS_DB", "11"))

@@ -58,7 +58,8 @@ def api(host: str, port: int, workers: int, allow_anonymous: bool) -> None:
 
 
 @main.command()
-@click.option("--gpus", default=None, help="Comma-separated CUDA device ids (one process each); empty: CPU.")
+@click.option("--gpus", default=None, help="Comma-separated CUDA device ids (one process each), or `all` "
+                                           "(every GPU visible); empty: CPU.")
 @click.option("--queues", default=None, help="Comma-separated queues (job kinds).")
 @click.option("--concurrency", default=None, type=int, help="Processes per GPU (or CPU processes).")
 @click.option("--preload", is_flag=True, default=None, help="Load the queues' models before the first job.")
@@ -67,10 +68,10 @@ def worker(gpus: str | None, queues: str | None, concurrency: int | None, preloa
     _logging()
     from service.kinds import queues as known_queues
     from worker.config import WorkerSettings
-    from worker.launcher import plan, run as launch
+    from worker.launcher import expand_gpus, plan, run as launch
 
     s = WorkerSettings()
-    gpu_list = [g.strip() for g in (s.gpus if gpus is None else gpus).split(",") if g.strip()]
+    gpu_list = expand_gpus(s.gpus if gpus is None else gpus)
     queue_list = [q.strip() for q in (s.queues if queues is None else queues).split(",") if q.strip()]
     queue_list = queue_list or known_queues()
     unknown = [q for q in queue_list if q not in known_queues()]
@@ -96,51 +97,10 @@ def openapi(out: Path | None) -> None:
         click.echo(text, nl=False)
 
 
-@main.group()
-def models() -> None:
-    """Model weights."""
+# `models fetch | check | convert-ctrlcolor`
+from visionjobs.cli_models import models  # noqa: E402
 
-
-@models.command("fetch")
-@click.option("--kind", "kinds", multiple=True, default=None,
-              help="A job kind or family (anomaly, video); repeatable. Default: every kind.")
-@click.option("--model-dir", type=click.Path(path_type=Path), default=None,
-              help="Default: VISIONJOBS_MODEL_DIR.")
-def models_fetch(kinds: tuple[str, ...], model_dir: Path | None) -> None:
-    """Download pretrained weights (needs network access to the Hugging Face Hub)."""
-    from models.fetch import FetchFailed, fetch
-    from service.core.config import get_settings
-    from service.kinds import KINDS
-
-    kinds = kinds or tuple(KINDS)
-    target = model_dir or get_settings().model_dir
-    if target is None:
-        raise click.ClickException("set VISIONJOBS_MODEL_DIR or pass --model-dir")
-    try:
-        for path in fetch(list(kinds), target):
-            click.echo(str(path))
-    except FetchFailed as exc:
-        raise click.ClickException(str(exc))
-
-
-@models.command("convert-ctrlcolor")
-@click.argument("main_ckpt", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--deformable-vae", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="content-guided_deformable_vae.ckpt of the official release.")
-@click.option("--clip-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="CLIP ViT-L/14 tokenizer/config folder (default: the one `models fetch` downloads).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
-              help="The model dir: writes controlcolor/{unet,controlnet,vae,...} under it.")
-def models_convert_ctrlcolor(main_ckpt: Path, deformable_vae: Path | None, clip_dir: Path | None, out_dir: Path) -> None:
-    """Convert the official Control Color checkpoint to diffusers folders (strict)."""
-    from models.colorization.convert import ConversionError, convert_ctrlcolor
-
-    try:
-        for folder in convert_ctrlcolor(main_ckpt, out_dir, deformable_vae, clip_dir=clip_dir):
-            click.echo(folder)
-    except ConversionError as exc:
-        raise click.ClickException(str(exc))
-
+main.add_command(models)
 
 # `submit` and `jobs`: the HTTP client side (imports visionjobs_client only when one of them runs).
 from visionjobs.cli_jobs import register as register_job_commands  # noqa: E402

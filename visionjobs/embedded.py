@@ -19,7 +19,7 @@ def run_embedded(host: str, port: int, data_dir: Path) -> None:
     from service.app import build_context, create_app
     from service.kinds import KINDS
     from worker.config import WorkerSettings
-    from worker.capabilities import start_reporting
+    from worker.capabilities import report, start_reporting
     from worker.process import poll_loop
     from worker.runner import Runner
 
@@ -40,6 +40,7 @@ def run_embedded(host: str, port: int, data_dir: Path) -> None:
                 f"{len(keys)} API key(s)" if keys else "no API keys: one anonymous tenant, no authentication")
 
     stop = threading.Event()
+    report(runner, list(KINDS))  # before serving: the API admits a kind only once a worker reported it
     start_reporting(runner, list(KINDS), stop)
     threading.Thread(target=poll_loop, args=(runner, list(KINDS), stop), name="embedded-worker",
                      daemon=True).start()

@@ -7,7 +7,7 @@ from service.core.config import Settings
 
 
 class WorkerSettings(Settings):
-    gpus: str = Field("", description="Comma-separated CUDA device ids for `visionjobs worker`; empty = CPU processes.")
+    gpus: str = Field("", description="Comma-separated CUDA device ids for `visionjobs worker`, or all; empty = CPU processes.")
     queues: str = Field("", description="Comma-separated queues (job kinds) this worker consumes; empty = all.")
     concurrency: int = Field(1, description="Worker processes per GPU (or CPU processes when no GPU).")
     preload: bool = Field(False, description="Load the queues' models before taking the first job.")
@@ -18,5 +18,7 @@ class WorkerSettings(Settings):
                                                        "settings run as one batch of up to this many (4 suits GPUs).")
     device: str = Field("auto", description="torch device for pipelines: auto | cpu | cuda.")
     channels_last: bool = Field(True, description="Channels-last UNet/ControlNet on CUDA.")
+    controlcolor_repo: str = Field("UPstud/ColorCtrl", description="Hub repository `models fetch` takes the Control "
+                                   "Color checkpoints from (default: a third-party mirror of the authors' release).")
     torch_compile: str = Field("", description="Comma-separated kinds whose denoiser is torch.compile'd on load "
                                                "(e.g. colorize,video.generate); the first job pays the compilation.")

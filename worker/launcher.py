@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +30,36 @@ class Child:
         self.started = time.monotonic()
         log.info("started worker %s (pid %d, CUDA_VISIBLE_DEVICES=%r)", self.slot, self.proc.pid,
                  self.env["CUDA_VISIBLE_DEVICES"])
+
+
+def detect_gpus(dev: str = "/dev") -> list[str]:
+    """CUDA device ids this container or host sees, for `--gpus all`, without touching CUDA
+    (the launcher forks): `nvidia-smi -L` when it is there, else the /dev/nvidiaN device nodes
+    (a container gets one per GPU it was given; CUDA numbers them 0..N-1 whatever N is)."""
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30).stdout
+            count = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+            if count:
+                return [str(i) for i in range(count)]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    try:
+        count = sum(1 for name in os.listdir(dev) if re.fullmatch(r"nvidia\d+", name))
+    except OSError:
+        count = 0
+    return [str(i) for i in range(count)]
+
+
+def expand_gpus(spec: str, dev: str = "/dev") -> list[str]:
+    """`"0,1"` -> ["0", "1"]; `"all"` -> every GPU detect_gpus finds (none: CPU processes)."""
+    if spec.strip().lower() == "all":
+        found = detect_gpus(dev)
+        if not found:
+            log.warning("--gpus all: no NVIDIA GPU visible; starting CPU processes")
+        return found
+    return [g.strip() for g in spec.split(",") if g.strip()]
 
 
 def plan(gpus: list[str], queues: list[str], concurrency: int, preload: bool, hostname: str) -> list[Child]:

@@ -25,7 +25,7 @@ so a missing or unexpected key is refused with its official name. Checkpoints ar
 
 The checkpoint holds weights only: the CLIP tokenizer and text-encoder config come from a
 folder of openai/clip-vit-large-patch14 (`clip_dir`; `visionjobs models fetch` downloads it to
-{model_dir}/downloads/openai--clip-vit-large-patch14).
+{model_dir}/downloads/clip-vit-large-patch14, the default).
 """
 
 from __future__ import annotations
@@ -345,7 +345,7 @@ def _text_config(clip_dir: Path) -> CLIPTextConfig:
 
 def default_clip_dir(out_dir: Path) -> Path:
     """Where `visionjobs models fetch` puts openai/clip-vit-large-patch14."""
-    return Path(out_dir) / "downloads" / "openai--clip-vit-large-patch14"
+    return Path(out_dir) / layout.CLIP_L14_DOWNLOAD
 
 
 # ----------------------------------------------------------------- the converter
@@ -357,7 +357,7 @@ def convert_ctrlcolor(main_ckpt: Path, out_dir: Path, deformable_vae_ckpt: Path 
     """Convert `main_ckpt` (and `deformable_vae_ckpt`) into `{out_dir}/controlcolor/...`.
 
     out_dir is the model dir (VISIONJOBS_MODEL_DIR). clip_dir: the CLIP ViT-L/14 folder with
-    config.json and tokenizer files (default: {out_dir}/downloads/openai--clip-vit-large-patch14).
+    config.json and tokenizer files (default: {out_dir}/downloads/clip-vit-large-patch14).
     clip_vision_config: CLIPVisionConfig kwargs for an exemplar-trained checkpoint (default:
     CLIPVisionConfig() = ViT-B/32). unet/controlnet/vae_config: override the SD-1.5 configs
     (the tests convert tiny checkpoints). Everything is converted and loaded strictly before

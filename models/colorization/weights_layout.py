@@ -20,6 +20,13 @@ CONTROLCOLOR_DIR = "controlcolor"
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
+# where `visionjobs models fetch` puts the official checkpoints and the CLIP ViT-L/14 tokenizer
+# and text config the conversion needs (the converter's default --clip-dir)
+CONTROLCOLOR_DOWNLOAD = "downloads/control-color"
+CLIP_L14_DOWNLOAD = "downloads/clip-vit-large-patch14"
+MAIN_CHECKPOINT = "main_model.ckpt"
+DEFORMABLE_CHECKPOINT = "content-guided_deformable_vae.ckpt"
+
 MAIN_COMPONENTS = ("unet", "controlnet", "vae", "text_encoder", "tokenizer", "scheduler")
 EXEMPLAR_ENCODER = "image_encoder"
 DEFORMABLE_VAE = "deformable_vae"

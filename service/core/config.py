@@ -57,6 +57,10 @@ class Settings(BaseSettings):
                                                      "when private or loopback (default: public addresses only).")
     webhook_retry_base_s: float = Field(2.0, description="First webhook retry delay; doubles per attempt (8 attempts).")
 
+    refuse_unserved: bool = Field(True, description="Refuse a submission at once when no live worker can run its kind "
+                                                    "(503 + Retry-After without one, 422 naming missing weights); "
+                                                    "false: queue it for a worker still to come.")
+
     # --- models ---
     model_profile: str = Field("pretrained", description="tiny | pretrained | auto (auto: pretrained where present, else tiny).")
     model_dir: Path | None = Field(None, description="Root of diffusers-format model folders for the pretrained profile.")

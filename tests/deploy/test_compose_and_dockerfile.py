@@ -5,7 +5,7 @@
 - every `visionjobs ...` command in either file parses with the real click CLI;
 - every `VISIONJOBS_*` variable is a settings field;
 - the Dockerfile has `api` (no torch, no `ml` extra) and `worker` targets, each non-root
-  with a healthcheck.
+  with a healthcheck (that both install from the lock: tests/deploy/test_lock.py).
 Each checker is a function returning problems, and negative tests feed it broken input.
 """
 from __future__ import annotations
@@ -184,8 +184,8 @@ def dockerfile_problems(text: str) -> list[str]:
         gpu_image = any(re.search(r"cuda|torch", s.image) for s in chain)
         if target == "api" and (ml or gpu_image):
             problems.append(f"api: installs torch / the ml extra or builds on a CUDA image ({ml and ml.group(0)})")
-        if target == "worker" and not (ml and gpu_image):
-            problems.append("worker: needs a CUDA/torch base image and the ml extra")
+        if target == "worker" and not ml:
+            problems.append("worker: installs neither torch nor the ml extra")
     return problems
 
 
@@ -221,9 +221,34 @@ def test_schema_check_rejects_broken_compose(compose):
     assert compose_schema_errors(broken)
 
 
+def interpolate(value, env: dict[str, str]):
+    """Compose's variable interpolation (${VAR}, ${VAR:-default}, ${VAR:?error}, $$), on a parsed
+    document; a missing required variable raises KeyError naming it."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m):
+        name, op, arg = m.group(1), m.group(2), m.group(3) or ""
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            raise KeyError(f"{name}: {arg}")
+        return arg if op == ":-" else ""
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", sub, value.replace("$$", "\0")).replace("\0", "$")
+
+
+REQUIRED_ENV = {"VISIONJOBS_API_KEYS": "ops:" + "k" * 24, "VISIONJOBS_SIGNING_SECRET": "s" * 32,
+                "VISIONJOBS_S3_SECRET_ACCESS_KEY": "p" * 24, "VISIONJOBS_S3_PUBLIC_ENDPOINT_URL": "http://gpu-host:9000"}
+
+
 def test_compose_services_and_wiring(compose):
     services = compose["services"]
-    assert set(services) >= {"redis", "minio", "minio-init", "api", "worker-gpu0", "worker-gpu1", "models-fetch"}
+    assert set(services) >= {"redis", "minio", "minio-init", "api", "worker", "models-fetch"}
     redis_cmd = " ".join(services["redis"]["command"])
     for flag in ("--appendonly yes", "--appendfsync everysec", "--maxmemory-policy noeviction"):
         assert flag in redis_cmd
@@ -231,21 +256,17 @@ def test_compose_services_and_wiring(compose):
     assert services["api"]["depends_on"]["redis"]["condition"] == "service_healthy"
     assert services["api"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
     assert services["models-fetch"]["profiles"] == ["tools"]
+    assert services["models-fetch"]["command"] == ["visionjobs", "models", "fetch"]  # every kind, conversion included
     stages = parse_dockerfile(DOCKERFILE.read_text())
     for svc in services.values():
         if "build" in svc:
             assert svc["build"]["target"] in stages
-    device_ids = []
-    for name in ("worker-gpu0", "worker-gpu1"):
-        svc = services[name]
-        (device,) = svc["deploy"]["resources"]["reservations"]["devices"]
-        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
-        device_ids += device["device_ids"]
-        assert "models:/models" in svc["volumes"]
-        assert svc["environment"]["VISIONJOBS_REDIS_URL"].startswith("redis://redis:")
-    assert sorted(device_ids) == ["0", "1"]  # each GPU exactly once
+    worker = services["worker"]
+    assert "models:/models" in worker["volumes"] and "models:/models" in services["models-fetch"]["volumes"]
+    assert worker["environment"]["VISIONJOBS_REDIS_URL"].startswith("redis://redis:")
+    assert "--preload" in worker["command"]
     # API and workers must agree on the store, bucket and secrets, or URLs and jobs break.
-    api_env, worker_env = services["api"]["environment"], services["worker-gpu0"]["environment"]
+    api_env, worker_env = services["api"]["environment"], worker["environment"]
     shared = ("VISIONJOBS_REDIS_URL", "VISIONJOBS_S3_BUCKET", "VISIONJOBS_S3_ENDPOINT_URL",
               "VISIONJOBS_S3_PUBLIC_ENDPOINT_URL", "VISIONJOBS_S3_ACCESS_KEY_ID", "VISIONJOBS_S3_SECRET_ACCESS_KEY",
               "VISIONJOBS_SIGNING_SECRET")
@@ -253,6 +274,75 @@ def test_compose_services_and_wiring(compose):
     # Named volumes used by services are declared.
     used = {v.split(":")[0] for s in services.values() for v in s.get("volumes", []) if not v.startswith((".", "/"))}
     assert used <= set(compose.get("volumes", {}))
+
+
+@pytest.mark.parametrize("gpus, count_env", [(1, None), (4, None), (4, "2")])
+def test_rendered_compose_serves_every_gpu_of_the_host(compose, gpus, count_env, tmp_path, monkeypatch):
+    """Rendered as compose would (variables substituted) for a host with `gpus` GPUs: one worker
+    service reserving all of them (or WORKER_GPU_COUNT), whose `--gpus all` plans one pinned
+    process per device the container sees."""
+    from worker import launcher
+
+    env = {**REQUIRED_ENV, **({"WORKER_GPU_COUNT": count_env} if count_env else {})}
+    rendered = interpolate(compose, env)
+    assert compose_schema_errors(rendered) == []
+    workers = {n: s for n, s in rendered["services"].items() if s.get("build", {}).get("target") == "worker"
+               and "tools" not in s.get("profiles", [])}
+    assert list(workers) == ["worker"]
+    (device,) = workers["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    visible = gpus if device["count"] == "all" else min(gpus, int(device["count"]))
+    assert visible == (int(count_env) if count_env else gpus)
+    dev = tmp_path / "dev"  # what the container gets: one device node per GPU given to it
+    dev.mkdir()
+    for i in range(visible):
+        (dev / f"nvidia{i}").touch()
+    monkeypatch.setattr(launcher.shutil, "which", lambda name: None)
+    argv = visionjobs_argvs([workers["worker"]["command"]])[0]
+    spec = argv[argv.index("--gpus") + 1]
+    children = launcher.plan(launcher.expand_gpus(spec, str(dev)), ["colorize"], 1, "--preload" in argv, "h")
+    assert [c.env["CUDA_VISIBLE_DEVICES"] for c in children] == [str(i) for i in range(visible)]
+    assert all("--preload" in c.cmd for c in children)
+
+
+def test_rendering_without_the_public_s3_endpoint_fails(compose):
+    env = {k: v for k, v in REQUIRED_ENV.items() if k != "VISIONJOBS_S3_PUBLIC_ENDPOINT_URL"}
+    with pytest.raises(KeyError, match="VISIONJOBS_S3_PUBLIC_ENDPOINT_URL"):
+        interpolate(compose, env)
+
+
+def _deployment_block() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Deployment with docker compose", 1)[1].split("\n## ", 1)[0]
+    return re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_deployment_section_runs_in_order(compose):
+    """Every variable compose requires is exported before the first `docker compose`; the weights
+    are fetched before `up`; every service and `visionjobs` command named exists."""
+    block = _deployment_block()
+    lines = [line.split("#", 1)[0].strip() for line in block.splitlines() if line.split("#", 1)[0].strip()]
+    exported = []
+    steps = []
+    for line in lines:
+        if line.startswith("export "):
+            exported += re.findall(r"\b([A-Z_][A-Z0-9_]*)=", line)
+        else:
+            steps.append(line)
+    required = set(re.findall(r"\$\{(\w+):\?", COMPOSE.read_text()))
+    assert required <= set(exported), f"not exported: {required - set(exported)}"
+    first_compose = next(i for i, line in enumerate(lines) if line.startswith("docker compose"))
+    assert all(lines[i].startswith("export ") for i in range(first_compose))
+    fetch = next(i for i, s in enumerate(steps) if "models-fetch" in s)
+    up = next(i for i, s in enumerate(steps) if re.search(r"docker compose( --profile \S+)* up\b", s))
+    assert fetch < up
+    for step in steps:
+        if step.startswith("docker compose"):
+            m = re.search(r"\brun (?:--rm )?(\S+)", step)
+            if m:
+                assert m.group(1) in compose["services"], step
+    argvs = visionjobs_argvs(steps)
+    assert all(cli_error(a) is None for a in argvs), [cli_error(a) for a in argvs]
 
 
 def test_api_secrets_have_no_defaults(compose):
@@ -341,7 +431,8 @@ def test_dockerfile_targets_users_healthchecks():
 
 def test_dockerfile_check_rejects_bad_targets():
     good = DOCKERFILE.read_text()
-    leaky = good.replace("RUN pip install /wheels/*.whl", 'RUN pip install "$(ls /wheels/*.whl)[ml]"')
+    leaky = good.replace("RUN pip install -c /tmp/lock.txt /wheels/*.whl",
+                         'RUN pip install -c /tmp/lock.txt "$(ls /wheels/*.whl)[ml]"')
     assert leaky != good and any(p.startswith("api:") for p in dockerfile_problems(leaky))
     rootful = re.sub(r"(?m)^USER .*$", "USER root", good)
     assert sum("runs as root" in p for p in dockerfile_problems(rootful)) == 2

@@ -17,6 +17,7 @@ VISIONJOBS = [sys.executable, "-m", "visionjobs.cli"]
 def clean_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONJOBS_")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
+    env["VISIONJOBS_REFUSE_UNSERVED"] = "false"  # tests submit before their workers report (see tests/conftest.py)
     env.update(overrides)
     return env
 

@@ -32,3 +32,19 @@ def test_dead_children_are_restarted_and_sigterm_stops_all(tmp_path):
         signal.signal(signal.SIGINT, old[1])
     assert len(marker.read_text()) >= 2  # it died and came back
     assert child.proc.poll() is not None
+
+
+def test_gpus_all_finds_every_device_node(tmp_path, monkeypatch):
+    from worker import launcher
+
+    monkeypatch.setattr(launcher.shutil, "which", lambda name: None)  # no nvidia-smi: the device nodes decide
+    for n in (1, 4):
+        dev = tmp_path / f"dev{n}"
+        dev.mkdir()
+        for name in [f"nvidia{i}" for i in range(n)] + ["nvidiactl", "nvidia-uvm", "nvidia-modeset"]:
+            (dev / name).touch()
+        gpus = launcher.expand_gpus("all", str(dev))
+        assert gpus == [str(i) for i in range(n)]
+        assert [c.env["CUDA_VISIBLE_DEVICES"] for c in plan(gpus, ["colorize"], 1, True, "h")] == gpus
+    assert launcher.expand_gpus("all", str(tmp_path / "none")) == []  # no GPU: one CPU process
+    assert launcher.expand_gpus(" 0, 2 ") == ["0", "2"]
