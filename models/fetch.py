@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from models.colorization import weights_layout as cc
+from models.subject import weights_layout as subject
 
 CONTROLCOLOR_MIRROR = "UPstud/ColorCtrl"  # third-party Hub mirror of the official release
 CONTROLCOLOR_DRIVE = "https://drive.google.com/drive/folders/1lgqstNwrMCzymowRsbGM-4hk0-7L-eOT"
@@ -41,7 +42,8 @@ CONTROLCOLOR_DRIVE = "https://drive.google.com/drive/folders/1lgqstNwrMCzymowRsb
 class Download:
     repo_id: str
     folder: str                      # under the model dir
-    patterns: tuple[str, ...]        # exact allow-patterns (huggingface_hub's fnmatch rules)
+    patterns: tuple[str, ...]        # exact allow-patterns (huggingface_hub's fnmatch rules); "a|b":
+                                     # the first alternative the repository has (safetensors before .bin)
     purpose: str = ""
     revision: str = "main"
     place: tuple[tuple[str, str], ...] = ()  # (file in `folder`, path under the model dir), linked
@@ -62,6 +64,19 @@ _COGVIDEOX = ("model_index.json", "scheduler/scheduler_config.json",
               "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors",
               "vae/config.json", "vae/diffusion_pytorch_model.safetensors")
 _CLIP_TOKENIZER = ("config.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+# one Download per repository and folder used by several models: plan() merges their patterns
+_SD15_DOWNLOAD = Download("stable-diffusion-v1-5/stable-diffusion-v1-5", "stable-diffusion-v1-5", _SD15,
+                          "Stable Diffusion 1.5, fp32 safetensors (CreativeML OpenRAIL-M): Tune-A-Video's and "
+                          "DreamBooth-LoRA's base")
+# Salesforce/blipdiffusion's main branch ships PyTorch .bin weights; its controlnet/ and
+# vision_encoder/ folders (2+ GB) are not used by the in-context pipeline and are left out.
+_BLIPDIFFUSION = ("model_index.json", "scheduler/scheduler_config.json", "image_processor/preprocessor_config.json",
+                  "tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer_config.json",
+                  "tokenizer/special_tokens_map.json",
+                  "qformer/config.json", "qformer/model.safetensors|qformer/pytorch_model.bin",
+                  "text_encoder/config.json", "text_encoder/model.safetensors|text_encoder/pytorch_model.bin",
+                  "unet/config.json", "unet/diffusion_pytorch_model.safetensors|unet/diffusion_pytorch_model.bin",
+                  "vae/config.json", "vae/diffusion_pytorch_model.safetensors|vae/diffusion_pytorch_model.bin")
 
 
 def _timm(arch: str) -> Download:
@@ -87,11 +102,25 @@ MANIFEST: dict[str, list[Download]] = {
         Download("openai/clip-vit-base-patch32", "clip-vit-base-patch32", ("config.json", "pytorch_model.bin"),
                  "CLIP ViT-B/32 vision tower for the CSCV metric"),
     ],
-    "video.edit": [
-        Download("stable-diffusion-v1-5/stable-diffusion-v1-5", "stable-diffusion-v1-5", _SD15,
-                 "Stable Diffusion 1.5, fp32 safetensors (CreativeML OpenRAIL-M) for Tune-A-Video"),
-    ],
+    "video.edit": [_SD15_DOWNLOAD],
     "anomaly": [_timm("wide_resnet50_2"), _timm("resnet18")],
+    "subject.in_context": [
+        Download("Salesforce/blipdiffusion", subject.BLIPDIFFUSION_DIR, _BLIPDIFFUSION,
+                 "BLIP-Diffusion Q-Former, context CLIP text encoder, SD 1.5 UNet/VAE (Apache-2.0)"),
+        # the released Q-Former config names no tokenizer: it reads its subject class with BERT's
+        Download("google-bert/bert-base-uncased", subject.BERT_TOKENIZER_DIR, ("vocab.txt", "tokenizer_config.json"),
+                 "the BERT tokenizer of the BLIP-Diffusion Q-Former (Apache-2.0)"),
+    ],
+    "subject.expert": [_SD15_DOWNLOAD],
+    "subject.metrics": [
+        # as video.cscv (no safetensors on the main branch), with the tokenizer for CLIP-T
+        Download("openai/clip-vit-base-patch32", subject.CLIP_B32_DIR,
+                 ("config.json", "model.safetensors|pytorch_model.bin", "vocab.json", "merges.txt",
+                  "tokenizer_config.json", "special_tokens_map.json"),
+                 "CLIP ViT-B/32 for the CLIP-I and CLIP-T metrics (MIT)"),
+        Download("facebook/dino-vits16", subject.DINO_DIR, ("config.json", "model.safetensors|pytorch_model.bin"),
+                 "DINO ViT-S/16 for the DINO metric (Apache-2.0)"),
+    ],
 }
 
 
@@ -173,11 +202,35 @@ def _plan_remote(api, d: Download) -> Planned:
     commit = api.repo_info(d.repo_id, revision=d.revision).sha
     tree = {f.path: f.size for f in api.list_repo_tree(d.repo_id, recursive=True, revision=commit)
             if isinstance(f, RepoFile)}
-    unmatched = [p for p in d.patterns if p not in d.optional and not list(filter_repo_objects(tree, allow_patterns=[p]))]
+    matches = lambda p: list(filter_repo_objects(tree, allow_patterns=[p]))  # noqa: E731
+    chosen, unmatched = [], []
+    for pattern in d.patterns:
+        found = next((alt for alt in pattern.split("|") if matches(alt)), None)
+        if found is not None:
+            chosen.append(found)
+        elif pattern not in d.optional:
+            unmatched.append(pattern.replace("|", " or "))
     if unmatched:
         raise FetchFailed(f"{d.repo_id}@{commit[:10]}: nothing matches {', '.join(unmatched)} (the repository "
                           f"changed?); it has {', '.join(sorted(tree)[:20])}")
-    return Planned(d, commit, [(p, tree[p]) for p in sorted(filter_repo_objects(tree, allow_patterns=list(d.patterns)))])
+    return Planned(d, commit, [(p, tree[p]) for p in sorted(filter_repo_objects(tree, allow_patterns=chosen))])
+
+
+def _merge(plans: list[Planned]) -> list[Planned]:
+    """One plan per repository and folder (SD 1.5 serves video.edit and subject.expert; CLIP
+    ViT-B/32 serves video.cscv and subject.metrics): each file listed and downloaded once."""
+    out: dict[tuple, Planned] = {}
+    for p in plans:
+        key = (p.download.repo_id, p.download.folder, p.local_dir)
+        if key not in out:
+            out[key] = p
+            continue
+        first = out[key]
+        have = {path for path, _ in first.files}
+        first.files = sorted(first.files + [f for f in p.files if f[0] not in have])
+        first.download = replace(first.download, patterns=tuple(dict.fromkeys(first.download.patterns + p.download.patterns)),
+                                 place=tuple(dict.fromkeys(first.download.place + p.download.place)))
+    return list(out.values())
 
 
 def plan(models: list[str], opts: Options) -> list[Planned]:
@@ -201,7 +254,7 @@ def plan(models: list[str], opts: Options) -> list[Planned]:
                 failed.append(f"{d.repo_id} ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})")
     if failed:
         raise FetchFailed("cannot fetch (no network, no access, or the repository changed):\n  " + "\n  ".join(failed))
-    return plans
+    return _merge(plans)
 
 
 def describe(plans: list[Planned]) -> str:
@@ -293,5 +346,6 @@ def fetch(kinds: list[str], model_dir: Path, opts: Options | None = None) -> lis
     done = download(plans, model_dir, opts.echo)
     for model in models:
         if model in PREPARE:
-            done += PREPARE[model](model_dir, [p for p in plans if p.download in _downloads(model, opts)], opts)
+            mine = {(d.repo_id, d.folder) for d in _downloads(model, opts)}
+            done += PREPARE[model](model_dir, [p for p in plans if (p.download.repo_id, p.download.folder) in mine], opts)
     return done

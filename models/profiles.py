@@ -374,3 +374,25 @@ register(ModelSpec("anomaly", _load_anomaly, _anomaly.required(_anomaly.DEFAULT_
 def load_anomaly(profile: str, model_dir: str | Path | None = None, device: "str | torch.device" = "cpu", **kwargs):
     """The anomaly backbones (`models.anomaly.loader.AnomalyBackbones`) for `profile`."""
     return load("anomaly", profile, model_dir, device, **kwargs)
+
+
+# ---------------------------------------------------------------- subject (BLIP-Diffusion, DreamBooth-LoRA, DreamBench)
+
+from models.subject import weights_layout as _subject  # noqa: E402  (torch-free)
+
+
+def _subject_loader(component: str):
+    """The phase-1 builders (models/subject/loader.py) take the loader arguments as they are."""
+
+    def loader(profile: str, model_dir: Path | None, device, dtype, *, seed: int = 0):
+        from models.subject.loader import BUILDERS
+
+        return BUILDERS[component](profile, model_dir, device, dtype, seed=seed)
+
+    loader.__name__ = f"_load_subject_{component}"
+    return loader
+
+
+register(ModelSpec("subject.in_context", _subject_loader("in_context"), _subject.INCONTEXT_REQUIRED))
+register(ModelSpec("subject.expert", _subject_loader("expert"), _subject.EXPERT_REQUIRED))
+register(ModelSpec("subject.metrics", _subject_loader("metrics"), _subject.METRICS_REQUIRED))

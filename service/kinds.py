@@ -117,6 +117,10 @@ def _video_generate_wants(params: dict) -> dict[str, str]:
     return {"cscv": "metrics"} if "cscv" in (params.get("metrics") or []) else {}
 
 
+def _subject_generate_wants(params: dict) -> dict[str, str]:
+    return {"metrics": "metrics"} if params.get("metrics") else {}
+
+
 def _anomaly_fit_wants(params: dict) -> dict[str, str]:
     arch = params.get("backbone")
     return {f"backbone:{arch}": "backbone"} if arch else {}
@@ -141,3 +145,12 @@ declare(JobKind(
     "video.generate", "DiTCtrl multi-prompt long video on CogVideoX",
     handler="worker.jobs.video_generate:run", models=("video.generate",), optional_models=("video.cscv",),
     capabilities="worker.jobs.video_generate:capabilities", wants=_video_generate_wants))
+declare(JobKind(
+    "subject.generate", "Subject-driven generation: in-context (BLIP-Diffusion) or expert (DreamBooth-LoRA)",
+    # both methods' models: a worker of this kind serves either (`method` per request)
+    handler="worker.jobs.subject:generate", models=("subject.in_context", "subject.expert"),
+    optional_models=("subject.metrics",), warmup="worker.jobs.subject:warmup_incontext",
+    capabilities="worker.jobs.subject:capabilities", wants=_subject_generate_wants))
+declare(JobKind(
+    "subject.tune", "DreamBooth-LoRA tuning of a subject model (sbm_...)",
+    handler="worker.jobs.subject:tune", models=("subject.expert",), warmup="worker.jobs.subject:warmup_expert"))

@@ -8,6 +8,10 @@
     openai/clip-vit-base-patch32       CLIPModel config + pytorch_model.bin (+ TF/Flax decoys)
     stable-diffusion-v1-5/...          diffusers folder (+ fp16 / non-ema / .ckpt decoys)
     timm/{wide_resnet50_2,resnet18}.tv_in1k   model.safetensors in torchvision's key names
+    Salesforce/blipdiffusion           diffusers folder, PyTorch .bin weights (as the main branch);
+                                       controlnet/ and vision_encoder/ decoys
+    google-bert/bert-base-uncased      vocab.txt + tokenizer_config.json (+ weight decoys)
+    facebook/dino-vits16               ViT config + pytorch_model.bin
 
 Decoys are files the real repositories hold and fetch must not download.
 """
@@ -157,16 +161,18 @@ def clip_b32_repo(root: Path) -> dict[str, Path]:
     from models.video.ditctrl import tiny
 
     repo = root / "clip-vit-base-patch32"
+    clip_tokenizer_files(repo)  # the text tower reads them (CLIP-T of the subject metrics)
+    tokenizer = _clip_tokenizer(repo)
     vision = tiny.tiny_clip_vision().config.to_dict()
     config = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=2, vocab_size=100), vision_config=vision,
-                        projection_dim=32)
+                                         num_attention_heads=2, vocab_size=len(tokenizer),
+                                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                         pad_token_id=tokenizer.pad_token_id),
+                        vision_config=vision, projection_dim=32)
     torch.manual_seed(5)
     model = CLIPModel(config)
-    repo.mkdir(parents=True)
     config.save_pretrained(repo)
     torch.save(model.state_dict(), repo / "pytorch_model.bin")
-    clip_tokenizer_files(repo)
     for decoy in ("tf_model.h5", "flax_model.msgpack"):
         _decoy(repo / decoy)
     return {"openai/clip-vit-base-patch32": repo}
@@ -237,8 +243,57 @@ def timm_repos(root: Path, archs=("wide_resnet50_2", "resnet18")) -> dict[str, P
     return repos
 
 
+def _save_bin(model, folder: Path) -> None:
+    """A transformers model as the older Hub repositories hold it: config.json + pytorch_model.bin."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+
+
+def blipdiffusion_repos(root: Path) -> dict[str, Path]:
+    """Salesforce/blipdiffusion (diffusers layout, every weight a PyTorch .bin as on its main
+    branch; model_index.json with ctx_begin_pos / mean / std) and google-bert/bert-base-uncased
+    (the Q-Former's tokenizer): the tiny in-context components."""
+    from diffusers import PNDMScheduler
+
+    from models.subject import tiny
+
+    repo = root / "blipdiffusion"
+    clip_tokenizer_files(repo / "tokenizer")
+    parts = tiny.tiny_incontext_components()
+    assert len(parts["tokenizer"]) == len(_clip_tokenizer(repo / "tokenizer"))
+    for name in ("qformer", "text_encoder"):
+        _save_bin(parts[name], repo / name)
+    for name in ("unet", "vae"):
+        parts[name].save_pretrained(repo / name, safe_serialization=False)
+    PNDMScheduler.from_config(parts["scheduler"].config).save_pretrained(repo / "scheduler")
+    parts["image_processor"].save_pretrained(repo / "image_processor")
+    _write_json(repo / "model_index.json", {"_class_name": "BlipDiffusionPipeline", "ctx_begin_pos": 2,
+                                            "mean": tiny.CLIP_MEAN, "std": tiny.CLIP_STD})
+    for decoy in ("controlnet/config.json", "controlnet/diffusion_pytorch_model.safetensors",
+                  "vision_encoder/config.json", "vision_encoder/pytorch_model.bin"):
+        _decoy(repo / decoy)
+    bert = root / "bert-base-uncased"
+    tiny.write_bert_tokenizer(bert)
+    _write_json(bert / "tokenizer_config.json", {"do_lower_case": True, "model_max_length": 512})
+    for decoy in ("config.json", "model.safetensors", "pytorch_model.bin", "tf_model.h5", "tokenizer.json"):
+        _decoy(bert / decoy)
+    return {"Salesforce/blipdiffusion": repo, "google-bert/bert-base-uncased": bert}
+
+
+def dino_repo(root: Path) -> dict[str, Path]:
+    """facebook/dino-vits16: ViT config + pytorch_model.bin (the tiny DINO of the metrics)."""
+    from models.subject.tiny import tiny_dino
+
+    repo = root / "dino-vits16"
+    _save_bin(tiny_dino(), repo)
+    _write_json(repo / "preprocessor_config.json", {"crop_size": 224})
+    return {"facebook/dino-vits16": repo}
+
+
 def all_repos(root: Path) -> dict[str, Path]:
     repos: dict[str, Path] = {}
-    for build in (controlcolor_repos, cogvideox_repo, clip_b32_repo, sd15_repo, timm_repos):
+    for build in (controlcolor_repos, cogvideox_repo, clip_b32_repo, sd15_repo, timm_repos, blipdiffusion_repos,
+                  dino_repo):
         repos.update(build(root))
     return repos

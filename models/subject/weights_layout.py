@@ -1,5 +1,5 @@
-"""Where the subject-driven family's pretrained files live under the model dir, and where they
-come from. Standard library only: the API process may import this (it never imports torch).
+"""Where the subject-driven family's pretrained files live under the model dir (their downloads:
+models/fetch.py MANIFEST). Standard library only: the API process may import this (it never imports torch).
 
     {model_dir}/blipdiffusion/            Salesforce/blipdiffusion (Apache-2.0), diffusers layout:
         qformer/ text_encoder/ tokenizer/ unet/ vae/ scheduler/ image_processor/ [model_index.json]
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from models.fetch import Download
 
 MODEL_DIR_ENV = "VISIONJOBS_MODEL_DIR"
 
@@ -76,32 +74,8 @@ REQUIRED: dict[str, list[tuple[str, ...]]] = {
     "metrics": METRICS_REQUIRED,
 }
 
-# Hub repositories and allow-lists for `snapshot_download` (a later phase adds them to the
-# `visionjobs models fetch` manifest). BLIP-Diffusion's controlnet/ and vision_encoder/ folders
-# (another 2+ GB) are not needed by the pipeline here and are left out.
-DOWNLOADS: dict[str, list[Download]] = {
-    "in_context": [
-        Download("Salesforce/blipdiffusion", BLIPDIFFUSION_DIR,
-                 ("model_index.json", "qformer/*", "text_encoder/*", "tokenizer/*", "unet/*", "vae/*",
-                  "scheduler/*", "image_processor/*"),
-                 "BLIP-Diffusion Q-Former, ContextCLIP text encoder, SD 1.5 UNet/VAE (Apache-2.0)"),
-        Download("google-bert/bert-base-uncased", BERT_TOKENIZER_DIR,
-                 ("vocab.txt", "tokenizer.json", "tokenizer_config.json"),
-                 "the BERT tokenizer the BLIP-Diffusion Q-Former reads its subject class with (Apache-2.0)"),
-    ],
-    "expert": [
-        Download("stable-diffusion-v1-5/stable-diffusion-v1-5", SD15_DIR,
-                 ("*.json", "*.txt", "unet/*.safetensors", "vae/*.safetensors", "text_encoder/*.safetensors"),
-                 "Stable Diffusion 1.5 (CreativeML OpenRAIL-M): the DreamBooth-LoRA base"),
-    ],
-    "metrics": [
-        Download("openai/clip-vit-base-patch32", CLIP_B32_DIR,
-                 ("*.json", "*.txt", "model.safetensors"), "CLIP ViT-B/32 for CLIP-I and CLIP-T (MIT)"),
-        Download("facebook/dino-vits16", DINO_DIR,
-                 ("config.json", "preprocessor_config.json", "*.safetensors", "pytorch_model.bin"),
-                 "DINO ViT-S/16 for the DINO metric (Apache-2.0)"),
-    ],
-}
+# Where these come from: models/fetch.py MANIFEST, under the models.profiles entries
+# subject.in_context, subject.expert and subject.metrics (`visionjobs models fetch --kind subject`).
 
 
 def resolve_model_dir(model_dir: str | os.PathLike | None) -> Path | None:

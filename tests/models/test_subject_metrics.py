@@ -134,8 +134,9 @@ def test_pretrained_folders_load_strictly_and_reproduce_the_saved_models(tmp_pat
 
 
 def test_weights_layout_imports_without_torch():
-    code = ("import sys; import models.subject.weights_layout as w; "
+    code = ("import sys; import models.subject.weights_layout as w; import models.fetch as f; "
             "assert 'torch' not in sys.modules, 'torch imported'; "
-            "assert w.DOWNLOADS['in_context'][0].repo_id == 'Salesforce/blipdiffusion'; print('ok')")
+            "assert f.MANIFEST['subject.in_context'][0].repo_id == 'Salesforce/blipdiffusion'; "
+            "assert f.MANIFEST['subject.in_context'][0].folder == w.BLIPDIFFUSION_DIR; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

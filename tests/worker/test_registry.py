@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_declaration_resolves_and_names_registered_models():
-    assert set(KINDS) == {"anomaly.fit", "anomaly.score", "colorize", "video.edit", "video.generate"}
+    assert set(KINDS) == {"anomaly.fit", "anomaly.score", "colorize", "video.edit", "video.generate", "subject.generate",
+                          "subject.tune"}
     for name, kind in KINDS.items():
         rt = runtime(name)
         assert callable(rt.handler), name
