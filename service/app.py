@@ -10,7 +10,9 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from service.api.deps import AppContext
-from service.api.routes import anomaly, colorizations, console, files, health, jobs, uploads, videos
+from service.api.routes import (
+    anomaly, colorizations, console, files, health, jobs, subject_generations, subject_models, uploads, videos,
+)
 from service.core.config import Settings, get_settings
 from service.api.openapi_doc import install as install_openapi
 from service.core.errors import install_handlers
@@ -93,6 +95,7 @@ def create_app(ctx: AppContext | None = None, *, run_reaper: bool = True) -> Fas
     install_openapi(app)
     limits = ctx.settings if ctx else get_settings()
     app.add_middleware(BodyLimitMiddleware, json_limit=limits.max_body_bytes, upload_limit=limits.max_upload_bytes)
-    for module in (uploads, colorizations, videos, anomaly, jobs, files, health, console):
+    for module in (uploads, colorizations, videos, anomaly, subject_generations, subject_models, jobs, files, health,
+                   console):
         app.include_router(module.router)
     return app

@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     max_active_jobs: int = Field(500, description="Queued + running jobs per API key; over it submissions get 429.")
     max_video_frames: int = Field(481, description="Most pixel frames one generated video may have (30 s at 16 fps).")
     max_video_pixels: int = Field(720 * 480, description="Largest generated frame, width x height.")
+    max_subject_images: int = Field(8, description="Most subject photos one subject-driven request may give (at most 8).")
+    max_subject_pixels: int = Field(768 * 768, description="Largest subject-driven image to generate, width x height.")
+    max_tune_steps: int = Field(2000, description="Most DreamBooth-LoRA tuning steps one job may ask for.")
+    max_class_images: int = Field(200, description="Most prior-preservation class images one tuning may generate.")
+    max_lora_rank: int = Field(32, description="Highest LoRA rank of a subject model (its stored size grows with it: "
+                                               "about 0.77 MB per rank on SD 1.5).")
+    max_subject_models: int = Field(100, description="Subject models per API key (LoRA deltas kept in object storage); "
+                                                     "over it, tuning submissions get 429 until some are deleted.")
 
     # --- jobs ---
     lease_s: float = Field(30.0, description="Running-job lease; a worker renews it every lease_s/3.")

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from service.schemas.anomaly import AnomalyFitResult, AnomalyScoreResult
 from service.schemas.colorization import ColorizationResult
 from service.schemas.common import JobError, JobStatus, WebhookState
+from service.schemas.subject import SubjectGenerationResult, SubjectModelResult
 from service.schemas.video import VideoEditResult, VideoGenerationResult
 
 
@@ -26,7 +27,7 @@ class Job(BaseModel):
     params: dict[str, Any]
     error: JobError | None
     result: (ColorizationResult | VideoGenerationResult | VideoEditResult | AnomalyFitResult
-                                  | AnomalyScoreResult) | dict[str, Any] | None = Field(
+                                  | AnomalyScoreResult | SubjectGenerationResult | SubjectModelResult) | dict[str, Any] | None = Field(
         description="Kind-specific; URLs are signed afresh on every read.")
     model_profile: str | None
     webhook: WebhookState | None = Field(None, description="The job's webhook and its delivery state per event.")
