@@ -182,6 +182,7 @@ def sd15_repo(root: Path) -> dict[str, Path]:
     """stable-diffusion-v1-5/stable-diffusion-v1-5: diffusers layout with the variants it ships."""
     from diffusers import PNDMScheduler
 
+    from models.subject.tiny import SD15_SCHEDULER
     from models.video.tuneavideo.tiny import tiny_components
 
     repo = root / "stable-diffusion-v1-5"
@@ -190,7 +191,7 @@ def sd15_repo(root: Path) -> dict[str, Path]:
     assert len(parts["tokenizer"]) == len(_clip_tokenizer(repo / "tokenizer"))
     for name in ("unet", "vae", "text_encoder"):
         parts[name].save_pretrained(repo / name)
-    PNDMScheduler.from_config(parts["scheduler"].config).save_pretrained(repo / "scheduler")  # SD 1.5 ships PNDM
+    PNDMScheduler(**SD15_SCHEDULER).save_pretrained(repo / "scheduler")  # SD 1.5 ships PNDM, PLMS steps only
     _write_json(repo / "model_index.json", {"_class_name": "StableDiffusionPipeline"})
     _write_json(repo / "feature_extractor" / "preprocessor_config.json", {"crop_size": 224})
     for decoy in ("unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.non_ema.safetensors",
@@ -266,7 +267,7 @@ def blipdiffusion_repos(root: Path) -> dict[str, Path]:
         _save_bin(parts[name], repo / name)
     for name in ("unet", "vae"):
         parts[name].save_pretrained(repo / name, safe_serialization=False)
-    PNDMScheduler.from_config(parts["scheduler"].config).save_pretrained(repo / "scheduler")
+    PNDMScheduler(**tiny.SD15_SCHEDULER).save_pretrained(repo / "scheduler")  # as SD 1.5's
     parts["image_processor"].save_pretrained(repo / "image_processor")
     _write_json(repo / "model_index.json", {"_class_name": "BlipDiffusionPipeline", "ctx_begin_pos": 2,
                                             "mean": tiny.CLIP_MEAN, "std": tiny.CLIP_STD})

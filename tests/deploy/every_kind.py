@@ -32,7 +32,7 @@ def main() -> int:
     from models.video.media import encode_mp4
     from service.kinds import KINDS
     from service.schemas import AnomalyFitRequest, AnomalyScoreRequest, ColorizationRequest
-    from service.schemas import VideoEditRequest, VideoGenerationRequest
+    from service.schemas import SubjectGenerationRequest, SubjectModelRequest, VideoEditRequest, VideoGenerationRequest
     from service.storage import build_object_store
     from service.store.base import JobRecord, UploadRecord, new_id
     from service.store.sqlite_store import SqliteJobStore
@@ -66,6 +66,11 @@ def main() -> int:
             video=upload(encode_mp4(frames, fps=8), "video/mp4"), source_prompt="a wall", edits=["a red wall"],
             tune_steps=1, frames=2, width=64, height=64, steps=1)),
         "anomaly.fit": run("anomaly.fit", AnomalyFitRequest(name="t", images=images[:3], image_size=64)),
+        "subject.generate": run("subject.generate", SubjectGenerationRequest(
+            subject_images=images[:3], subject_class="wall", prompt="at night", steps=1, width=64, height=64,
+            metrics=["clip_i", "clip_t", "dino"])),
+        "subject.tune": run("subject.tune", SubjectModelRequest(subject_images=images[:3], subject_class="wall",
+                                                                steps=2)),
     }
     fit = done["anomaly.fit"]
     if fit.status == "succeeded":

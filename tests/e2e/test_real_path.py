@@ -2,7 +2,7 @@
 serves every repository `visionjobs models fetch` names, in the real file layout, holding
 small-config weights written by tests/hub_repos.py (Control Color as the official Lightning
 checkpoint, CogVideoX and SD 1.5 diffusers folders, timm backbone safetensors, CLIP tokenizer
-files). `visionjobs models fetch` (every kind, conversion included) -> a worker with
+files, BLIP-Diffusion with .bin weights, the BERT tokenizer, DINO). `visionjobs models fetch` (every kind, conversion included) -> a worker with
 VISIONJOBS_MODEL_PROFILE=pretrained -> one job of every kind through the API, each reporting
 `model_profile: pretrained`."""
 from __future__ import annotations
@@ -64,7 +64,15 @@ def test_fetch_every_kind_then_a_pretrained_worker_runs_every_kind(hub, tmp_path
         "tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json", "text_encoder/config.json",
         "text_encoder/model.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
         "vae/config.json", "vae/diffusion_pytorch_model.safetensors"}  # no fp16 / non-ema / .ckpt variant
-    assert hub.downloaded("openai/clip-vit-base-patch32") == {"config.json", "pytorch_model.bin"}  # no TF / Flax
+    assert hub.downloaded("openai/clip-vit-base-patch32") == {  # no TF / Flax; the tokenizer for CLIP-T
+        "config.json", "pytorch_model.bin", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"}
+    assert hub.downloaded("Salesforce/blipdiffusion") == {
+        "model_index.json", "scheduler/scheduler_config.json", "image_processor/preprocessor_config.json",
+        "tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer_config.json",
+        "tokenizer/special_tokens_map.json", "qformer/config.json", "qformer/pytorch_model.bin",
+        "text_encoder/config.json", "text_encoder/pytorch_model.bin", "unet/config.json",
+        "unet/diffusion_pytorch_model.bin", "vae/config.json", "vae/diffusion_pytorch_model.bin"}  # no controlnet/
+    assert hub.downloaded("google-bert/bert-base-uncased") == {"vocab.txt", "tokenizer_config.json"}
     assert (models / "anomaly" / "wide_resnet50_2.safetensors").is_file()
     assert (models / "controlcolor" / "unet" / "config.json").is_file()  # converted by fetch itself
     checked = cli.invoke(main, ["models", "check", "--model-dir", str(models), "--json"])
@@ -88,6 +96,7 @@ def test_fetch_every_kind_then_a_pretrained_worker_runs_every_kind(hub, tmp_path
         with TestClient(create_app(ctx, run_reaper=False)) as api:
             ready = api.get("/readyz").json()["kinds"]
             assert ready == {k: {"workers": 1, "ready": 1} for k in KINDS}
+            subject_photos = [upload(api, png_bytes(photo(64 + 8 * k, 64)), "s.png") for k in range(3)]
             bench = make_benchmark("brick", crop=64, n_train=4, n_validation=0, n_test_normal=1, n_test_per_defect=1,
                                    defects=("stain",), seed=0)
             jobs = {
@@ -102,6 +111,11 @@ def test_fetch_every_kind_then_a_pretrained_worker_runs_every_kind(hub, tmp_path
                 "anomaly.fit": post(api, "/v1/anomaly-models", {
                     "name": "brick", "images": [upload(api, png_bytes(im), "n.png") for im in bench.train],
                     "image_size": 64, "seed": 0}),
+                "subject.generate": post(api, "/v1/subject-generations", {
+                    "subject_images": subject_photos, "subject_class": "person", "prompt": "on the moon",
+                    "metrics": ["clip_i", "clip_t", "dino"], "steps": 1, "width": 64, "height": 64, "seed": 1}),
+                "subject.tune": post(api, "/v1/subject-models", {
+                    "subject_images": subject_photos, "subject_class": "person", "steps": 2, "seed": 1}),
             }
             finals = {kind: wait_final(api, job_id, timeout=300) for kind, job_id in jobs.items()}
             fit = finals["anomaly.fit"]
@@ -110,10 +124,20 @@ def test_fetch_every_kind_then_a_pretrained_worker_runs_every_kind(hub, tmp_path
                                                      "images": [upload(api, png_bytes(s.image), "t.png")
                                                                 for s in bench.test]})
             finals["anomaly.score"] = wait_final(api, score, timeout=300)
+            tuned = finals["subject.tune"]
+            assert tuned["status"] == "succeeded", tuned["error"]
+            expert = post(api, "/v1/subject-generations", {"subject_model": tuned["result"]["subject_model"],
+                                                            "prompt": "on the moon", "steps": 1, "width": 64,
+                                                            "height": 64, "seed": 1})
+            finals["subject.generate (expert)"] = wait_final(api, expert, timeout=300)
             for kind, job in finals.items():
                 assert job["status"] == "succeeded", (kind, job["error"])
                 assert job["model_profile"] == "pretrained", kind
             assert 0 < finals["video.generate"]["result"]["metrics"]["cscv"] <= 1
+            assert set(finals["subject.generate"]["result"]["metrics"]) == {"clip_i", "clip_t", "dino"}
+            assert finals["subject.generate (expert)"]["result"]["tuning"] == "skipped"
+            sbm = ctx.store.get_resource("subject_model", tuned["result"]["subject_model"])
+            assert sbm["base_model"] == "stable-diffusion-v1-5" and sbm["profile"] == "pretrained"
             model = ctx.store.get_resource("anomaly_model", fit["result"]["model_id"])
             assert model["backbone"] == "wide_resnet50_2" and model["backbone_weights"] == "file:wide_resnet50_2.safetensors"
     finally:

@@ -175,7 +175,16 @@ def test_preload_warms_every_kind_and_first_jobs_load_no_model(service, monkeypa
             post(service, "/v1/video-edits", {"video": upload(service, clip_mp4(frames=4, size=64), "c.mp4"),
                                               "source_prompt": "a man", "edits": ["a robot"], "tune_steps": 1,
                                               "frames": 2, "steps": 1})]
-    assert [j["kind"] for j in jobs] == ["anomaly.fit", "anomaly.score", "colorize", "video.generate", "video.edit"]
+    subject = [upload(service, png_bytes(photo(64, 64)))]
+    tuned = post(service, "/v1/subject-models", {"subject_images": subject, "subject_class": "person", "steps": 1})
+    jobs += [tuned,
+             post(service, "/v1/subject-generations", {"subject_images": subject, "subject_class": "person",
+                                                       "prompt": "on the moon", "steps": 1, "width": 64, "height": 64,
+                                                       "metrics": ["clip_t"]}),
+             post(service, "/v1/subject-generations", {"subject_model": tuned["result"]["subject_model"],
+                                                       "prompt": "on the moon", "steps": 1, "width": 64, "height": 64})]
+    assert [j["kind"] for j in jobs] == ["anomaly.fit", "anomaly.score", "colorize", "video.generate", "video.edit",
+                                         "subject.tune", "subject.generate", "subject.generate"]
     assert all(j["status"] == "succeeded" and j["model_profile"] == "tiny" for j in jobs), [j["error"] for j in jobs]
     assert loads == []  # every model was loaded by the preload
 
