@@ -22,8 +22,10 @@ from visionjobs_client.errors import (
 from visionjobs_client.models import (
     FINAL_STATUSES, AnomalyFitRequest, AnomalyFitResult, AnomalyModel, AnomalyModelList, AnomalyScoreRequest,
     AnomalyScoreResult, BoxOut, ColorizationRequest, ColorizationResult, EditedVideo, Guidance, ImageOutput, Job, JobError,
-    JobPage, JobStatus, KvSharing, Problem, ScoredImage, Stroke, ThresholdsPatch, Upload, ValidationSet, VideoEditRequest,
-    VideoEditResult, VideoGenerationRequest, VideoGenerationResult, VideoOutput, Webhook, WebhookDelivery, WebhookState,
+    JobPage, JobStatus, KvSharing, PriorPreservation, Problem, ScoredImage, Stroke, SubjectGenerationRequest,
+    SubjectGenerationResult, SubjectModel, SubjectModelList, SubjectModelRequest, SubjectModelResult, ThresholdsPatch,
+    TuningSettings, Upload, ValidationSet, VideoEditRequest, VideoEditResult, VideoGenerationRequest,
+    VideoGenerationResult, VideoOutput, Webhook, WebhookDelivery, WebhookState,
 )
 from visionjobs_client.settings import API_KEY_ENV, URL_ENV, ClientSettings
 from visionjobs_client.uploads import array_png, is_upload_id
@@ -38,5 +40,6 @@ __all__ = [
     "URL_ENV", "Unauthorized", "Unavailable", "Upload", "ValidationError", "ValidationSet", "VideoEditRequest", "VideoEditResult", "VideoGenerationRequest",
     "VideoGenerationResult", "VideoOutput", "VisionJobsError", "WaitTimeout", "Webhook", "WebhookDelivery",
     "WebhookSignatureError", "WebhookState", "__version__", "array_png", "is_upload_id", "output_files", "sign_webhook",
-    "verify_webhook",
+    "verify_webhook", "PriorPreservation", "SubjectGenerationRequest", "SubjectGenerationResult", "SubjectModel",
+    "SubjectModelList", "SubjectModelRequest", "SubjectModelResult", "TuningSettings",
 ]

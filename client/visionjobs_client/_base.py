@@ -19,7 +19,8 @@ from pydantic import BaseModel
 
 from visionjobs_client.errors import ApiError, error_class
 from visionjobs_client.models import (
-    KIND_PATHS, REQUEST_MODELS, Guidance, Job, KvSharing, Problem, Stroke, ValidationSet, Webhook,
+    KIND_PATHS, REQUEST_MODELS, Guidance, Job, KvSharing, PriorPreservation, Problem, Stroke, TuningSettings,
+    ValidationSet, Webhook,
 )
 from visionjobs_client.settings import ClientSettings
 
@@ -42,6 +43,8 @@ UPLOAD_FIELDS: dict[str, tuple[str, ...]] = {
     "video.edit": ("video",),
     "anomaly.fit": ("images", "archive", "validation.normal", "validation.abnormal"),
     "anomaly.score": ("images",),
+    "subject.generate": ("subject_images",),
+    "subject.tune": ("subject_images",),
 }
 
 JobRef = Union[Job, str]
@@ -376,6 +379,48 @@ class JobMethods(Generic[R]):
             model = getattr(model.result, "model_id", None) or (model.result or {}).get("model_id")
         return self._submit_kind("anomaly.score", dict(model_id=model, images=list(images), webhook=webhook),
                                  idempotency_key)
+
+    def generate_subject(self, subject_images: Optional[Sequence[Any]] = None, *, prompt: str,
+                         subject_class: Optional[str] = None, method: Optional[str] = None,
+                         subject_model: Any = None, tuning: Union[TuningSettings, Mapping[str, Any], None] = None,
+                         negative_prompt: Optional[str] = None, num_outputs: Optional[int] = None,
+                         steps: Optional[int] = None, guidance_scale: Optional[float] = None, seed: Optional[int] = None,
+                         width: Optional[int] = None, height: Optional[int] = None,
+                         metrics: Optional[Sequence[str]] = None, webhook: WebhookArg = None,
+                         idempotency_key: Optional[str] = None) -> R:
+        """Images of a subject from 1-8 of its photos: kind ``subject.generate``.
+        ``method="in_context"`` (the default without ``subject_model``): BLIP-Diffusion, no
+        tuning; ``"expert"``: DreamBooth-LoRA, with ``subject_model`` (an ``sbm_`` id or the
+        finished ``subject.tune`` job) no tuning, else tuned in the job (``tuning``)."""
+        return self._submit_kind("subject.generate", dict(
+            subject_images=list(subject_images) if subject_images is not None else None, subject_class=subject_class,
+            prompt=prompt, negative_prompt=negative_prompt, method=method, subject_model=_subject_model_id(subject_model),
+            tuning=tuning, num_outputs=num_outputs, steps=steps, guidance_scale=guidance_scale, seed=seed, width=width,
+            height=height, metrics=list(metrics) if metrics is not None else None, webhook=webhook,
+        ), idempotency_key)
+
+    def tune_subject(self, subject_images: Sequence[Any], *, subject_class: str, identifier: Optional[str] = None,
+                     steps: Optional[int] = None, rank: Optional[int] = None, learning_rate: Optional[float] = None,
+                     train_text_encoder: Optional[bool] = None,
+                     prior_preservation: Union[PriorPreservation, Mapping[str, Any], bool, None] = None,
+                     seed: Optional[int] = None, webhook: WebhookArg = None, idempotency_key: Optional[str] = None) -> R:
+        """Tune a subject model (DreamBooth-LoRA) on 1-8 photos: kind ``subject.tune``; the
+        result names the ``subject_model`` later generations reuse. ``prior_preservation``
+        may be ``True`` (the recipe's 100 class images) or ``{"enabled", "class_images"}``."""
+        if isinstance(prior_preservation, bool):
+            prior_preservation = PriorPreservation(enabled=prior_preservation)
+        return self._submit_kind("subject.tune", dict(
+            subject_images=list(subject_images), subject_class=subject_class, identifier=identifier, steps=steps,
+            rank=rank, learning_rate=learning_rate, train_text_encoder=train_text_encoder,
+            prior_preservation=prior_preservation, seed=seed, webhook=webhook,
+        ), idempotency_key)
+
+
+def _subject_model_id(model: Any) -> Any:
+    if isinstance(model, Job):  # the finished subject.tune (or tuning subject.generate) job
+        result = model.result
+        return getattr(result, "subject_model", None) or (result or {}).get("subject_model")
+    return model
 
 
 def final_deadline(timeout: Optional[float]) -> Optional[float]:

@@ -18,7 +18,9 @@ from visionjobs_client._base import (
 )
 from visionjobs_client.client import PathLike
 from visionjobs_client.errors import ApiConnectionError, WaitTimeout
-from visionjobs_client.models import AnomalyModel, AnomalyModelList, Job, JobPage, JobStatus, ThresholdsPatch, Upload
+from visionjobs_client.models import (
+    AnomalyModel, AnomalyModelList, Job, JobPage, JobStatus, SubjectModel, SubjectModelList, ThresholdsPatch, Upload,
+)
 from visionjobs_client.uploads import UploadSource, encode
 
 
@@ -264,6 +266,17 @@ class AsyncClient(BaseClient, JobMethods[Awaitable[Job]]):
 
     async def delete_anomaly_model(self, model_id: str) -> None:
         await self.request("DELETE", f"/v1/anomaly-models/{model_id}")
+
+    # -- subject models ----------------------------------------------------------------
+
+    async def list_subject_models(self) -> SubjectModelList:
+        return SubjectModelList.model_validate((await self.request("GET", "/v1/subject-models")).json())
+
+    async def get_subject_model(self, model_id: str) -> SubjectModel:
+        return SubjectModel.model_validate((await self.request("GET", f"/v1/subject-models/{model_id}")).json())
+
+    async def delete_subject_model(self, model_id: str) -> None:
+        await self.request("DELETE", f"/v1/subject-models/{model_id}")
 
     async def ready(self) -> dict[str, Any]:
         return (await self.request("GET", "/readyz")).json()

@@ -16,7 +16,9 @@ from visionjobs_client._base import (
     output_files,
 )
 from visionjobs_client.errors import ApiConnectionError, WaitTimeout
-from visionjobs_client.models import AnomalyModel, AnomalyModelList, Job, JobPage, JobStatus, ThresholdsPatch, Upload
+from visionjobs_client.models import (
+    AnomalyModel, AnomalyModelList, Job, JobPage, JobStatus, SubjectModel, SubjectModelList, ThresholdsPatch, Upload,
+)
 from visionjobs_client.uploads import UploadSource, encode
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -279,6 +281,19 @@ class Client(BaseClient, JobMethods[Job]):
     def delete_anomaly_model(self, model_id: str) -> None:
         """Delete a model and its files."""
         self.request("DELETE", f"/v1/anomaly-models/{model_id}")
+
+    # -- subject models ----------------------------------------------------------------
+
+    def list_subject_models(self) -> SubjectModelList:
+        """This tenant's subject models (DreamBooth-LoRA tunings)."""
+        return SubjectModelList.model_validate(self.request("GET", "/v1/subject-models").json())
+
+    def get_subject_model(self, model_id: str) -> SubjectModel:
+        return SubjectModel.model_validate(self.request("GET", f"/v1/subject-models/{model_id}").json())
+
+    def delete_subject_model(self, model_id: str) -> None:
+        """Delete a subject model and its stored LoRA delta."""
+        self.request("DELETE", f"/v1/subject-models/{model_id}")
 
     # -- service -----------------------------------------------------------------------
 

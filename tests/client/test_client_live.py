@@ -244,3 +244,49 @@ def test_webhook_delivery_verifies_with_the_client_helper(client, receiver):
             break
         time.sleep(0.1)
     assert state.deliveries["succeeded"].status == "delivered" and state.deliveries["succeeded"].attempts == 1
+
+
+def test_subject_in_context_tune_reuse_and_manage_the_model(service, client, tmp_path):
+    from tests.api.test_subject_api import photos
+
+    cats = photos(3)
+    job = client.wait(client.generate_subject(cats, subject_class="cat", prompt="wearing a hat", steps=2, width=64,
+                                              height=64, seed=1, metrics=["clip_t"]), timeout=120)
+    assert job.status == vc.JobStatus.succeeded, job.error
+    assert isinstance(job.result, vc.SubjectGenerationResult) and job.result.method == "in_context"
+    assert job.result.tuning == "none" and set(job.result.metrics) == {"clip_t"}
+    assert [p.name for p in client.download_outputs(job, tmp_path)] == ["output_0.png"]
+
+    tuned = client.wait(client.tune_subject(cats, subject_class="cat", steps=2, rank=2, seed=1), timeout=120)
+    assert tuned.status == vc.JobStatus.succeeded, tuned.error
+    assert isinstance(tuned.result, vc.SubjectModelResult) and tuned.result.subject_model.startswith("sbm_")
+    reuse = client.wait(client.generate_subject(prompt="in the snow", subject_model=tuned, steps=2, width=64,
+                                                height=64, seed=1), timeout=120)  # the finished job names the model
+    assert reuse.status == vc.JobStatus.succeeded, reuse.error
+    assert reuse.result.tuning == "skipped" and reuse.result.subject_model == tuned.result.subject_model
+    model = client.get_subject_model(tuned.result.subject_model)
+    assert isinstance(model, vc.SubjectModel) and model.subject_class == "cat" and model.training["rank"] == 2
+    assert model.id in [m.id for m in client.list_subject_models().items]
+    with service.client(BOB) as bob, pytest.raises(vc.NotFound):
+        bob.get_subject_model(model.id)
+    with pytest.raises(vc.ValidationError) as err:
+        client.generate_subject(prompt="x", subject_model=model.id, method="in_context")
+    assert err.value.fields == ["subject_model"]
+
+    async def go():
+        async with service.aclient() as vj:
+            assert model.id in [m.id for m in (await vj.list_subject_models()).items]
+            assert (await vj.get_subject_model(model.id)).size_bytes == model.size_bytes
+            again = await vj.wait(await vj.generate_subject(prompt="on a boat", subject_model=model.id, steps=2,
+                                                            width=64, height=64, seed=1), timeout=120)
+            assert again.result.tuning == "skipped"
+            await vj.delete_subject_model(model.id)
+            with pytest.raises(vc.NotFound):
+                await vj.get_subject_model(model.id)
+            tuned2 = await vj.wait(await vj.tune_subject(cats[:1], subject_class="cat", steps=1, rank=1),
+                                   timeout=120)
+            assert tuned2.status == vc.JobStatus.succeeded, tuned2.error
+            await vj.delete_subject_model(tuned2.result.subject_model)
+
+    asyncio.run(go())
+    assert model.id not in [m.id for m in client.list_subject_models().items]

@@ -324,11 +324,25 @@ def test_inputs_of_every_kind_are_uploaded_first_and_sent_as_ids():
         client.score_anomalies("anm_" + "1" * 24, [Image.new("RGB", (4, 4))])
         client.edit_video(b"\x00\x00\x00\x18ftypmp42", source_prompt="s", edits="e", frames=None)
         client.generate_video("one prompt", kv_sharing={"enabled": False})
+        client.generate_subject([Image.new("RGB", (4, 4)), known], subject_class="dog", prompt="p", method="expert",
+                                tuning={"steps": 5})
+        client.tune_subject(["upl_" + "b" * 24], subject_class="dog", prior_preservation=True)
+        done = vc.Job.model_validate(job_json("succeeded", 1.0, kind="subject.tune", result={
+            "subject_model": "sbm_" + "c" * 24, "steps": 5, "tune_seconds": 1.0, "final_loss": 0.1,
+            "num_parameters": 10, "size_bytes": 40}))
+        client.generate_subject(prompt="p", subject_model=done)
     assert images == [b"\x89PNG-a", "upl_" + "a" * 24]
-    assert len(uploads) == 4
+    assert len(uploads) == 5
     assert bodies[0] == ("/v1/anomaly-models", {"name": "m", "images": ["upl_" + "0" * 23 + "1", "upl_" + "a" * 24],
                                                 "validation": {"normal": ["upl_" + "0" * 23 + "2"],
                                                                "abnormal": ["upl_" + "e" * 24]}})
     assert bodies[1] == ("/v1/anomaly-scores", {"model_id": "anm_" + "1" * 24, "images": ["upl_" + "0" * 23 + "3"]})
     assert bodies[2] == ("/v1/video-edits", {"video": "upl_" + "0" * 23 + "4", "source_prompt": "s", "edits": ["e"]})
     assert bodies[3] == ("/v1/video-generations", {"prompts": ["one prompt"], "kv_sharing": {"enabled": False}})
+    assert bodies[4] == ("/v1/subject-generations", {"subject_images": ["upl_" + "0" * 23 + "5", "upl_" + "e" * 24],
+                                                     "subject_class": "dog", "prompt": "p", "method": "expert",
+                                                     "tuning": {"steps": 5}})
+    assert bodies[5] == ("/v1/subject-models", {"subject_images": ["upl_" + "b" * 24], "subject_class": "dog",
+                                                "prior_preservation": {"enabled": True}})
+    assert bodies[6] == ("/v1/subject-generations", {"prompt": "p", "subject_model": "sbm_" + "c" * 24})
+    assert isinstance(done.result, vc.SubjectModelResult)

@@ -27,12 +27,16 @@ CORE = [m.Job, m.JobPage, m.JobError, m.Upload, m.ImageOutput, m.ColorizationReq
 # The anomaly kinds' models: checked whenever the spec has the anomaly routes.
 ANOMALY = [m.AnomalyFitRequest, m.AnomalyScoreRequest, m.ValidationSet, m.ThresholdsPatch, m.AnomalyFitResult,
            m.AnomalyScoreResult, m.ScoredImage, m.BoxOut, m.AnomalyModel, m.AnomalyModelList]
+# The subject-driven kinds' models.
+SUBJECT = [m.SubjectGenerationRequest, m.SubjectModelRequest, m.TuningSettings, m.PriorPreservation,
+           m.SubjectGenerationResult, m.SubjectModelResult, m.SubjectModel, m.SubjectModelList]
 # Webhooks are being added to the API: the client already sends `webhook` on every submission
 # and reads `Job.webhook`. Until the committed spec has the Webhook schema those fields are
 # the only ones allowed to be missing from it; from then on everything must match.
 WEBHOOK = [m.Webhook, m.WebhookDelivery, m.WebhookState]
 REQUESTS = {m.Webhook, m.ColorizationRequest, m.Stroke, m.Guidance, m.VideoGenerationRequest, m.KvSharing, m.VideoEditRequest,
-            m.AnomalyFitRequest, m.AnomalyScoreRequest, m.ValidationSet, m.ThresholdsPatch}
+            m.AnomalyFitRequest, m.AnomalyScoreRequest, m.ValidationSet, m.ThresholdsPatch, m.SubjectGenerationRequest,
+            m.SubjectModelRequest, m.TuningSettings, m.PriorPreservation}
 
 
 def ref_name(ref: str) -> str:
@@ -189,6 +193,21 @@ def test_anomaly_models_match_the_spec(spec):
     assert "204" in paths["/v1/anomaly-models/{model_id}"]["delete"]["responses"]
 
 
+def test_subject_models_match_the_spec(spec):
+    schemas = spec["components"]["schemas"]
+    problems = []
+    for model in SUBJECT:
+        assert model.__name__ in schemas, f"{model.__name__} is not in the spec"
+        problems += compare(model, schemas[model.__name__], spec)
+    assert not problems, "\n".join(problems)
+    paths = spec["paths"]
+    for path, method, model in (("/v1/subject-models", "get", "SubjectModelList"),
+                                ("/v1/subject-models/{model_id}", "get", "SubjectModel")):
+        ok = paths[path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert ok["$ref"].endswith("/" + model), (path, method)
+    assert "204" in paths["/v1/subject-models/{model_id}"]["delete"]["responses"]
+
+
 def test_webhook_models_match_the_spec(spec):
     schemas = spec["components"]["schemas"]
     problems = []
@@ -220,6 +239,12 @@ def test_request_bodies_the_client_sends_validate_against_the_spec(spec):
         "anomaly.fit": m.AnomalyFitRequest(name="n", images=["upl_" + "c" * 24], validation={"abnormal": []},
                                            backbone="tiny"),
         "anomaly.score": m.AnomalyScoreRequest(model_id="anm_" + "d" * 24, images=["upl_" + "c" * 24]),
+        "subject.generate": m.SubjectGenerationRequest(subject_images=["upl_" + "c" * 24], subject_class="dog",
+                                                       prompt="on a beach", method="expert",
+                                                       tuning={"steps": 10, "prior_preservation": {"enabled": True}},
+                                                       metrics=["clip_i", "dino"]),
+        "subject.tune": m.SubjectModelRequest(subject_images=["upl_" + "c" * 24], subject_class="dog", rank=8,
+                                              prior_preservation={"enabled": True, "class_images": 10}),
     }
     registry_spec = {"components": spec["components"]}
     for kind, body in bodies.items():
