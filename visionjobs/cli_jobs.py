@@ -37,9 +37,12 @@ class ApiFailure(click.ClickException):
 
 
 def register(main: click.Group) -> None:
-    """Add `submit` and `jobs` to the `visionjobs` command group."""
+    """Add `submit`, `jobs` and `subject-models` to the `visionjobs` command group."""
+    from visionjobs.cli_subject import subject_models  # also adds `submit subject` and `submit subject-tune`
+
     main.add_command(submit)
     main.add_command(jobs)
+    main.add_command(subject_models)
 
 
 # ------------------------------------------------------------------------------ plumbing

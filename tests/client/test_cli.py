@@ -135,3 +135,32 @@ def test_submit_anomaly_fit_from_a_directory_then_score(vj, tmp_path):
     scored = json.loads(vj("submit", "anomaly-score", fit["result"]["model_id"], tmp_path / "test.png", "--wait",
                            "--out", tmp_path / "maps", "--json").stdout)
     assert scored["status"] == "succeeded" and len(scored["result"]["items"]) == 1 and len(scored["files"]) == 3
+
+
+def test_submit_subject_in_context_tune_reuse_and_manage(vj, tmp_path):
+    from tests.api.test_subject_api import photos
+
+    (tmp_path / "cat").mkdir()
+    for i, im in enumerate(photos(3)):
+        im.save(tmp_path / "cat" / f"{i}.png")
+    r = vj("submit", "subject", tmp_path / "cat", "--class", "cat", "--prompt", "in a box", "--steps", "2",
+           "--width", "64", "--height", "64", "--metric", "clip_t", "--wait", "--out", tmp_path / "ic", "--json")
+    job = json.loads(r.stdout)
+    assert job["status"] == "succeeded" and job["result"]["method"] == "in_context"
+    assert len(job["params"]["subject_images"]) == 3 and (tmp_path / "ic" / "output_0.png").is_file()
+    tuned = json.loads(vj("submit", "subject-tune", *sorted((tmp_path / "cat").iterdir()), "--class", "cat",
+                          "--steps", "2", "--rank", "2", "--prior-preservation", "1", "--class-image-steps", "1",
+                          "--wait", "--json").stdout)
+    assert tuned["status"] == "succeeded" and tuned["params"]["prior_preservation"]["class_images"] == 1
+    model_id = tuned["result"]["subject_model"]
+    again = json.loads(vj("submit", "subject", "--subject-model", model_id, "--prompt", "on a roof", "--steps", "2",
+                          "--width", "64", "--height", "64", "--wait", "--json").stdout)
+    assert again["status"] == "succeeded" and again["result"]["tuning"] == "skipped"
+    assert model_id in vj("subject-models", "list").stdout
+    assert json.loads(vj("subject-models", "show", model_id, "--json").stdout)["training"]["rank"] == 2
+    assert vj("subject-models", "delete", model_id).stdout.strip() == f"deleted {model_id}"
+    r = vj("subject-models", "show", model_id, code=3)
+    assert "404" in r.stderr or "not found" in r.stderr.lower()
+    r = vj("submit", "subject", "--subject-model", model_id, "--prompt", "x", "--tune-steps", "3", code=2)
+    assert "tuning options" in r.stderr
+    vj("submit", "subject", "--prompt", "x", code=2)  # neither photos nor a subject model
