@@ -1,9 +1,10 @@
-// Entry point: the API key form and a hash router (#/jobs, #/jobs/{id}, #/playground).
+// Entry point: the API key form and a hash router (#/jobs, #/jobs/{id}, #/playground, #/subject).
 import { api, ApiError, auth } from "./api.js";
 import { forgetInputs } from "./inputs.js";
 import { renderJobs } from "./jobs.js";
 import { renderDetail } from "./detail.js";
 import { renderPlayground } from "./playground.js";
+import { renderSubject } from "./subject.js";
 import { h } from "./ui.js";
 
 const main = document.getElementById("main");
@@ -94,6 +95,7 @@ function route() {
   }
   if (page === "jobs" && arg) cleanup = renderDetail(main, decodeURIComponent(arg));
   else if (page === "playground") cleanup = renderPlayground(main);
+  else if (page === "subject") cleanup = renderSubject(main);
   else cleanup = renderJobs(main);
 }
 

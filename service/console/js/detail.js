@@ -2,6 +2,7 @@
 import { ApiError, cancelJob, FINAL, getJob, streamJob } from "./api.js";
 import { inputUrl } from "./inputs.js";
 import { clear, fmtDuration, fmtTime, h, KIND_LABEL, messageBox, progressView, statusBadge, timeEl } from "./ui.js";
+import { subjectResult } from "./subject.js";
 import { anomalyView, compareView, figure, fmtNum, videoView } from "./views.js";
 
 export function renderDetail(main, id) {
@@ -151,6 +152,13 @@ export function renderDetail(main, id) {
       });
       outBody.append(row, dl([["Tuned model", h("code", {}, r.tuned_model_id)],
         ["Tuning", `${r.tuning}${r.tuning === "ran" ? ` (${fmtDuration(r.tune_seconds * 1000)})` : ""}`], ["Seed", String(r.seed)]]));
+    } else if (job.kind === "subject.generate" || job.kind === "subject.tune") {
+      const inputs = await Promise.all((p.subject_images || []).map((u) => inputUrl(u)));
+      if (run !== outputsRun) return;
+      const shown = inputs.map((url, i) => url && figure(url, `Subject photo ${i + 1}`, { alt: `Subject photo ${p.subject_images[i]}` }))
+        .filter(Boolean);
+      if (shown.length) outBody.append(h("div.figures.thumbs", {}, ...shown));
+      outBody.append(subjectResult(job));
     } else {
       outBody.append(h("pre.json", {}, JSON.stringify(r, null, 2)));
     }
@@ -170,7 +178,7 @@ export function renderDetail(main, id) {
         const compact = JSON.stringify(v);
         return [k, compact.length <= 90 ? h("code.inline-json", {}, compact) : h("pre.json", {}, JSON.stringify(v, null, 2))];
       }
-      if (typeof v === "string" && /^(upl|anm|tvm|job)_/.test(v)) return [k, h("code", {}, v)];
+      if (typeof v === "string" && /^(upl|anm|tvm|sbm|job)_/.test(v)) return [k, h("code", {}, v)];
       return [k, String(v)];
     });
     params.append(entries.length ? dl(entries) : h("p.empty-note", {}, "No parameters."));

@@ -103,4 +103,6 @@ export const KIND_LABEL = {
   "video.edit": "Video edit",
   "anomaly.fit": "Anomaly fit",
   "anomaly.score": "Anomaly score",
+  "subject.generate": "Subject generation",
+  "subject.tune": "Subject tuning",
 };
