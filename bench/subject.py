@@ -16,6 +16,14 @@ first-image ratio (expert: 400 tuning steps + one image, against one in-context 
 anchor: what tuning costs next to the tuning-free route. Class images are reported per image
 (DreamBooth-LoRA's prior preservation needs about 100 of them, once per class).
 
+Service overhead (tiny, CPU): the same in-context and reused-subject-model expert images
+through the API (embedded arrangement in one process: the app under a test client, a worker
+thread polling the same SQLite store, the local object store), client clock from the photo
+uploads to the final state in hand, next to the direct pipeline call with the same settings,
+interleaved job by job (the worker thread stopped during each direct call). The difference is
+what the service adds (uploads, validation, queue,
+claim, decode, progress writes and cancel checks at every step, PNG encode and storage).
+
 Each method runs in its own spawned process, so the CPU peak (the process's peak RSS, which
 only grows) belongs to it; on CUDA the peak is torch.cuda.max_memory_allocated per phase.
 Random weights have the real architectures' FLOPs and memory; outputs are noise. Figures are
@@ -255,6 +263,128 @@ def measure_expert(kw: dict) -> dict:
     return fig
 
 
+def measure_api(kw: dict) -> dict:
+    """Through the API vs direct, tiny profile; n jobs of each, interleaved."""
+    import io
+    import tempfile
+    import threading
+
+    torch, device, dtype = _setup(kw)
+    from fastapi.testclient import TestClient
+
+    from models.subject.expert import expert_prompt
+    from service.app import build_context, create_app
+    from worker.config import WorkerSettings
+    from worker.process import poll_loop
+    from worker.runner import Runner
+
+    n, size, steps = kw["api_jobs"], 64, STEPS
+    photos = [p.resize((size, size)) for p in _photos(3)]
+
+    def png(im) -> bytes:
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        return buf.getvalue()
+
+    blobs = [png(p) for p in photos]
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = WorkerSettings(data_dir=Path(tmp), redis_url=None, s3_bucket=None, model_profile="tiny",
+                                  allow_anonymous=True, refuse_unserved=False, progress_interval_s=0.25, device=device)
+        ctx = build_context(settings, anonymous=True)
+        runner = Runner(settings, ctx.store, ctx.objects, name="bench")
+        worker: dict = {}
+
+        def start_worker():
+            worker["stop"] = threading.Event()
+            worker["thread"] = threading.Thread(target=poll_loop, daemon=True, args=(
+                runner, ["subject.generate", "subject.tune"], worker["stop"], 0.01))
+            worker["thread"].start()
+
+        def stop_worker():
+            worker["stop"].set()
+            worker["thread"].join(timeout=60)
+
+        def direct(fn) -> float:  # with the worker's poll loop stopped: it would share the CPU
+            stop_worker()
+            try:
+                return _timed(fn, device)[1]
+            finally:
+                start_worker()
+
+        start_worker()
+        try:
+            with TestClient(create_app(ctx, run_reaper=False)) as api:
+                def through_api(body: dict, with_photos: bool = True) -> float:
+                    t = time.perf_counter()
+                    if with_photos:
+                        body = {**body, "subject_images": [
+                            api.post("/v1/uploads", files={"file": ("p.png", b, "image/png")}).json()["id"]
+                            for b in blobs]}
+                    job = api.post("/v1/subject-generations", json=body).json()
+                    while job["status"] not in ("succeeded", "failed", "canceled"):
+                        job = api.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json()
+                    assert job["status"] == "succeeded", job["error"]
+                    return time.perf_counter() - t
+
+                common = dict(prompt="swimming underwater", steps=steps, width=size, height=size, seed=0)
+                ic_body = dict(subject_class="cat", method="in_context", **common)
+                through_api(ic_body)  # warm-up: loads the pipeline in the worker
+                incontext = runner.pipeline("subject.in_context", "subject.generate")
+                gen = lambda: torch.Generator("cpu").manual_seed(0)  # noqa: E731
+                direct_ic = lambda: incontext("swimming underwater", photos, "cat", num_inference_steps=steps,  # noqa: E731
+                                              height=size, width=size, generator=gen())
+                api_ic, dir_ic = [], []
+                for _ in range(n):
+                    api_ic.append(through_api(ic_body))
+                    dir_ic.append(direct(direct_ic))
+
+                tuned = api.post("/v1/subject-models", json={
+                    "subject_images": [api.post("/v1/uploads", files={"file": ("p.png", b, "image/png")}).json()["id"]
+                                       for b in blobs], "subject_class": "cat", "steps": 10, "seed": 0}).json()
+                while tuned["status"] not in ("succeeded", "failed", "canceled"):
+                    tuned = api.get(f"/v1/jobs/{tuned['id']}", params={"wait": 30}).json()
+                model_id = tuned["result"]["subject_model"]
+                ex_body = dict(subject_model=model_id, **common)
+                through_api(ex_body, with_photos=False)
+                expert = runner.pipeline("subject.expert", "subject.generate")
+                from models.subject.lora import LoraArtifact
+
+                rec = ctx.store.get_resource("subject_model", model_id)
+                artifact = LoraArtifact.from_parts(ctx.objects.get(rec["prefix"] + "weights.safetensors"),
+                                                   ctx.objects.get(rec["prefix"] + "meta.json"))
+
+                def direct_ex():
+                    expert.load_lora(artifact)  # what the job does too: the adapter per job
+                    try:
+                        return expert.generate(expert_prompt("swimming underwater", "sks", "cat"),
+                                               num_inference_steps=steps, height=size, width=size, generator=gen())
+                    finally:
+                        expert.unload_lora()
+
+                api_ex, dir_ex = [], []
+                for _ in range(n):
+                    api_ex.append(through_api(ex_body, with_photos=False))
+                    dir_ex.append(direct(direct_ex))
+        finally:
+            stop_worker()
+    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    return dict(jobs=n, size=size, api_incontext_s=med(api_ic), direct_incontext_s=med(dir_ic),
+                api_expert_s=med(api_ex), direct_expert_s=med(dir_ex))
+
+
+def api_rows(fig: dict) -> list[dict]:
+    case = f"tiny, cpu, through the API vs direct ({fig['size']}x{fig['size']}, {STEPS} steps, median of {fig['jobs']})"
+    out = []
+    for label, key, note in (("in-context", "incontext", "3 photo uploads + submit + long-poll"),
+                             ("expert, reused subject model", "expert", "submit + long-poll; LoRA loaded per job")):
+        api_s, direct_s = fig[f"api_{key}_s"], fig[f"direct_{key}_s"]
+        out += [row(case, f"{label}: through the API", api_s, "s/job", note),
+                row(case, f"{label}: direct pipeline call", direct_s, "s/image", "the anchor"),
+                row(case, f"{label}: service overhead", api_s - direct_s, "s/job", "API - direct"),
+                row(case, f"{label}: ratio API / direct", api_s / direct_s, "x", "")]
+    return out
+
+
 def _isolated(fn, kw: dict):
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
         return pool.submit(fn, kw).result()
@@ -301,8 +431,13 @@ def collect(opts: BenchOptions | None = None, *, full: bool | None = None, tune_
         print("subject, full-size random (CUDA) ...", flush=True)
         results.append((_isolated(measure_incontext, full_kw), _isolated(measure_expert, full_kw)))
     rows = [r for ic, ex in results for r in rows_for(ic, ex)]
+    print("subject, through the API (tiny, CPU) ...", flush=True)
+    api_kw = {"device": "cpu", "threads": 1, "api_jobs": 3 if opts.quick else 5}
+    settings["api"] = api_kw
+    api = _isolated(measure_api, api_kw)
+    rows += api_rows(api)
     return {"settings": settings, "rows": rows,
-            "details": [{"in_context": ic, "expert": ex} for ic, ex in results]}
+            "details": [{"in_context": ic, "expert": ex} for ic, ex in results] + [{"api": api}]}
 
 
 def main(argv=None) -> dict:

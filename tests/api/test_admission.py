@@ -103,3 +103,25 @@ def test_off_switch_queues_for_a_worker_to_come(tmp_path):
     settings = Settings(data_dir=tmp_path, api_keys=KEYS, redis_url=None, s3_bucket=None, refuse_unserved=False)
     with TestClient(create_app(build_context(settings), run_reaper=False)) as client:
         assert submit_colorize(client).status_code == 202
+
+
+def test_subject_metrics_need_their_weights_on_a_live_worker(api, tmp_path):
+    """A pretrained worker with the subject models but not the metric encoders: generations
+    are accepted, one asking for metrics is refused naming `metrics` and the missing files."""
+    from models.profiles import required_weights
+
+    models = tmp_path / "models"
+    touch(models, required_weights("subject.in_context") + required_weights("subject.expert"))
+    worker_reports(api, tmp_path, "pretrained", models)
+    assert api.get("/readyz").json()["kinds"]["subject.generate"] == {"workers": 1, "ready": 1}
+    up = api.post("/v1/uploads", files={"file": ("a.png", png_bytes(photo(64, 64)), "image/png")},
+                  headers=auth(ALICE)).json()["id"]
+    body = {"subject_images": [up], "subject_class": "person", "prompt": "on the moon"}
+    assert api.post("/v1/subject-generations", json=body, headers=auth(ALICE)).status_code == 202
+    r = api.post("/v1/subject-generations", json={**body, "metrics": ["clip_t"]}, headers=auth(ALICE))
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "metrics"
+    assert "clip-vit-base-patch32/config.json" in r.json()["errors"][0]["missing"]
+    touch(models, required_weights("subject.metrics"))
+    worker_reports(api, tmp_path, "pretrained", models)
+    assert api.post("/v1/subject-generations", json={**body, "metrics": ["clip_t"]},
+                    headers=auth(ALICE)).status_code == 202

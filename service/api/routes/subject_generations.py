@@ -46,8 +46,9 @@ def create_subject_generation(body: SubjectGenerationRequest, ctx: Ctx, tenant: 
         raise field_error("steps", f"at most {s.max_steps} steps", limit=s.max_steps)
     if body.num_outputs > s.max_outputs:
         raise field_error("num_outputs", f"at most {s.max_outputs} outputs", limit=s.max_outputs)
-    if len(body.prompt) > s.max_prompt_chars:
-        raise field_error("prompt", f"at most {s.max_prompt_chars} characters", limit=s.max_prompt_chars)
+    for field, text in (("prompt", body.prompt), ("negative_prompt", body.negative_prompt or "")):
+        if len(text) > s.max_prompt_chars:
+            raise field_error(field, f"at most {s.max_prompt_chars} characters", limit=s.max_prompt_chars)
     if body.tuning is not None:  # expert without a subject model: the job tunes one first
         check_tuning_limits(ctx, body.tuning, prefix="tuning.")
     # 3. what the store holds: the subject model, the photos, the subject-model quota
