@@ -141,3 +141,30 @@ def test_check_names_missing_files_and_the_profile_auto_picks(tmp_path):
     rows = json.loads(done.output)["kinds"]
     assert [r["auto"] for r in rows] == ["pretrained", "pretrained"]
     assert rows[0]["features"]["backbone:resnet18"] == ["anomaly/resnet18.safetensors"]
+
+
+def _fake_repo(root, name, files):
+    repo = root / name.replace("/", "--")
+    for path, size in files.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_bytes(b"x" * size)
+    return {name: repo}
+
+
+def test_alternatives_take_the_first_present_and_a_shared_repository_is_planned_once(tmp_path, monkeypatch):
+    """"a|b" patterns: safetensors where the repository has them, else the .bin; CLIP ViT-B/32
+    serves video.cscv and subject.metrics: one plan, the union of the files, each listed once."""
+    from models.fetch import Options, plan
+
+    clip = {"config.json": 10, "pytorch_model.bin": 300, "vocab.json": 5, "merges.txt": 5, "tokenizer_config.json": 5,
+            "special_tokens_map.json": 5, "tf_model.h5": 300}
+    repos = {**_fake_repo(tmp_path, "openai/clip-vit-base-patch32", clip),
+             **_fake_repo(tmp_path, "facebook/dino-vits16", {"config.json": 10, "pytorch_model.bin": 200,
+                                                             "model.safetensors": 100})}
+    with HubServer(repos) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        plans = plan(["video.cscv", "subject.metrics"], Options())
+    by_repo = {p.download.repo_id: [f for f, _ in p.files] for p in plans}
+    assert len(plans) == 2
+    assert by_repo["openai/clip-vit-base-patch32"] == sorted(set(clip) - {"tf_model.h5"})
+    assert by_repo["facebook/dino-vits16"] == ["config.json", "model.safetensors"]  # not the .bin as well
