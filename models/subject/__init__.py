@@ -8,7 +8,7 @@
     metrics.py        DreamBench's CLIP-I, CLIP-T, DINO
     blip.py           BLIP-Diffusion's Q-Former / context text encoder, forwards for transformers 4 and 5
     loader.py         load_subject_incontext / _expert / _metrics for tiny | pretrained | auto
-    weights_layout.py the pretrained files and where to fetch them (no torch)
+    weights_layout.py the pretrained files (no torch; their downloads: models/fetch.py)
     tiny.py           the tiny profile
 
 These are the two open routes to SuTI's two modes (Chen et al., 2023, whose weights are not
