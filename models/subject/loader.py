@@ -9,8 +9,8 @@
 
 Each sets `.model_profile` ("tiny" | "pretrained"). The `build_*` functions take the
 `models.profiles.KindSpec.loader` arguments (resolved profile, model dir, device, dtype), so a
-kind registry can call them as they are; `weights_layout.REQUIRED` lists their files; models/profiles.py registers them as
-subject.in_context, subject.expert and subject.metrics.
+kind registry can call them as they are (models/profiles.py registers them as
+subject.in_context, subject.expert and subject.metrics); `weights_layout.REQUIRED` lists their files.
 Pretrained loading never reaches for the network (local_files_only) and names every missing
 file before it starts.
 """
