@@ -28,6 +28,9 @@ MANIFEST: dict[str, list[Download]] = {
         Download("openai/clip-vit-large-patch14", "downloads/clip-vit-large-patch14",
                  ("config.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"),
                  "CLIP ViT-L/14 tokenizer and text config (the checkpoint holds the weights)"),
+        Download("Salesforce/blip-image-captioning-base", "blip-image-captioning-base",
+                 ("*.json", "*.txt", "model.safetensors"),
+                 "BLIP base (COCO captioning): the prompt of unconditional requests, as the official demo"),
     ],
     "video.generate": [
         Download("THUDM/CogVideoX-2b", "cogvideox-2b", (), "CogVideoX-2B transformer, VAE, T5 encoder (Apache-2.0 code, "
