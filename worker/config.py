@@ -18,5 +18,7 @@ class WorkerSettings(Settings):
                                                        "settings run as one batch of up to this many (4 suits GPUs).")
     device: str = Field("auto", description="torch device for pipelines: auto | cpu | cuda.")
     channels_last: bool = Field(True, description="Channels-last UNet/ControlNet on CUDA.")
+    colorize_fp32: bool = Field(False, description="Load the colorize models in float32 on CUDA, as the official "
+                                                   "Control Color code (default float16: about half the memory and time).")
     torch_compile: str = Field("", description="Comma-separated kinds whose denoiser is torch.compile'd on load "
                                                "(e.g. colorize,video.generate); the first job pays the compilation.")

@@ -109,8 +109,12 @@ class Runner:
         extra = {"guide_dir": self.settings.autoguidance_dir} if kind == "colorize" else {}
 
         def loader():
+            import torch
+
             from models.acceleration import accelerate
 
+            if kind == "colorize" and self.settings.colorize_fp32:
+                extra["dtype"] = torch.float32  # the official precision; default: fp16 on CUDA
             pipe = load(kind, profile, self.settings.model_dir, self.device, **extra)
             compiled = kind in {k.strip() for k in self.settings.torch_compile.split(",")}
             accelerate(pipe, self.device, kind=kind, channels_last=self.settings.channels_last, compile=compiled)
