@@ -89,12 +89,12 @@ def working_size(width: int, height: int, short_side: int, max_long_side: int, r
     return min(_round64(w), cap), min(_round64(h), cap)
 
 
-OFFICIAL_SQUEEZE_FROM = 800  # annotator/util.py resize_image: `H_new if H_new < 800 else ...`
+OFFICIAL_SQUEEZE_FROM = 800  # annotator/util.py resize_image, l. 37-38: `H_new if H_new<800 else ...`
 OFFICIAL_SQUEEZE_TO = int(np.round(800 / 64.0)) * 64  # = 768 (np.round(12.5) is 12)
 
 
 def official_working_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """The official annotator/util.py `resize_image` size: k = short_side / min(H, W); each side
+    """The official annotator/util.py `resize_image` size (l. 28-39): k = short_side / min(H, W); each side
     int(np.round(side * k / 64)) * 64, then a side >= 800 becomes 768 on its own (aspect not
     kept). Only guard added: a side never rounds below 64 (the official would make a 0-px side
     for inputs under 32 px after scaling, and crash)."""

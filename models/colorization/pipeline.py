@@ -14,7 +14,8 @@ prompt is replaced by a BLIP caption of the input, as the official demo does (mo
 .caption; `auto_caption=False` turns it off).
 
 `parity` (models.colorization.parity) switches back to the official code where the project
-deviates: the SAG heads, the working-size rule, ldm's 'uniform' timesteps.
+deviates: the SAG heads, the working-size rule, ldm's 'uniform' timesteps, gray inputs' L, the
+plain L merge (fp32 is the loader's dtype).
 
 SAG with autoguidance (our decision; the paper combines SAG with CFG only): SAG wraps whatever
 guided prediction the mode produces. x0 comes from the guided eps, the degraded pass repeats

@@ -326,3 +326,17 @@ def test_the_api_contract_mirrors_the_models_defaults_and_switches():
         assert typing.get_args(fields[name].annotation) == choices and fields[name].default == choices[0]
     assert {k: v.model_dump() for k, v in api.PARITY_PRESETS.items()} == \
         {"project": P.Parity().as_dict(), "official": P.Parity.official().as_dict()}
+
+
+def test_models_fetch_downloads_what_the_captioner_requires():
+    """`visionjobs models fetch --kind colorize` brings the BLIP folder the pretrained profile reads."""
+    from fnmatch import fnmatch
+
+    from models.colorization.weights_layout import CAPTION_DIR, CAPTION_REQUIRED, COLORIZE_REQUIRED
+    from models.fetch import MANIFEST
+
+    blip = [d for d in MANIFEST["colorize"] if d.repo_id == "Salesforce/blip-image-captioning-base"]
+    assert len(blip) == 1 and blip[0].folder == CAPTION_DIR
+    for alternatives in CAPTION_REQUIRED:
+        assert alternatives in COLORIZE_REQUIRED
+        assert any(fnmatch(a.split("/", 1)[1], p) for a in alternatives for p in blip[0].patterns), alternatives

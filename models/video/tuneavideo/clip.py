@@ -5,9 +5,9 @@ MP4 / WebM / MOV / GIF (anything FFmpeg demuxes) are read with PyAV from bytes o
 Frames are picked by index and only the picked frames are converted and resized, so a long 4K
 upload costs one decode pass, not its pixels in RAM.
 
-Frame choice, as the official dataset (tuneavideo/data/dataset.py `__getitem__`:
+Frame choice, as the official dataset (tuneavideo/data/dataset.py l. 35, `__getitem__`:
 `list(range(sample_start_idx, len(vr), sample_frame_rate))[:n_sample_frames]`, with
-sample_start_idx 0 and sample_frame_rate 2 in every configs/*.yaml): `frame_stride` frames apart
+sample_start_idx 0 and sample_frame_rate 2 in every configs/*.yaml, e.g. man-skiing.yaml l. 10-11): `frame_stride` frames apart
 from `start_frame`, so 24 frames span 47 source frames and tuning sees the clip's motion at the
 paper's rate. `frame_stride="spread"` spreads them over the whole clip instead (first and last
 included). Named deviations: a clip too short for the request is refused naming what it needs
