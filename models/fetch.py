@@ -29,7 +29,8 @@ MANIFEST: dict[str, list[Download]] = {
                  ("config.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"),
                  "CLIP ViT-L/14 tokenizer and text config (the checkpoint holds the weights)"),
         Download("Salesforce/blip-image-captioning-base", "blip-image-captioning-base",
-                 ("*.json", "*.txt", "model.safetensors"),
+                 ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json",
+                  "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"),
                  "BLIP base (COCO captioning): the prompt of unconditional requests, as the official demo"),
     ],
     "video.generate": [
