@@ -20,5 +20,7 @@ class WorkerSettings(Settings):
     channels_last: bool = Field(True, description="Channels-last UNet/ControlNet on CUDA.")
     controlcolor_repo: str = Field("UPstud/ColorCtrl", description="Hub repository `models fetch` takes the Control "
                                    "Color checkpoints from (default: a third-party mirror of the authors' release).")
+    colorize_fp32: bool = Field(False, description="Load the colorize models in float32 on CUDA, as the official "
+                                                   "Control Color code (default float16: about half the memory and time).")
     torch_compile: str = Field("", description="Comma-separated kinds whose denoiser is torch.compile'd on load "
                                                "(e.g. colorize,video.generate); the first job pays the compilation.")

@@ -65,8 +65,12 @@ class Runner:
         extra = {"guide_dir": self.settings.autoguidance_dir} if model == "colorize" else {}
 
         def loader():
+            import torch
+
             from models.acceleration import accelerate
 
+            if model == "colorize" and self.settings.colorize_fp32:
+                extra["dtype"] = torch.float32  # the official precision; default: fp16 on CUDA
             pipe = load(model, profile, self.settings.model_dir, self.device, **extra)
             compiled = model in {k.strip() for k in self.settings.torch_compile.split(",")}
             accelerate(pipe, self.device, kind=model, channels_last=self.settings.channels_last, compile=compiled)

@@ -34,7 +34,8 @@ def _tune(ctx: "JobContext", pipe, generator) -> tuple[dict, object, float]:
     p, job, objects = ctx.params, ctx.job, ctx.runner.objects
     try:
         clip = read_clip(ctx.read_upload(p["video"], "video"), p.get("frames") or pipe.config.default_frames,
-                         p.get("width") or pipe.config.default_width, p.get("height") or pipe.config.default_height)
+                         p.get("width") or pipe.config.default_width, p.get("height") or pipe.config.default_height,
+                         frame_stride=p.get("frame_stride", 2), start_frame=p.get("start_frame", 0))
     except ValueError as exc:  # VideoDecodeError / VideoLimitError
         raise InvalidInput(f"video: {exc}") from exc
     began = time.monotonic()
