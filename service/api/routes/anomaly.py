@@ -7,13 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 
 from service.api.deps import BaseUrl, Ctx, Tenant
-from service.archives import ArchiveError, image_entries
+from service.archives import check_archive
 from service.core.errors import field_error, not_found
 from service.jobs import accept
 from service.schemas import (
     AnomalyFitRequest, AnomalyModel, AnomalyModelList, AnomalyScoreRequest, Job, ThresholdsPatch,
 )
-from service.uploads import IMAGE_TYPES
+from service.uploads import IMAGE_TYPES, check_job_pixels
 
 router = APIRouter(prefix="/v1", tags=["anomaly"])
 ANOMALY_MODEL = "anomaly_model"  # resource kind in the job store
@@ -44,14 +44,13 @@ def fit_model(body: AnomalyFitRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl, 
             raise field_error("archive", f"no upload {body.archive}")
         if rec.content_type != "application/zip":
             raise field_error("archive", f"upload {body.archive} is {rec.content_type}, not a ZIP archive")
-        try:
-            image_entries(ctx.objects.get(rec.key), ctx.settings.max_image_pixels)
-        except ArchiveError as exc:
-            raise field_error("archive", str(exc))
+        archive_pixels = check_archive(ctx, ctx.objects.get(rec.key))
     _images(ctx, tenant, body.images, "images", same_size=True)
     if body.validation:
         _images(ctx, tenant, body.validation.normal, "validation.normal")
         _images(ctx, tenant, body.validation.abnormal, "validation.abnormal")
+    check_job_pixels(ctx, [*body.images, *(body.validation.normal + body.validation.abnormal if body.validation else [])],
+                     "archive" if body.archive else "images", archive_pixels if body.archive else 0)
     return accept(ctx, response, tenant=tenant, base_url=base, kind="anomaly.fit", params=body.model_dump(),
                   idempotency_key=idempotency_key)
 
@@ -64,6 +63,7 @@ def score(body: AnomalyScoreRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl, re
     if model is None or model["tenant"] != tenant:
         raise field_error("model_id", f"no anomaly model {body.model_id}")
     _images(ctx, tenant, body.images, "images")
+    check_job_pixels(ctx, body.images, "images")
     return accept(ctx, response, tenant=tenant, base_url=base, kind="anomaly.score", params=body.model_dump(),
                   idempotency_key=idempotency_key)
 
