@@ -15,7 +15,7 @@ from typing import Any
 from service.storage.base import ObjectNotFound, ObjectStore
 from service.store.base import CANCELED, FAILED, SUCCEEDED, JobRecord, JobStore, StoreUnavailable
 from worker.config import WorkerSettings
-from worker.control import JobControl
+from worker.control import JobControl, watchdog
 from worker.errors import InvalidInput, JobCanceled, JobFailed, ModelsNotReady, OwnershipLost
 from worker.batching import execute_batch, partners
 from worker.model_cache import ModelCache, release_memory
@@ -77,8 +77,11 @@ class JobContext:
 
 
 class Runner:
-    def __init__(self, settings: WorkerSettings, store: JobStore, objects: ObjectStore, name: str | None = None):
+    def __init__(self, settings: WorkerSettings, store: JobStore, objects: ObjectStore, name: str | None = None,
+                 *, exit_on_hang: bool = False):
         self.settings, self.store, self.objects = settings, store, objects
+        # exit_on_hang: this process is a dedicated worker the launcher replaces (worker/control.py)
+        watchdog.configure(grace_s=settings.job_kill_grace_s, exit_process=exit_on_hang)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.cache = ModelCache(int(settings.model_cache_gb * 2**30))
         self._device: str | None = None
