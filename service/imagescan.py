@@ -114,7 +114,7 @@ def scan(data: bytes, limits: StructureLimits | None = None, *, partial: bool = 
         if s.pixels > limits.max_pixels:
             raise StructureError(f"image is {s.width}x{s.height} = {s.pixels} pixels; the limit is {limits.max_pixels}",
                                  "max_image_pixels", limits.max_pixels)
-        if s.frames * s.pixels > limits.max_frame_pixels:
+        if s.frames > 1 and s.frames * s.pixels > limits.max_frame_pixels:
             raise StructureError(f"{s.frames} frames x {s.pixels} pixels = {s.frames * s.pixels}; the limit is "
                                  f"{limits.max_frame_pixels}", "max_frame_pixels", limits.max_frame_pixels)
     return s
