@@ -44,6 +44,7 @@ class EgressPolicy:
     max_response_bytes: int = 4096       # most response body bytes `request` reads
     schemes: tuple[str, ...] = ("https", "http")
     allow_setting: str = "VISIONJOBS_WEBHOOK_ALLOW_HOSTS"  # named in refusals: where operators allow a host
+    ssl_context: ssl.SSLContext | None = None  # None: certifi's CAs (a private CA: pass its context)
 
 
 class EgressRefused(ValueError):
@@ -91,7 +92,7 @@ _V6_BLOCKED = [(ipaddress.ip_network(net), why) for net, why in [
     ("::/128", "unspecified"), ("::1/128", "loopback"), ("::/96", "IPv4-compatible"),
     ("64:ff9b::/96", "NAT64"), ("64:ff9b:1::/48", "NAT64 local-use"), ("100::/64", "discard-only"),
     ("2001::/32", "Teredo"), ("2001::/23", "IETF protocol assignments"), ("2001:db8::/32", "documentation"),
-    ("2002::/16", "6to4"), ("3fff::/20", "documentation"), ("5f00::/16", "segment routing"),
+    ("2002::/16", "6to4"), ("2620:4f:8000::/48", "AS112"), ("3fff::/20", "documentation"), ("5f00::/16", "segment routing"),
     ("fc00::/7", "unique-local (private)"), ("fe80::/10", "link-local"), ("fec0::/10", "site-local"),
     ("ff00::/8", "multicast"),
 ]]
@@ -365,7 +366,7 @@ def open_stream(method: str, url: str, *, policy: EgressPolicy, content: bytes =
         netloc = parts.netloc.rsplit("@", 1)[-1]
         clean = parts._replace(netloc=netloc).geturl()
         backend = _PinnedBackend(target, clock)
-        pool = httpcore.ConnectionPool(ssl_context=_ssl_context(), max_connections=1, retries=0,
+        pool = httpcore.ConnectionPool(ssl_context=policy.ssl_context or _ssl_context(), max_connections=1, retries=0,
                                        network_backend=backend)
         left = max(0.001, clock.left())
         timeouts = {"connect": left, "read": left, "write": left, "pool": left}

@@ -67,10 +67,15 @@ class Watchdog:
             return
         with self._lock:
             deadlines = [c.hard_deadline for c in self._controls]
-        if deadlines:
-            faulthandler.dump_traceback_later(max(1.0, min(deadlines) - time.monotonic() + BACKSTOP_S), exit=True)
-        else:
-            faulthandler.cancel_dump_traceback_later()
+        try:
+            if deadlines:
+                # the process's own stderr: Celery replaces sys.stderr with a proxy without a file descriptor
+                faulthandler.dump_traceback_later(max(1.0, min(deadlines) - time.monotonic() + BACKSTOP_S),
+                                                  exit=True, file=sys.__stderr__)
+            else:
+                faulthandler.cancel_dump_traceback_later()
+        except (AttributeError, ValueError, OSError) as exc:  # no usable stderr: the watchdog thread remains
+            log.warning("no C-level backstop for the job watchdog: %s", exc)
 
     def _run(self) -> None:
         while True:
