@@ -198,6 +198,7 @@ class _Deadline:
 
     def __init__(self, deadline: float):
         self.deadline = deadline
+        self.fired = False  # the timer shut the socket: an end of stream after this is ours, not the peer's
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._expire)
@@ -219,6 +220,7 @@ class _Deadline:
     def _expire(self) -> None:
         with self._lock:
             sock = self._sock
+            self.fired = True
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -266,7 +268,7 @@ class _PinnedBackend(httpcore.NetworkBackend):
         self._sync = httpcore.SyncBackend()
 
     def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        if host.lower().strip("[]") != self.target.host.lower().strip("[]") or port != self.target.port:
+        if _ascii_host(host) != _ascii_host(self.target.host) or port != self.target.port:
             raise httpcore.ConnectError("connection to another host than the checked one")
         last: Exception = httpcore.ConnectError("no address")
         for address in self.target.addresses:
@@ -299,8 +301,14 @@ def _ssl_context() -> ssl.SSLContext:
     return ctx
 
 
+def _ascii_host(host: str) -> str:
+    """The host as it goes on the wire (IDNA for internationalised names)."""
+    host = host.strip("[]").lower()
+    return host if host.isascii() else host.encode("idna").decode("ascii")
+
+
 def _host_header(parts) -> str:
-    host = parts.hostname
+    host = _ascii_host(parts.hostname)
     shown = f"[{host}]" if ":" in host else host
     default = 443 if parts.scheme == "https" else 80
     return shown if parts.port in (None, default) else f"{shown}:{parts.port}"
@@ -323,6 +331,8 @@ class EgressStream:
                 yield chunk
                 if self._clock is not None and self._clock.expired():
                     raise EgressError("no complete answer within the deadline")
+            if self._clock is not None and self._clock.fired:  # a close-delimited body cut by the deadline
+                raise EgressError("no complete answer within the deadline")
         except httpcore.TimeoutException as exc:
             raise EgressError("no complete answer within the deadline") from exc
         except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
@@ -363,8 +373,9 @@ def open_stream(method: str, url: str, *, policy: EgressPolicy, content: bytes =
         if parts.username is not None:  # https://user:pass@host/...: basic auth, as HTTP clients do
             sent["Authorization"] = "Basic " + base64.b64encode(
                 f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
-        netloc = parts.netloc.rsplit("@", 1)[-1]
-        clean = parts._replace(netloc=netloc).geturl()
+        host = _ascii_host(parts.hostname)
+        shown = f"[{host}]" if ":" in host else host
+        clean = parts._replace(netloc=shown if parts.port is None else f"{shown}:{parts.port}").geturl()
         backend = _PinnedBackend(target, clock)
         pool = httpcore.ConnectionPool(ssl_context=policy.ssl_context or _ssl_context(), max_connections=1, retries=0,
                                        network_backend=backend)

@@ -7,7 +7,7 @@ Signature: `X-Visionjobs-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<bo
 
 Every attempt goes through service/egress.py: resolved once, connected to exactly the checked
 address, non-public destinations refused (unless VISIONJOBS_WEBHOOK_ALLOW_HOSTS lists the host
-or its network), no environment proxies, one total deadline, a few KB of the answer read.
+or its network), no environment proxies, one total deadline for the answer's status line; its body is not read.
 
 Deliveries run on a pool of VISIONJOBS_WEBHOOK_WORKERS threads with at most
 VISIONJOBS_WEBHOOK_TENANT_CONCURRENCY in flight per tenant: a due delivery of a tenant at its
@@ -36,8 +36,7 @@ CLAIM_BATCH = 20
 
 def webhook_policy(settings) -> egress.EgressPolicy:
     return egress.EgressPolicy(allow=tuple(settings.webhook_allow_list()), timeout_s=settings.webhook_timeout_s,
-                               resolve_timeout_s=min(5.0, settings.webhook_timeout_s),
-                               max_response_bytes=settings.webhook_max_response_bytes)
+                               resolve_timeout_s=min(5.0, settings.webhook_timeout_s))
 
 
 def validate_request(webhook: dict | None, allow: list[str]) -> str | None:
@@ -175,10 +174,11 @@ class WebhookDeliverer(threading.Thread):
         body = json.dumps({"event": event, "job": self.render_job(self.ctx, job).model_dump(mode="json")}).encode()
         headers = signed_headers(hook["secret"], body, event=event, delivery_id=f"{job_id}:{event}")
         try:
-            # resolved and checked again: DNS may have changed since submission
-            response = egress.request("POST", hook["url"], policy=self.policy, content=body, headers=headers)
-            state["last_status_code"], state["last_error"] = response.status_code, None
-            ok = 200 <= response.status_code < 300
+            # resolved and checked again (DNS may have changed since submission); the status line is
+            # the receiver's answer: its body is never read
+            with egress.open_stream("POST", hook["url"], policy=self.policy, content=body, headers=headers) as response:
+                state["last_status_code"], state["last_error"] = response.status_code, None
+                ok = 200 <= response.status_code < 300
         except egress.EgressRefused as exc:
             state["last_status_code"], state["last_error"], ok = None, f"refused: {exc}"[:300], False
         except egress.EgressError as exc:

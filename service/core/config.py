@@ -74,8 +74,6 @@ class Settings(BaseSettings):
     webhook_retry_base_s: float = Field(2.0, description="First webhook retry delay; doubles per attempt (8 attempts).")
     webhook_timeout_s: float = Field(10.0, description="Total deadline of one webhook attempt (resolve, connect, "
                                                        "send, response head and body), seconds.")
-    webhook_max_response_bytes: int = Field(4096, description="Most bytes of a webhook receiver's response body read; "
-                                                              "the rest is never received.")
     webhook_workers: int = Field(8, ge=1, description="Webhook deliverer threads per API process.")
     webhook_tenant_concurrency: int = Field(2, ge=1, description="Webhook deliveries in flight per tenant per API "
                                                                  "process; more wait in the outbox.")
