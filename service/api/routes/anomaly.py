@@ -38,6 +38,7 @@ def _images(ctx, tenant: str, ids: list[str], field: str, same_size: bool = Fals
              summary="Fit a PatchCore anomaly model on normal images (job kind anomaly.fit)")
 def fit_model(body: AnomalyFitRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl, response: Response,
               idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Job:
+    archive_pixels = 0
     if body.archive:
         rec = ctx.store.get_upload(body.archive)
         if rec is None or rec.tenant != tenant:
@@ -49,8 +50,8 @@ def fit_model(body: AnomalyFitRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl, 
     if body.validation:
         _images(ctx, tenant, body.validation.normal, "validation.normal")
         _images(ctx, tenant, body.validation.abnormal, "validation.abnormal")
-    check_job_pixels(ctx, [*body.images, *(body.validation.normal + body.validation.abnormal if body.validation else [])],
-                     "archive" if body.archive else "images", archive_pixels if body.archive else 0)
+    validation = body.validation.normal + body.validation.abnormal if body.validation else []
+    check_job_pixels(ctx, [*body.images, *validation], "archive" if body.archive else "images", archive_pixels)
     return accept(ctx, response, tenant=tenant, base_url=base, kind="anomaly.fit", params=body.model_dump(),
                   idempotency_key=idempotency_key)
 
