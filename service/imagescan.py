@@ -10,7 +10,8 @@ count beyond its limit, and every loop step consumes at least a few bytes.
 
 What is counted, per format:
 - PNG / APNG: chunks (each is a step of PIL's Python chunk loop), frames (fcTL chunks).
-- JPEG: marker segments, scans (SOS markers: progressive files have about 10).
+- JPEG: marker segments, fill bytes between them (PIL reads each in Python), standalone
+  markers, scans (SOS markers: progressive files have about 10).
 - GIF: blocks (extensions, image descriptors) plus short data sub-blocks (encoders write
   255-byte sub-blocks; a file of 1-byte ones makes any walker slow), frames, and the canvas,
   which grows to cover every frame (PIL enlarges it the same way).
@@ -150,6 +151,7 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 # The next marker after entropy-coded data: 0xFF followed by anything but a stuffed zero, a
 # restart marker (RST0-7, part of the scan) or another 0xFF (fill).
 _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_FILL = re.compile(rb"\xff+")
 
 
 def _jpeg(d: bytes, c: _Counter, partial: bool) -> Structure:
@@ -157,13 +159,17 @@ def _jpeg(d: bytes, c: _Counter, partial: bool) -> Structure:
     while pos + 4 <= n:
         if d[pos] != 0xFF:
             raise StructureError(f"JPEG has no marker at byte {pos}")
+        if d[pos + 1] == 0xFF:  # fill bytes before a marker: PIL reads them one at a time, in Python
+            end = _FILL.match(d, pos).end() - 1
+            c.chunk(end - pos)
+            pos = end
+            if pos + 4 > n:
+                break
         marker = d[pos + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            pos += 1
-            continue
         if marker == 0xD9:  # EOI: what follows (an MPO's second picture, trailing junk) is not decoded
             break
         if 0xD0 <= marker <= 0xD8 or marker == 0x01:  # standalone markers
+            c.chunk()
             pos += 2
             continue
         (length,) = struct.unpack_from(">H", d, pos + 2)
@@ -227,8 +233,10 @@ def _gif(d: bytes, c: _Counter, partial: bool) -> Structure:
                 break
             pos += 10 + (3 * 2 ** ((lflags & 7) + 1) if lflags & 0x80 else 0)
             pos = _gif_sub_blocks(d, pos + 1, c)  # +1: the LZW minimum code size
-        else:
-            break  # garbage after the last frame: decoders stop here too
+        elif c.frames:
+            break  # garbage after a frame: decoders stop here too
+        else:  # before the first frame PIL would skip it one byte at a time, in Python
+            raise StructureError(f"GIF has an unknown block at byte {pos}")
     if partial and first is None:
         raise NeedMore("GIF head ends before the first frame")
     return Structure("GIF", width, height, max(c.frames, 1), 0, c.chunks)

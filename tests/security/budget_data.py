@@ -56,6 +56,15 @@ def jpeg_padded(n: int, marker: int = 0xFE, after_sof: bool = False) -> bytes:
     return data[:at] + bytes([0xFF, marker, 0, 2]) * n + data[at:]
 
 
+def jpeg_fill_bytes(n: int) -> bytes:
+    """A small JPEG with `n` 0xFF fill bytes before its first marker (legal; PIL's header parser
+    reads them one by one: 25 MB of them cost it 24 s)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(buf, "JPEG")
+    data = buf.getvalue()
+    return data[:2] + b"\xff" * n + data[2:]
+
+
 def _png(width: int = 32, height: int = 32) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), (1, 2, 3)).save(buf, "PNG")
@@ -100,6 +109,13 @@ def gif_short_sub_blocks(n: int) -> bytes:
     """A one-frame GIF whose comment extension is `n` one-byte sub-blocks."""
     head = b"GIF89a" + struct.pack("<HHBBB", 16, 16, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
     return head + b"\x21\xfe" + b"\x01x" * n + b"\x00" + _gif_frame() + b"\x3b"
+
+
+def gif_junk_before_the_frame(n: int) -> bytes:
+    """A one-frame GIF with `n` junk bytes before its image descriptor (PIL skips them one by
+    one in Python: 25 MB of them are seconds of CPU)."""
+    head = b"GIF89a" + struct.pack("<HHBBB", 16, 16, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+    return head + b"\x00" * n + _gif_frame() + b"\x3b"
 
 
 def apng_frames(n: int, size: int = 8) -> bytes:
