@@ -109,8 +109,6 @@ def test_ordinary_images_stay_within_the_budget(api):
     within the frame limit, multi-page TIFFs, every format's usual output."""
     import io
 
-    from PIL import Image
-
     img = photo(96, 72)
     frames = [photo(48, 40).rotate(10 * i) for i in range(8)]
     cases = []

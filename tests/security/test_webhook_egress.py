@@ -30,7 +30,7 @@ from fastapi.testclient import TestClient
 from service.app import build_context, create_app, render_for_webhook
 from service.core.config import Settings
 from service.store.base import JobRecord, new_id
-from tests.helpers import ALICE, BOB, KEYS, auth, photo, png_bytes
+from tests.helpers import ALICE, KEYS, auth, photo, png_bytes
 
 SECRET = "whsec-0123456789abcdef"
 PUBLIC = "93.184.216.34"  # a public address (the test never really connects to it)
