@@ -79,6 +79,7 @@ class Watchdog:
 
     def _run(self) -> None:
         while True:
+            self._wake.clear()  # before the snapshot: a watch() after it wakes the wait below
             with self._lock:
                 controls = list(self._controls)
             now = time.monotonic()
@@ -97,7 +98,6 @@ class Watchdog:
                 return
             pending = [c.hard_deadline for c in controls if not c.expired]
             self._wake.wait(max(0.05, min(pending) - now) if pending else 60.0)
-            self._wake.clear()
 
 
 watchdog = Watchdog()
