@@ -21,13 +21,14 @@ class _AllStopped(Exception):
 def _image(ctx: "JobContext", field: str, *, rgba: bool = False):
     from PIL import Image, ImageOps
 
-    from models.media import load_image
+    from worker.jobs.inputs import budget
 
     data = ctx.read_upload(ctx.params[field], field)
-    try:
-        if rgba:  # stroke images keep their alpha: it marks the stroke pixels
-            return ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGBA")
-        return load_image(data)
+    if not rgba:
+        return budget(ctx).decode(data, field)
+    budget(ctx).check(data, field)
+    try:  # stroke images keep their alpha: it marks the stroke pixels
+        return ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGBA")
     except Exception as exc:
         raise InvalidInput(f"{field}: cannot decode the upload ({exc})") from exc
 

@@ -7,13 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 
 from service.api.deps import BaseUrl, Ctx, Tenant
-from service.archives import ArchiveError, image_entries
+from service.archives import check_archive
 from service.core.errors import field_error, not_found
 from service.jobs import accept
 from service.schemas import (
     AnomalyFitRequest, AnomalyModel, AnomalyModelList, AnomalyScoreRequest, Job, ThresholdsPatch,
 )
-from service.uploads import IMAGE_TYPES
+from service.uploads import IMAGE_TYPES, check_job_pixels
 
 router = APIRouter(prefix="/v1", tags=["anomaly"])
 ANOMALY_MODEL = "anomaly_model"  # resource kind in the job store
@@ -38,20 +38,20 @@ def _images(ctx, tenant: str, ids: list[str], field: str, same_size: bool = Fals
              summary="Fit a PatchCore anomaly model on normal images (job kind anomaly.fit)")
 def fit_model(body: AnomalyFitRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl, response: Response,
               idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Job:
+    archive_pixels = 0
     if body.archive:
         rec = ctx.store.get_upload(body.archive)
         if rec is None or rec.tenant != tenant:
             raise field_error("archive", f"no upload {body.archive}")
         if rec.content_type != "application/zip":
             raise field_error("archive", f"upload {body.archive} is {rec.content_type}, not a ZIP archive")
-        try:
-            image_entries(ctx.objects.get(rec.key), ctx.settings.max_image_pixels)
-        except ArchiveError as exc:
-            raise field_error("archive", str(exc))
+        archive_pixels = check_archive(ctx, ctx.objects.get(rec.key))
     _images(ctx, tenant, body.images, "images", same_size=True)
     if body.validation:
         _images(ctx, tenant, body.validation.normal, "validation.normal")
         _images(ctx, tenant, body.validation.abnormal, "validation.abnormal")
+    validation = body.validation.normal + body.validation.abnormal if body.validation else []
+    check_job_pixels(ctx, [*body.images, *validation], "archive" if body.archive else "images", archive_pixels)
     return accept(ctx, response, tenant=tenant, base_url=base, kind="anomaly.fit", params=body.model_dump(),
                   idempotency_key=idempotency_key)
 
@@ -64,6 +64,7 @@ def score(body: AnomalyScoreRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl, re
     if model is None or model["tenant"] != tenant:
         raise field_error("model_id", f"no anomaly model {body.model_id}")
     _images(ctx, tenant, body.images, "images")
+    check_job_pixels(ctx, body.images, "images")
     return accept(ctx, response, tenant=tenant, base_url=base, kind="anomaly.score", params=body.model_dump(),
                   idempotency_key=idempotency_key)
 

@@ -9,7 +9,7 @@ from service.core.errors import field_error
 from service.jobs import accept
 from service.schemas import ColorizationRequest, Job
 from service.schemas.common import MAX_TOTAL_POINTS
-from service.uploads import IMAGE_TYPES
+from service.uploads import IMAGE_TYPES, check_job_pixels
 
 router = APIRouter(prefix="/v1/colorizations", tags=["colorization"])
 
@@ -64,6 +64,7 @@ def create_colorization(body: ColorizationRequest, ctx: Ctx, tenant: Tenant, bas
         missing = unsupported(ctx, feature) if wanted else None
         if missing:
             raise field_error(field, f"no worker can run this: missing under VISIONJOBS_MODEL_DIR: {missing}")
+    check_job_pixels(ctx, [u for u in (body.image, body.stroke_image, body.exemplar) if u], "image")
     if body.steps > s.max_steps:
         raise field_error("steps", f"at most {s.max_steps} steps", limit=s.max_steps)
     if body.num_outputs > s.max_outputs:
