@@ -14,7 +14,7 @@ from worker.errors import InvalidInput
 if TYPE_CHECKING:
     from PIL import Image
 
-    from worker.runner import JobContext
+    from worker.context import JobContext
 
 
 class InputBudget:
