@@ -120,3 +120,4 @@ class Problem(BaseModel):
     instance: str
     code: str
     errors: list[dict[str, Any]] | None = None
+    errors_total: int | None = Field(None, description="Validation problems found; `errors` lists the first 50.")

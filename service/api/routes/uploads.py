@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, UploadFile
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from service.api.deps import Ctx, Tenant
@@ -48,16 +47,17 @@ async def create_upload(request: Request, ctx: Ctx, tenant: Tenant) -> Upload:
                            code="payload_too_large", errors=[{"field": "file", "message": "too large", "limit": limit}])
         chunks.append(chunk)
     data = b"".join(chunks)
-    # decoding the image (up to max_image_pixels) is CPU work: off the event loop
-    rec = await run_in_threadpool(build_upload, tenant, file.filename, data, ctx.settings.max_image_pixels)
-    ctx.objects.put(rec.key, data, rec.content_type)
-    ctx.store.put_upload(rec)
+    # decoding the image (up to max_image_pixels) is CPU work, the object store is I/O (boto3 or
+    # files): both off the event loop, each in its own bounded pool
+    rec = await ctx.offload("decode", build_upload, tenant, file.filename, data, ctx.settings.max_image_pixels)
+    await ctx.offload("storage", ctx.objects.put, rec.key, data, rec.content_type)
+    await ctx.astore.put_upload(rec)
     return _to_schema(rec)
 
 
 @router.get("/{upload_id}", response_model=Upload, summary="An upload's metadata")
-def get_upload(upload_id: str, ctx: Ctx, tenant: Tenant) -> Upload:
-    rec = ctx.store.get_upload(upload_id) if upload_id.startswith("upl_") else None
+async def get_upload(upload_id: str, ctx: Ctx, tenant: Tenant) -> Upload:
+    rec = await ctx.astore.get_upload(upload_id) if upload_id.startswith("upl_") else None
     if rec is None or rec.tenant != tenant:
         raise not_found("upload")
     return _to_schema(rec)
