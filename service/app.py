@@ -81,7 +81,7 @@ async def close_request_path(ctx: AppContext, tasks: list[asyncio.Task]) -> None
     ctx.hub.shutdown()
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.wait(tasks, timeout=3)  # the listener ends within a second of the hub's shutdown
     await ctx.astore.aclose()
     ctx.offload.shutdown()
 
@@ -119,6 +119,7 @@ def create_app(ctx: AppContext | None = None, *, run_reaper: bool = True) -> Fas
     install_openapi(app)
     limits = ctx.settings if ctx else get_settings()
     app.add_middleware(BodyLimitMiddleware, json_limit=limits.max_body_bytes, upload_limit=limits.max_upload_bytes)
-    for module in (uploads, colorizations, videos, anomaly, jobs, files, health, console):
+    # the status-read routes first: a request walks the route table in order
+    for module in (jobs, health, uploads, colorizations, videos, anomaly, files, console):
         app.include_router(module.router)
     return app

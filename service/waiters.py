@@ -164,11 +164,13 @@ class ChangeHub:
                     waiter.offer(version, status)
 
     async def run(self) -> None:
-        """The periodic re-check, until cancelled."""
-        while True:
+        """The periodic re-check, until cancelled or shut down. (asyncio.timeout, not wait_for:
+        Python 3.11's wait_for can swallow a cancel that lands as the event is set.)"""
+        while not self.stopping:
             try:
-                await asyncio.wait_for(self._resync.wait(), self.recheck_s)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.recheck_s):
+                    await self._resync.wait()
+            except TimeoutError:
                 pass
             self._resync.clear()
             try:

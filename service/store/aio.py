@@ -36,6 +36,13 @@ class AsyncJobStore(abc.ABC):
     async def get_job(self, job_id: str) -> JobRecord | None: ...
 
     @abc.abstractmethod
+    async def read_job(self, job_id: str) -> JobRecord | None:
+        """The job as clients see it: what rendering needs (id, tenant, kind, params, status,
+        progress, stage, attempt, timestamps, error, result, model_profile, version, webhook
+        deliveries); worker-side fields (worker, lease, cancel flag, attempts allowed, webhook
+        subscriptions) may hold their defaults. Status reads and waits use it: it may read less."""
+
+    @abc.abstractmethod
     async def list_jobs(self, tenant: str, *, kind: str | None = None, status: str | None = None,
                         cursor: str | None = None, limit: int = 20) -> tuple[list[JobRecord], str | None]: ...
 

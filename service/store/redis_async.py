@@ -21,6 +21,7 @@ from service.store.redis_ops import Batch, Call, Compute, RedisOps, Script
 
 log = logging.getLogger("visionjobs.store")
 POOL_WAIT_S = 2.0  # a request waits this long for a free connection, then gets 503
+SPARE = 8  # connections beyond pool_size for direct users of the client (the rate limiter's leases)
 _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 
 
@@ -62,12 +63,15 @@ class AsyncRedisJobStore(AsyncJobStore):
         options = dict(decode_responses=True, socket_connect_timeout=redis_store.CONNECT_TIMEOUT_S,
                        health_check_interval=30)
         # same failure policy as the sync store: one quick retry on a fresh connection, no retry of timeouts
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=pool_size, timeout=POOL_WAIT_S, socket_timeout=redis_store.SOCKET_TIMEOUT_S,
+        pool = aioredis.ConnectionPool.from_url(
+            url, max_connections=pool_size + SPARE, socket_timeout=redis_store.SOCKET_TIMEOUT_S,
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, supported_errors=(redis.ConnectionError,)), **options)
         self.r = aioredis.Redis(connection_pool=pool)
+        # at most pool_size operations at once; the others queue here (up to POOL_WAIT_S). A semaphore
+        # costs nothing while free, unlike redis-py's BlockingConnectionPool (a condition per command).
+        self._slots = asyncio.Semaphore(pool_size)
         self._listen_client = aioredis.Redis.from_url(url, **options)  # the one pub/sub connection
-        self.p, self.retention_s, self.cpu = prefix, retention_s, cpu
+        self.p, self.retention_s, self.cpu, self.pool_size = prefix, retention_s, cpu, pool_size
         self.ops = RedisOps(prefix, retention_s)
         self._scripts = {name: self.r.register_script(src) for name, src in redis_lua.SCRIPTS.items()}
         self.commands_sent = 0
@@ -81,10 +85,21 @@ class AsyncRedisJobStore(AsyncJobStore):
         return self.p
 
     async def _do(self, op):
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(POOL_WAIT_S):
+                    await self._slots.acquire()
+            except TimeoutError:
+                op.close()
+                raise StoreUnavailable(f"all {self.pool_size} Redis connections busy for {POOL_WAIT_S:g} s") from None
+        else:
+            await self._slots.acquire()
         try:
             result, sent = await run_async(op, self.r, self._scripts, self.cpu)
         except _UNREACHABLE as exc:
             raise StoreUnavailable(f"redis unreachable: {exc}") from exc
+        finally:
+            self._slots.release()
         self.commands_sent += sent
         return result
 
@@ -94,6 +109,9 @@ class AsyncRedisJobStore(AsyncJobStore):
 
     async def get_job(self, job_id):
         return await self._do(self.ops.get_job(job_id))
+
+    async def read_job(self, job_id):
+        return await self._do(self.ops.read_job(job_id))
 
     async def list_jobs(self, tenant, *, kind=None, status=None, cursor=None, limit=20):
         return await self._do(self.ops.list_jobs(tenant, kind=kind, status=status, cursor=cursor, limit=limit))
@@ -144,16 +162,18 @@ class AsyncRedisJobStore(AsyncJobStore):
 
     async def listen(self, hub: ChangeSink) -> None:
         """Subscribe to the changes channel; after every (re)subscription the hub re-checks
-        everything, since what was published meanwhile is lost."""
+        everything, since what was published meanwhile is lost. Ends within a second of
+        hub.shutdown() too: a cancel that lands inside redis-py's read timeout can be taken
+        for the timeout and lost."""
         delay = 0.1
-        while True:
+        while not getattr(hub, "stopping", False):
             pubsub = self._listen_client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.ops.changes_channel)
                 hub.resync()
                 delay = 0.1
-                while True:
-                    message = await pubsub.get_message(timeout=5.0)
+                while not getattr(hub, "stopping", False):
+                    message = await pubsub.get_message(timeout=1.0)
                     if message is None or message.get("type") != "message":
                         continue
                     job_id, version, status = (message["data"].split(" ") + ["", ""])[:3]

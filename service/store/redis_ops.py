@@ -30,6 +30,9 @@ _INT_FIELDS = ("attempt", "max_attempts", "version")
 _RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord))
 # a list page reads every field but the params, and the summary written next to them
 LIST_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord) if f.name != "params") + ("params_summary",)
+# what clients see of a job (status reads, waits): the worker-side fields keep their defaults
+VIEW_FIELDS = ("id", "tenant", "kind", "params", "status", "progress", "stage", "attempt", "created_at", "started_at",
+               "finished_at", "error", "result", "model_profile", "version", "webhook_deliveries")
 HEAVY_BYTES = 64 * 1024  # decoding more than this runs off the event loop (async driver)
 VERSIONS_CHUNK = 500     # versions(): job ids per pipeline
 
@@ -76,7 +79,7 @@ def encode(job: JobRecord) -> list[str]:
     return flat
 
 
-def decode(raw: dict[str, str]) -> JobRecord:
+def decode(raw: dict[str, str], wire: int | None = None) -> JobRecord:
     data: dict = {}
     for name, value in raw.items():
         if name not in _RECORD_FIELDS:
@@ -92,12 +95,12 @@ def decode(raw: dict[str, str]) -> JobRecord:
         else:
             data[name] = value or None
     job = JobRecord(**data)
-    job._wire_bytes = sum(len(v) for v in raw.values())  # a size hint for the API (see base.wire_bytes)
+    job._wire_bytes = _wire(raw) if wire is None else wire  # a size hint for the API (see base.wire_bytes)
     return job
 
 
-def _wire(raw) -> int:
-    return sum(len(v) for v in raw.values() if v) if isinstance(raw, dict) else sum(len(v) for v in raw if v)
+def _wire(raw: dict[str, str]) -> int:
+    return sum(map(len, raw.values()))
 
 
 def _decode_listed(rows: list[dict[str, str]]) -> list[JobRecord]:
@@ -143,7 +146,18 @@ class RedisOps:
         raw = yield call("hgetall", self.job_key(job_id))
         if not raw:
             return None
-        return (yield Compute(decode, (raw,), heavy=_wire(raw) > HEAVY_BYTES))
+        wire = _wire(raw)
+        return (yield Compute(decode, (raw, wire), heavy=wire > HEAVY_BYTES))
+
+    def read_job(self, job_id: str):
+        """The job as clients see it (VIEW_FIELDS; the worker-side fields keep their defaults):
+        status reads and waits, about a third fewer bytes to parse than get_job."""
+        values = yield call("hmget", self.job_key(job_id), VIEW_FIELDS)
+        if values[0] is None:
+            return None
+        raw = {k: v for k, v in zip(VIEW_FIELDS, values) if v is not None}
+        wire = _wire(raw)
+        return (yield Compute(decode, (raw, wire), heavy=wire > HEAVY_BYTES))
 
     def list_jobs(self, tenant: str, *, kind: str | None = None, status: str | None = None,
                   cursor: str | None = None, limit: int = 20):

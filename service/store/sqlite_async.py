@@ -34,6 +34,9 @@ class AsyncSqliteJobStore(AsyncJobStore):
     async def get_job(self, job_id):
         return await self._call(self.sync.get_job, job_id)
 
+    async def read_job(self, job_id):
+        return await self._call(self.sync.get_job, job_id)
+
     async def list_jobs(self, tenant, *, kind=None, status=None, cursor=None, limit=20):
         return await self._call(self.sync.list_jobs, tenant, kind=kind, status=status, cursor=cursor, limit=limit)
 

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from service.api.deps import BaseUrl, Ctx, OwnedJob, Tenant
+from service.api.deps import BEARER, authenticate, find_job
 from service.api.streaming import EventStreamResponse, client_gone
 from service.core.errors import ApiError
 from service.jobs import job_response, page_response, render_json
@@ -23,6 +24,32 @@ MAX_WAIT_S = 60
 SSE_KEEPALIVE_S = 15.0
 
 
+class SharedReads:
+    """Waiters woken by the same change share one read and one render of the job: a thousand
+    long-polls on one job cost one store read when it finishes, not a thousand. Nothing is
+    cached: a call that finds no read in flight starts its own."""
+
+    def __init__(self):
+        self._inflight: dict[tuple[str, str], asyncio.Future] = {}
+
+    async def get(self, ctx, job_id: str, base: str) -> tuple[JobRecord | None, str | None]:
+        key = (job_id, base)
+        future = self._inflight.get(key)
+        if future is None:
+            future = self._inflight[key] = asyncio.get_running_loop().create_future()
+            try:
+                job = await ctx.astore.read_job(job_id)
+                future.set_result((job, await render_json(ctx, job, base) if job is not None else None))
+            except BaseException as exc:
+                future.set_exception(exc)
+            finally:
+                del self._inflight[key]
+        return await asyncio.shield(future)
+
+
+shared = SharedReads()
+
+
 def too_many_waiters(exc: TooManyWaiters) -> ApiError:
     return ApiError(429, "Too many requests",
                     f"this key already has {exc.limit} open long-polls and event streams on this server "
@@ -31,50 +58,63 @@ def too_many_waiters(exc: TooManyWaiters) -> ApiError:
                     errors=[{"field": "wait", "message": "too many concurrent waits for this key", "limit": exc.limit}])
 
 
-@router.get("", response_model=JobPage, summary="List this tenant's jobs, newest first",
+@router.get("", response_model=JobPage, summary="List this tenant's jobs, newest first", openapi_extra=BEARER,
             description="Bulky params (long arrays such as strokes and points, long strings) are elided in list "
                         "items as `{\"elided\": ...}`; GET /v1/jobs/{id} has the full job.")
-async def list_jobs(ctx: Ctx, tenant: Tenant, base: BaseUrl,
+async def list_jobs(request: Request,
                     kind: KindName | None = None,
                     status: JobStatus | None = None,
                     cursor: Annotated[str | None, Query(pattern=JOB_ID)] = None,
                     limit: Annotated[int, Query(ge=1, le=100)] = 20):
+    ctx, tenant, base = await authenticate(request)
     jobs, next_cursor = await ctx.astore.list_jobs(tenant, kind=kind, status=status.value if status else None,
                                                    cursor=cursor, limit=limit)
     return await page_response(ctx, jobs, next_cursor, base)
 
 
-async def wait_final(ctx, request: Request, tenant: str, job: JobRecord, wait: float) -> JobRecord:
+async def wait_final(ctx, request: Request, tenant: str, job: JobRecord, wait: float,
+                     base: str) -> tuple[JobRecord, str | None]:
     """Sleep on the hub (no thread, no connection) until the job is final, the time is up, the
-    client hangs up or the server stops; returns the latest state read."""
+    client hangs up or the server stops; returns the latest state read (and its rendering when
+    a shared read made one)."""
     try:
         waiter = ctx.hub.watch(tenant, job.id, job.version, final_only=True)
     except TooManyWaiters as exc:
         raise too_many_waiters(exc)
-    deadline = time.monotonic() + wait
+    deadline, body = time.monotonic() + wait, None
     with waiter:
         async with client_gone(request, waiter):
             while not job.final and (remaining := deadline - time.monotonic()) > 0:
                 reason = await waiter.wait(remaining)
                 if reason != "changed":  # timeout, gone, stopping
                     break
-                job = await ctx.astore.get_job(job.id) or job
+                latest, latest_body = await shared.get(ctx, job.id, base)
+                if latest is None:  # expired meanwhile: answer with the last state seen
+                    break
+                job, body = latest, latest_body
                 waiter.seen(job.version)
-    return job
+    return job, body
 
 
-@router.get("/{job_id}", response_model=Job, summary="A job; `wait` long-polls until it is final")
-async def get_job(job: OwnedJob, request: Request, ctx: Ctx, tenant: Tenant, base: BaseUrl,
+@router.get("/{job_id}", response_model=Job, summary="A job; `wait` long-polls until it is final",
+            openapi_extra=BEARER)
+async def get_job(job_id: str, request: Request,
                   wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S,
                                                description="Seconds to wait for a final state.")] = 0):
+    ctx, tenant, base = await authenticate(request)
+    job = await find_job(ctx, tenant, job_id)
     if wait > 0 and not job.final and not ctx.stopping.is_set():
-        job = await wait_final(ctx, request, tenant, job, wait)
+        job, body = await wait_final(ctx, request, tenant, job, wait, base)
+        if body is not None and job.final:
+            return Response(body, media_type="application/json")
     return await job_response(ctx, job, base)
 
 
-@router.post("/{job_id}/cancel", response_model=Job,
+@router.post("/{job_id}/cancel", response_model=Job, openapi_extra=BEARER,
              summary="Cancel: queued jobs at once, running ones within one step; final jobs are returned unchanged")
-async def cancel_job(job: OwnedJob, ctx: Ctx, base: BaseUrl):
+async def cancel_job(job_id: str, request: Request):
+    ctx, tenant, base = await authenticate(request)
+    job = await find_job(ctx, tenant, job_id)
     job = await ctx.astore.request_cancel(job.id) or job
     return await job_response(ctx, job, base)
 
@@ -82,9 +122,12 @@ async def cancel_job(job: OwnedJob, ctx: Ctx, base: BaseUrl):
 @router.get("/{job_id}/events", summary="Server-sent events of the job's state until it is final",
             response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                             "description": "`event: job` frames whose data is the Job JSON; ends after a final state."}})
-async def job_events(job: OwnedJob, ctx: Ctx, tenant: Tenant, base: BaseUrl,
+                             "description": "`event: job` frames whose data is the Job JSON; ends after a final state."}},
+            openapi_extra=BEARER)
+async def job_events(job_id: str, request: Request,
                      last_event_id: Annotated[str | None, Header()] = None) -> EventStreamResponse:
+    ctx, tenant, base = await authenticate(request)
+    job = await find_job(ctx, tenant, job_id)
     sent = int(last_event_id) if last_event_id and last_event_id.isdigit() else -1
     try:
         waiter = ctx.hub.watch(tenant, job.id, job.version)
@@ -93,12 +136,13 @@ async def job_events(job: OwnedJob, ctx: Ctx, tenant: Tenant, base: BaseUrl,
 
     async def frames():
         nonlocal job, sent
+        body = None
         with waiter:
             while True:
                 if job.version > sent:
-                    body = await render_json(ctx, job, base)
+                    body = body or await render_json(ctx, job, base)
                     yield f"id: {job.version}\nevent: job\ndata: {body}\n\n"
-                    sent = job.version
+                    sent, body = job.version, None
                 if job.final:
                     return
                 reason = await waiter.wait(SSE_KEEPALIVE_S)
@@ -110,7 +154,7 @@ async def job_events(job: OwnedJob, ctx: Ctx, tenant: Tenant, base: BaseUrl,
                 if reason == "timeout":
                     yield ": keep-alive\n\n"
                     continue
-                changed = await ctx.astore.get_job(job.id)
+                changed, body = await shared.get(ctx, job.id, base)  # one read per change for all its streams
                 if changed is None:  # expired by retention while streaming
                     yield f"event: gone\ndata: {json.dumps({'id': job.id})}\n\n"
                     return
