@@ -1,7 +1,9 @@
-"""Service overhead (issue 8): what the service adds around a tiny colorization job, on the CPU.
+"""Service overhead (issues 8, 15): what the service adds around a tiny colorization job, on the
+CPU; status reads against a minimal anchor app; many waiters on one API process.
 
-    python bench/service.py            # N = 60 jobs per completion mode
-    python bench/service.py --quick    # N = 50, shorter load runs
+    python bench/service.py                          # everything: N = 60 jobs per completion mode
+    python bench/service.py --quick                  # N = 50, shorter load runs, a smaller scale run
+    python bench/service.py --parts reads,scale      # a subset of submissions,jobs,reads,scale
 
 What runs (database 12 of the local Redis, flushed before and after):
 
@@ -38,6 +40,21 @@ and an async httpx generator with bounded concurrency and duration either way), 
 latency with an idle worker (from the N jobs), and cold vs warm start: a worker without
 --preload (ready time, first job vs later ones), then one with --preload. The API runs with
 its rate limit and active-job quota set out of reach (the limiter code still runs per request).
+
+Status reads against the anchor (part `reads`): bench/anchor_app.py is the least a FastAPI app
+can do for a status read (one redis.asyncio HGETALL of the job's hash, returned as JSON), served
+by uvicorn with the options `visionjobs api` uses. wrk runs alternate anchor, service, anchor, ...
+(c=16, 3 x 8 s each; --quick 2 x 4 s) on a succeeded job with one output image (its URL signed
+on every read); printed: each side's requests/s, p50/p99 and CPU per request of the server
+process, and the service's requests/s as a ratio of the anchor's (goal >= 0.7), plus the same
+ratio by CPU time per request (steadier on a shared machine).
+
+Scale run (part `scale`, bench/waiters.py): 10,000 long-polls and 2,000 SSE streams held on
+one API process (--quick: 2,000 + 400) with the file-descriptor limit raised, a fake worker
+reporting progress on 200 of their jobs; another tenant's paced status reads (200 req/s) meanwhile
+must keep p99 < 100 ms with no 5xx; then 100 jobs finish and their waiters must answer; then the
+clients hang up and every waiter must be released. Printed: latencies, status codes, API memory
+and threads per waiter, wake-up latency.
 
 Where the time of a request goes: around every load run, the CPU seconds of the API process
 (/proc), of the Redis server (INFO cpu; shared, so any other client of it counts too) and of the

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import threading
@@ -28,6 +29,10 @@ from service.waiters import ChangeHub
 
 log = logging.getLogger("visionjobs.api")
 API_VERSION = "1.0.0"
+# Thousands of held long-polls and streams are ~160 long-lived objects each, and a full (gen 2)
+# collection scans them all: 1-2.6 s with 12,000 waiters (bench/waiters.py), the whole loop
+# stopped. Young collections stay as they are; a full one waits for 1000 young ones, not 10.
+GC_THRESHOLDS = (700, 10, 1000)
 
 
 def build_context(settings: Settings, *, anonymous: bool = False, dispatcher: Dispatcher | None = None,
@@ -94,6 +99,7 @@ def create_app(ctx: AppContext | None = None, *, run_reaper: bool = True) -> Fas
         nonlocal ctx
         ctx = ctx or build_context(get_settings())
         app.state.ctx = ctx
+        gc.set_threshold(*GC_THRESHOLDS)
         ctx.stopping.clear()
         tasks = await open_request_path(ctx)
         loop = asyncio.get_running_loop()
