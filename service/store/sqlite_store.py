@@ -49,7 +49,10 @@ class SqliteJobStore(JobStore):
         self._local = threading.local()
         self._changed = threading.Condition()
         self._listeners: list = []  # fn(job_id, version, status), called in the writing thread
-        self._db().executescript(_SCHEMA)
+        db = self._db()
+        db.executescript(_SCHEMA)
+        if "summary" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+            db.execute("ALTER TABLE jobs ADD COLUMN summary TEXT")  # files made before list summaries
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -74,9 +77,12 @@ class SqliteJobStore(JobStore):
     def _save(self, db, job: JobRecord, lease_until: float | None = None) -> JobRecord:
         job.version += 1
         expires = time.time() + self.retention_s if job.final else None
-        db.execute("INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?)",
+        # the params summary (list pages) is written once, with the job: params never change
+        db.execute("INSERT INTO jobs (id, tenant, kind, status, created_at, lease_until, expires_at, doc, summary) "
+                   "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET status=excluded.status, "
+                   "lease_until=excluded.lease_until, expires_at=excluded.expires_at, doc=excluded.doc",
                    (job.id, job.tenant, job.kind, job.status, job.created_at, lease_until, expires,
-                    json.dumps(job.to_dict())))
+                    json.dumps(job.to_dict()), json.dumps(summarize_params(job.params)) if job.version == 1 else None))
         return job
 
     @staticmethod
@@ -136,7 +142,9 @@ class SqliteJobStore(JobStore):
         return self._get(self._db(), job_id)
 
     def list_jobs(self, tenant, *, kind=None, status=None, cursor=None, limit=20):
-        sql, args = "SELECT doc FROM jobs WHERE tenant=? AND (expires_at IS NULL OR expires_at>?)", [tenant, time.time()]
+        # the document without its params (SQLite drops them while reading), and the summary
+        sql = "SELECT json_remove(doc, '$.params'), summary, id FROM jobs WHERE tenant=? AND (expires_at IS NULL OR expires_at>?)"
+        args = [tenant, time.time()]
         for column, value in (("kind", kind), ("status", status)):
             if value:
                 sql += f" AND {column}=?"
@@ -144,10 +152,17 @@ class SqliteJobStore(JobStore):
         if cursor:
             sql += " AND id<?"
             args.append(cursor)
-        rows = self._db().execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit + 1)).fetchall()
-        jobs = [self._load(r) for r in rows[:limit]]
-        for job in jobs:
-            job.params = summarize_params(job.params)
+        db = self._db()
+        rows = db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit + 1)).fetchall()
+        jobs = []
+        for doc, summary, job_id in rows[:limit]:
+            data = json.loads(doc)
+            if summary is None:  # written before summaries existed
+                (full,) = db.execute("SELECT json_extract(doc, '$.params') FROM jobs WHERE id=?", (job_id,)).fetchone()
+                summary = json.dumps(summarize_params(json.loads(full or "{}")))
+            job = JobRecord(**data, params=json.loads(summary))
+            job._wire_bytes = len(doc) + len(summary)
+            jobs.append(job)
         return jobs, (jobs[-1].id if len(rows) > limit else None)
 
     def versions(self, job_ids):
