@@ -18,6 +18,7 @@ from service.store.base import FINAL_STATES
 
 log = logging.getLogger("visionjobs.waiters")
 RECENT = 65536  # last versions seen per job id: closes the race between a read and registering
+_FINAL_REASONS = ("gone", "stopping", "unavailable")
 
 
 class TooManyWaiters(Exception):
@@ -43,18 +44,19 @@ class Waiter:
             self.wake("changed")
 
     def wake(self, reason: str) -> None:
-        """reason: changed | gone (client hung up) | stopping (server stops)."""
+        """reason: changed | gone (client hung up) | stopping (server stops) | unavailable (the
+        store went away: the wait cannot be kept)."""
         future = self._future
         if future is not None and not future.done():
             future.set_result(reason)
-        elif self._pending not in ("gone", "stopping"):  # those two stick
+        elif self._pending not in _FINAL_REASONS:  # those stick
             self._pending = reason
 
     async def wait(self, timeout: float) -> str:
-        """Sleep until woken or `timeout` seconds pass: changed | gone | stopping | timeout."""
+        """Sleep until woken or `timeout` seconds pass: changed | gone | stopping | unavailable | timeout."""
         if self._pending is not None:
             reason, self._pending = self._pending, None
-            if reason in ("gone", "stopping"):
+            if reason in _FINAL_REASONS:
                 self._pending = reason
             return reason
         loop = asyncio.get_running_loop()
@@ -149,6 +151,13 @@ class ChangeHub:
     def resync(self) -> None:
         self._resync.set()
 
+    def unavailable(self) -> None:
+        """The store went away (the listener lost it): every wait ends now, with a 503 or a
+        stream's `retry:`, as a read would; clients come back once it is reachable again."""
+        for waiters in list(self._by_job.values()):
+            for waiter in tuple(waiters):
+                waiter.wake("unavailable")
+
     async def recheck(self) -> None:
         """Compare every watched job's version with the store's (one pipelined pass)."""
         ids = list(self._by_job)
@@ -177,8 +186,9 @@ class ChangeHub:
                 await self.recheck()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the store is down: the next pass tries again
+            except Exception as exc:  # the store is down: the waits end; the next pass tries again
                 log.warning("waiter re-check failed: %s", exc)
+                self.unavailable()
 
     def shutdown(self) -> None:
         self.stopping = True

@@ -24,6 +24,9 @@ class ChangeSink(Protocol):
     def resync(self) -> None:
         """Notifications may have been missed (listener reconnected): re-check everything now."""
 
+    def unavailable(self) -> None:
+        """The listener lost the store: waits cannot be kept."""
+
 
 class AsyncJobStore(abc.ABC):
     recheck_s: float = 5.0

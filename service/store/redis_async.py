@@ -183,8 +183,9 @@ class AsyncRedisJobStore(AsyncJobStore):
                         log.warning("ignored a malformed change notification %r", message["data"])
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # Redis down or restarted: resubscribe with backoff
+            except Exception as exc:  # Redis down or restarted: end the waits, resubscribe with backoff
                 log.warning("change listener lost Redis (%s); resubscribing in %.1f s", exc, delay)
+                hub.unavailable()
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
             finally:

@@ -120,3 +120,13 @@ def test_async_stores_feed_the_hub_from_the_sync_stores_transitions(kind, tmp_pa
         if kind == "redis":
             for key in sync.r.scan_iter(f"{sync.p}*"):
                 sync.r.delete(key)
+
+
+def test_losing_the_store_ends_every_wait():
+    async def scenario():
+        hub = ChangeHub(lambda ids: asyncio.sleep(0, {}), max_per_tenant=10)
+        a, b = hub.watch("t", "job_a", 1, final_only=True), hub.watch("u", "job_b", 1)
+        hub.unavailable()
+        assert [await a.wait(5), await b.wait(5)] == ["unavailable", "unavailable"]
+
+    run(scenario())

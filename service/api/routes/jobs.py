@@ -86,6 +86,8 @@ async def wait_final(ctx, request: Request, tenant: str, job: JobRecord, wait: f
         async with client_gone(request, waiter):
             while not job.final and (remaining := deadline - time.monotonic()) > 0:
                 reason = await waiter.wait(remaining)
+                if reason == "unavailable":
+                    raise StoreUnavailable("the job store went away during the wait")
                 if reason != "changed":  # timeout, gone, stopping
                     break
                 latest, latest_body = await shared.get(ctx, job.id, base)
@@ -151,6 +153,8 @@ async def job_events(job_id: str, request: Request,
                     return
                 if reason == "gone":
                     return
+                if reason == "unavailable":  # ends like a failed read: the client reconnects
+                    raise StoreUnavailable("the job store went away during the stream")
                 if reason == "timeout":
                     yield ": keep-alive\n\n"
                     continue
