@@ -71,10 +71,8 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,7 +82,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BENCH_REDIS_URL, ROOT, BenchOptions, print_and_save, row, summary  # noqa: E402
+from bench.common import BENCH_REDIS_URL, ROOT, BenchOptions, print_and_save  # noqa: E402
 
 PROBE_DIR = ROOT / "bench" / "service_probe"
 FINAL = ("succeeded", "failed", "canceled")
@@ -271,117 +269,9 @@ def one_job(cluster: Cluster, client, png: bytes, mode: str, download: bool = Tr
     return rec
 
 
-# the load generators live in bench/load.py
-from bench.load import cpu_snapshot, httpx_load, proc_status, with_cpu, wrk_load  # noqa: E402,F401
-
-
-def read_cost_breakdown(cluster: "Cluster", job_id: str, n: int = 300) -> dict:
-    """Where the time of one GET /v1/jobs/{id} goes: the service's own per-request work timed
-    in this process with the API's settings and the same Redis (the key lookup, the rate
-    limiter's local bucket, the async store's read, rendering: URL signing and the pydantic
-    JSON), against one whole request over HTTP with one connection (the rest is uvicorn,
-    FastAPI routing and the client)."""
-    import httpx
-
-    from service.app import build_context, close_request_path, open_request_path
-    from service.core.config import Settings
-    from service.jobs import render_json
-
-    settings = Settings(**{k.removeprefix("VISIONJOBS_").lower(): v for k, v in cluster.env.items()
-                           if k.startswith("VISIONJOBS_")})
-    ctx = build_context(settings)
-
-    async def profile() -> dict:
-        tasks = await open_request_path(ctx)
-        job = await ctx.astore.read_job(job_id)
-
-        async def per_call(fn) -> float:
-            for _ in range(20):
-                await fn()
-            t = time.perf_counter()
-            for _ in range(n):
-                await fn()
-            return (time.perf_counter() - t) / n
-
-        async def lookup():
-            ctx.keyring.tenant_for(cluster.key)
-
-        out = {"tenant_lookup_s": await per_call(lookup),
-               "rate_limiter_s": await per_call(lambda: ctx.limiter.hit("bench-profile")),
-               "store_read_job_s": await per_call(lambda: ctx.astore.read_job(job_id)),
-               "render_json_s": await per_call(lambda: render_json(ctx, job, cluster.base))}
-        await close_request_path(ctx, tasks)
-        return out
-
-    out = asyncio.run(profile())
-    out["app_work_s"] = sum(out.values())
-    with httpx.Client(base_url=cluster.base, headers=cluster.headers) as c:
-        url = f"/v1/jobs/{job_id}"
-        for _ in range(20):
-            c.get(url)
-        lat = []
-        for _ in range(n):
-            t = time.perf_counter()
-            c.get(url)
-            lat.append(time.perf_counter() - t)
-    out["http_sequential_p50_s"] = summary(lat)["p50"]
-    return out
-
-
-def succeeded_job(cluster: "Cluster", tenant: str = "bench") -> str:
-    """A succeeded colorize job with one output image, written through the store as a worker
-    would (status reads render it: the URL is signed on every read)."""
-    from service.store.base import JobRecord, new_id
-    from service.store.redis_store import RedisJobStore
-
-    store = RedisJobStore(BENCH_REDIS_URL)
-    job = JobRecord(id=new_id("job"), tenant=tenant, kind="colorize", params={"image": "upl_" + "0" * 24, **PARAMS})
-    store.create_job(job)
-    store.claim(job.id, "bench", 30)
-    store.finish(job.id, 1, "succeeded", model_profile="tiny", result={
-        "images": [{"key": f"jobs/{job.id}/output_0.png", "width": SIZE, "height": SIZE, "content_type": "image/png"}],
-        "seed": SEED})
-    store.close()
-    return job.id
-
-
-def anchor_ratio(cluster: "Cluster", job_id: str, duration: float, rounds: int, conns: int = 16) -> dict:
-    """The service's GET /v1/jobs/{id} against bench/anchor_app.py (same uvicorn settings, same
-    Redis, same job), wrk runs alternating anchor, service, anchor, ... in this one run."""
-    from tests.conftest import free_port
-    from tests.integration.procs import Proc, wait_http
-
-    port = free_port()
-    anchor = Proc([sys.executable, "-m", "bench.anchor_app", "--port", str(port)],
-                  dict(cluster.env, BENCH_ANCHOR_REDIS_URL=BENCH_REDIS_URL, PYTHONPATH=str(ROOT)),
-                  cluster.tmp / "anchor.log", cwd=ROOT)
-    runs: dict[str, list[dict]] = {"anchor": [], "service": []}
-    try:
-        wait_http(f"http://127.0.0.1:{port}/v1/jobs/{job_id}", anchor)
-        for target, url, headers, pid in (("anchor", f"http://127.0.0.1:{port}/v1/jobs/{job_id}", {}, anchor.p.pid),
-                                          ("service", f"{cluster.base}/v1/jobs/{job_id}", cluster.headers, None)):
-            wrk_load(url, headers, 1.0, conns)  # warm-up
-        for _ in range(rounds):
-            for target, url, headers, pid in (("anchor", f"http://127.0.0.1:{port}/v1/jobs/{job_id}", {}, anchor.p.pid),
-                                              ("service", f"{cluster.base}/v1/jobs/{job_id}", cluster.headers, None)):
-                res = with_cpu(cluster, lambda: wrk_load(url, headers, duration, conns), pid=pid)
-                if res is None:
-                    return {"error": "wrk is not installed (e.g. apt-get install wrk): no anchor ratio"}
-                runs[target].append({k: v for k, v in res.items() if k != "raw"})
-    finally:
-        anchor.stop()
-    out: dict = {"rounds": rounds, "duration_s": duration, "connections": conns, "runs": runs}
-    for target, rs in runs.items():
-        out[target] = {"rps": sum(r["requests"] or 0 for r in rs) / sum(r["duration_s"] for r in rs),
-                       "p50_s": summary([r.get("p50_s") for r in rs])["p50"],
-                       "p99_s": summary([r.get("p99_s") for r in rs])["p50"],
-                       "cpu_ms_per_req": summary([r.get("api_cpu_ms_per_req") for r in rs])["p50"],
-                       "non_2xx": sum((r.get("errors") or 0) + (r.get("socket_errors") or 0) for r in rs)}
-    out["ratio_rps"] = out["service"]["rps"] / out["anchor"]["rps"]
-    out["ratio_per_round"] = [s["rps"] / a["rps"] for a, s in zip(runs["anchor"], runs["service"])]
-    if out["service"]["cpu_ms_per_req"] and out["anchor"]["cpu_ms_per_req"]:
-        out["ratio_cpu"] = out["anchor"]["cpu_ms_per_req"] / out["service"]["cpu_ms_per_req"]
-    return out
+# the load generators live in bench/load.py, the status-read runs in bench/reads.py, the rows in
+# bench/service_rows.py
+from bench.load import httpx_load, with_cpu, wrk_load  # noqa: E402
 
 
 def cancel_queued(cluster: Cluster, ids: list[str] | None = None) -> int:
@@ -436,6 +326,8 @@ def collect(opts: BenchOptions | None = None, *, n: int | None = None, device: s
             parts: tuple[str, ...] = PARTS, scale: dict | None = None) -> dict:
     import httpx
 
+    from bench.reads import anchor_ratio, read_cost_breakdown, succeeded_job
+    from bench.service_rows import job_rows, load_rows
     from bench.waiters import raise_fd_limit, scale_run
 
     opts = opts or BenchOptions()
@@ -536,127 +428,6 @@ def run_jobs(cluster: Cluster, client, png: bytes, n: int, device: str) -> dict:
             direct.append(direct_call())
     return {"direct_s": direct, "cold_ready_s": cold_ready, "cold_jobs": cold_jobs, "preload_ready_s": warm_ready,
             "preload_first_job": warm_first, "runs": runs}
-
-
-def job_rows(details: dict, n: int) -> list[dict]:
-    direct, runs, cold_jobs = details["direct_s"], details["runs"], details["cold_jobs"]
-    cold_ready, warm_ready, warm_first = details["cold_ready_s"], details["preload_ready_s"], details["preload_first_job"]
-    d = summary(direct)
-    rows = [row("direct pipeline, warm process", "p50", d["p50"] * 1e3, "ms",
-                f"N={n}, {STEPS} steps, {SIZE}px, SAG on; interleaved with the jobs"),
-            row("direct pipeline, warm process", "p95", d["p95"] * 1e3, "ms")]
-    failed = sum(r["status"] != "succeeded" for r in runs)
-    for mode, label in (("wait", "full path, ?wait= long-poll"), ("sse", "full path, SSE")):
-        rs = [r for r in runs if r["mode"] == mode and r["status"] == "succeeded" and "overhead_s" in r]
-        e2e, ovh = summary([r["e2e_s"] for r in rs]), summary([r["overhead_s"] for r in rs])
-        ovc, pipe = summary([r["overhead_incl_callbacks_s"] for r in rs]), summary([r["pipeline_s"] for r in rs])
-        rows += [row(label, "e2e p50", e2e["p50"] * 1e3, "ms", f"N={len(rs)}"),
-                 row(label, "e2e p95", e2e["p95"] * 1e3, "ms"),
-                 row(label, "worker pipeline p50", pipe["p50"] * 1e3, "ms", "probe: the pipeline call in the worker"),
-                 row(label, "overhead p50", ovh["p50"] * 1e3, "ms", "e2e - worker pipeline time (goal <= 25 ms)"),
-                 row(label, "overhead p95", ovh["p95"] * 1e3, "ms"),
-                 row(label, "overhead incl. step callbacks p50", ovc["p50"] * 1e3, "ms",
-                     "+ progress/cancel checks inside the pipeline"),
-                 row(label, "overhead incl. step callbacks p95", ovc["p95"] * 1e3, "ms"),
-                 row(label, "overhead / direct pipeline p50", 100 * ovh["p50"] / d["p50"], "%", "goal < 5 % of a 0.5 s job"),
-                 row(label, "e2e p50 / direct pipeline p50", e2e["p50"] / d["p50"], "x")]
-    ok = [r for r in runs if r["status"] == "succeeded" and "overhead_s" in r]
-    for key, label, note in (
-            ("upload_s", "upload (POST /v1/uploads)", ""),
-            ("submit_s", "submit (POST /v1/colorizations)", ""),
-            ("queue_to_start_s", "queue -> start (created_at -> started_at)", "idle worker: Celery delivery + claim"),
-            ("start_to_pipeline_s", "start -> pipeline call", "read upload, decode, cache lookup, progress write"),
-            ("callback_s", "step callbacks inside the pipeline", "store read per step + throttled writes"),
-            ("pipeline_to_final_s", "pipeline -> final state", "PNG encode, storage write, final-state script"),
-            ("download_s", "result download (signed URL)", "not part of e2e")):
-        s = summary([r.get(key) for r in ok])
-        rows.append(row("breakdown p50", label, s["p50"] * 1e3 if s["p50"] is not None else None, "ms", note))
-    for mode, label in (("wait", "final -> seen, long-poll"), ("sse", "final -> seen, SSE")):
-        s = summary([r.get("final_to_seen_s") for r in ok if r["mode"] == mode])
-        rows.append(row("breakdown p50", label, s["p50"] * 1e3 if s["p50"] is not None else None, "ms",
-                        "API wake-up, render, response"))
-    q = summary([r.get("queue_to_start_s") for r in ok])
-    rows += [row("queue-to-start, idle worker", "p50", q["p50"] * 1e3, "ms", f"N={q['n']}"),
-             row("queue-to-start, idle worker", "p95", q["p95"] * 1e3, "ms")]
-    later = summary([r["e2e_s"] for r in cold_jobs[1:]])
-    main_p50 = summary([r["e2e_s"] for r in ok if r["mode"] == "wait"])["p50"]
-    pipe_p50 = summary([r["pipeline_s"] for r in ok])["p50"]
-    rows += [row("cold start, worker without --preload", "spawn -> ready", cold_ready, "s", "Celery `ready.`"),
-             row("cold start, worker without --preload", "first job e2e", cold_jobs[0]["e2e_s"], "s",
-                 "imports torch + builds the model"),
-             row("cold start, worker without --preload", "first job model load", cold_jobs[0].get("load_s"), "s"),
-             row("cold start, worker without --preload", "first job pipeline time", cold_jobs[0].get("pipeline_s"), "s",
-                 "first forward passes"),
-             row("cold start, worker without --preload", "later jobs e2e p50", later["p50"], "s", "jobs 2-4"),
-             row("warm start, worker with --preload", "spawn -> ready", warm_ready, "s", "includes the model load"),
-             row("warm start, worker with --preload", "first job e2e", warm_first["e2e_s"], "s"),
-             row("warm start, worker with --preload", "first job model load", warm_first.get("load_s"), "s",
-                 "cache hit"),
-             row("warm start, worker with --preload", "first job pipeline time", warm_first.get("pipeline_s"), "s",
-                 "first forward passes"),
-             row("warm start, worker with --preload", "later jobs pipeline p50", pipe_p50, "s"),
-             row("warm start, worker with --preload", "later jobs e2e p50", main_p50, "s", "the long-poll runs")]
-    if failed:
-        rows.append(row("full path", "jobs not succeeded", failed, "jobs"))
-    return rows
-
-
-def load_rows(details: dict) -> list[dict]:
-    rows = []
-    an = details.get("anchor")
-    if an and "error" not in an:
-        case = f"status reads vs the anchor app (wrk -t1, c={an['connections']}, {an['rounds']} x {an['duration_s']:g} s each, alternating)"
-        for target, label in (("anchor", "anchor: FastAPI + redis.asyncio HGETALL + JSON"), ("service", "service")):
-            t = an[target]
-            rows += [row(case, f"{label} requests/s", t["rps"], "req/s"),
-                     row(case, f"{label} p50", (t["p50_s"] or float("nan")) * 1e3, "ms"),
-                     row(case, f"{label} p99", (t["p99_s"] or float("nan")) * 1e3, "ms"),
-                     row(case, f"{label} CPU per request", t["cpu_ms_per_req"], "ms", "the server process"),
-                     row(case, f"{label} non-2xx", t["non_2xx"], "requests")]
-        rows += [row(case, "service / anchor, requests/s", an["ratio_rps"], "x", "goal >= 0.7"),
-                 row(case, "service / anchor, per round", ", ".join(f"{r:.2f}" for r in an["ratio_per_round"]), ""),
-                 row(case, "anchor CPU / service CPU per request", an.get("ratio_cpu"), "x",
-                     "the same ratio by CPU time: steadier on a shared machine")]
-    elif an:
-        rows.append(row("status reads vs the anchor app", "unavailable", None, "", an["error"]))
-    for s in details.get("submissions", []):
-        case = f"submissions POST /v1/colorizations ({s['client']}, c={s['connections']})"
-        rows += [row(case, "requests/s", s["rps"], "req/s", f"{s['requests']} jobs queued, no worker"),
-                 row(case, "p50", (s.get("p50_s") or float("nan")) * 1e3, "ms"),
-                 row(case, "p99", (s.get("p99_s") or float("nan")) * 1e3, "ms")]
-        rows += _cpu_rows(case, s)
-        if s.get("errors") or s.get("socket_errors"):
-            rows.append(row(case, "errors", (s.get("errors") or 0) + (s.get("socket_errors") or 0), "requests"))
-    for s in details.get("status_reads", []):
-        case = f"status reads GET /v1/jobs/{{id}} ({s['client']}, c={s['connections']})"
-        rows += [row(case, "requests/s", s["rps"], "req/s", "goal >= 2,000; one API process"),
-                 row(case, "p50", (s.get("p50_s") or float("nan")) * 1e3, "ms"),
-                 row(case, "p99", (s.get("p99_s") or float("nan")) * 1e3, "ms")]
-        rows += _cpu_rows(case, s)
-        if s.get("errors") or s.get("socket_errors"):
-            rows.append(row(case, "errors", (s.get("errors") or 0) + (s.get("socket_errors") or 0), "requests"))
-    rc = details.get("read_cost", {})
-    case = "status read cost per request (profile)"
-    if "error" in rc:
-        rows.append(row(case, "unavailable", None, "", rc["error"][:120]))
-    else:
-        for key, label, note in (("tenant_lookup_s", "API key -> tenant", "in-process, same settings"),
-                                 ("rate_limiter_s", "rate limiter (local leased bucket)", "no Redis round trip"),
-                                 ("store_read_job_s", "async job store read (HMGET)", "Redis round trip"),
-                                 ("render_json_s", "render: sign URL + pydantic JSON", ""),
-                                 ("app_work_s", "sum: the service's own work", ""),
-                                 ("http_sequential_p50_s", "whole request over HTTP, c=1, p50",
-                                  "rest: uvicorn, FastAPI, client")):
-            if key in rc:
-                rows.append(row(case, label, rc[key] * 1e3, "ms", note))
-    return rows
-
-
-def _cpu_rows(case: str, s: dict) -> list[dict]:
-    return [row(case, f"CPU per request, {who}", s[f"{who}_cpu_ms_per_req"], "ms", note)
-            for who, note in (("api", "the API process"), ("redis", "the Redis server"),
-                              ("client", "the load generator"))
-            if s.get(f"{who}_cpu_ms_per_req") is not None]
 
 
 def main(argv=None) -> dict:

@@ -13,8 +13,7 @@ from redis.retry import Retry
 
 from service.store import redis_lua
 from service.store.base import JobStore, StoreUnavailable
-from service.store.redis_ops import WORKER_LOST, Batch, Call, Compute, RedisOps, Script  # noqa: F401
-from service.store.redis_ops import decode as _decode, encode as _encode  # noqa: F401  (kept for callers)
+from service.store.redis_ops import Batch, Call, Compute, RedisOps, Script
 
 # Connection handling: fail fast, so the API answers 503 within a few seconds while Redis is down
 # or unreachable (never hangs on a dead socket), and recover on the next call once it is back.
