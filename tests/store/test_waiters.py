@@ -130,3 +130,36 @@ def test_losing_the_store_ends_every_wait():
         assert [await a.wait(5), await b.wait(5)] == ["unavailable", "unavailable"]
 
     run(scenario())
+
+
+def test_waiters_of_one_job_share_its_read_and_a_hang_up_takes_nothing_from_the_others(monkeypatch):
+    from service.api.routes import jobs as routes
+
+    reads = []
+
+    class Store:
+        async def read_job(self, job_id):
+            reads.append(job_id)
+            await asyncio.sleep(0.1)
+            return JobRecord(id=job_id, tenant="t", kind="colorize", params={}, status="succeeded")
+
+    class Ctx:
+        astore = Store()
+
+    async def render(ctx, job, base):
+        return f'{{"id": "{job.id}"}}'
+
+    monkeypatch.setattr(routes, "render_json", render)
+
+    async def scenario():
+        shared = routes.SharedReads()
+        first = asyncio.ensure_future(shared.get(Ctx(), "job_a", "http://x"))
+        second = asyncio.ensure_future(shared.get(Ctx(), "job_a", "http://x"))
+        await asyncio.sleep(0.02)
+        first.cancel()  # its client hung up while the read was in flight
+        job, body = await second
+        assert job.status == "succeeded" and body == '{"id": "job_a"}' and reads == ["job_a"]
+        await shared.get(Ctx(), "job_a", "http://x")  # nothing cached: a later call reads again
+        assert reads == ["job_a", "job_a"]
+
+    run(scenario())

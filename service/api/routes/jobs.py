@@ -27,24 +27,24 @@ SSE_KEEPALIVE_S = 15.0
 class SharedReads:
     """Waiters woken by the same change share one read and one render of the job: a thousand
     long-polls on one job cost one store read when it finishes, not a thousand. Nothing is
-    cached: a call that finds no read in flight starts its own."""
+    cached: a call that finds no read in flight starts its own. The read runs in a task of its
+    own, so a client that hangs up (its request cancelled) takes nothing from the others."""
 
     def __init__(self):
-        self._inflight: dict[tuple[str, str], asyncio.Future] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Task] = {}
 
     async def get(self, ctx, job_id: str, base: str) -> tuple[JobRecord | None, str | None]:
         key = (job_id, base)
-        future = self._inflight.get(key)
-        if future is None:
-            future = self._inflight[key] = asyncio.get_running_loop().create_future()
-            try:
-                job = await ctx.astore.read_job(job_id)
-                future.set_result((job, await render_json(ctx, job, base) if job is not None else None))
-            except BaseException as exc:
-                future.set_exception(exc)
-            finally:
-                del self._inflight[key]
-        return await asyncio.shield(future)
+        task = self._inflight.get(key)
+        if task is None:
+            task = self._inflight[key] = asyncio.ensure_future(self._read(ctx, job_id, base))
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    @staticmethod
+    async def _read(ctx, job_id: str, base: str) -> tuple[JobRecord | None, str | None]:
+        job = await ctx.astore.read_job(job_id)
+        return job, (await render_json(ctx, job, base) if job is not None else None)
 
 
 shared = SharedReads()
