@@ -206,29 +206,27 @@ def decode_gate(settings) -> DecodeGate:
 
 async def check_upload(ctx, tenant: str, filename: str | None, data: bytes) -> UploadRecord:
     """The upload route's check: a decode slot (waiting costs no thread), then the CPU work off
-    the event loop."""
-    from starlette.concurrency import run_in_threadpool
-
+    the event loop (the API's `decode` pool)."""
     settings = ctx.settings
     if sniff_content_type(data[:32]) not in IMAGE_TYPES:  # nothing to decode: no slot needed
         return build_upload(tenant, filename, data, StructureLimits.from_settings(settings))
     gate = decode_gate(settings)
     await gate.acquire(tenant, settings.decode_wait_s)
     try:
-        return await run_in_threadpool(build_upload, tenant, filename, data, StructureLimits.from_settings(settings))
+        return await ctx.offload("decode", build_upload, tenant, filename, data, StructureLimits.from_settings(settings))
     finally:
         gate.release(tenant)
 
 
 # --- the per-job pixel budget ---------------------------------------------------------------
 
-def check_job_pixels(ctx, upload_ids: list[str], field: str, extra: int = 0) -> int:
+async def check_job_pixels(ctx, upload_ids: list[str], field: str, extra: int = 0) -> int:
     """Sum of the pixels of a job's image uploads (their headers were read at upload) plus
     `extra` (an archive's entries); 422 naming `field` beyond VISIONJOBS_MAX_JOB_PIXELS. Call
     after the route checked that the ids are this tenant's images."""
     limit, total = ctx.settings.max_job_pixels, extra
     for upload_id in upload_ids:
-        rec = ctx.store.get_upload(upload_id)
+        rec = await ctx.astore.get_upload(upload_id)
         total += (rec.width or 0) * (rec.height or 0) if rec else 0
         if total > limit:
             break

@@ -475,6 +475,7 @@ class Problem(BaseModel):
     instance: str = ""
     code: str = ""
     errors: Optional[list[dict[str, Any]]] = None
+    errors_total: Optional[int] = None  # validation problems found; `errors` lists the first 50
 
 
 # ----------------------------------------------------------------------------- job kinds

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, description="Largest JSON request body, bytes.")
     rate_limit_per_minute: int = Field(6000, description="Requests per API key per minute (0 = no limit); over it: 429.")
     max_active_jobs: int = Field(500, description="Queued + running jobs per API key; over it submissions get 429.")
+    max_waiters_per_key: int = Field(1000, description="Open long-polls (`wait` > 0) plus event streams per API key in "
+                                                       "one API process (0 = no cap); over it: 429.")
     max_video_frames: int = Field(481, description="Most pixel frames one generated video may have (30 s at 16 fps).")
     max_video_pixels: int = Field(720 * 480, description="Largest generated frame, width x height.")
 
@@ -66,6 +68,9 @@ class Settings(BaseSettings):
     retention_s: int = Field(7 * 24 * 3600, description="How long final jobs, their events and uploads are kept, seconds.")
     reaper_interval_s: float = Field(5.0, description="How often API and workers look for expired leases, seconds.")
     progress_interval_s: float = Field(0.25, description="Least time between two progress writes of one job, seconds.")
+
+    redis_pool_size: int = Field(64, description="Redis connections of one API process's request path (an asyncio "
+                                                 "pool; waits hold none). The reaper and webhook deliverer have their own.")
 
     log_level: str = Field("INFO", description="Python logging level of every process.")
 

@@ -22,7 +22,8 @@ class Stroke(BaseModel):
 
     color: str = Field(pattern=r"^#[0-9A-Fa-f]{6}$", description="`#RRGGBB`.")
     width: float = Field(8.0, gt=0, le=MAX_STROKE_WIDTH, description="Brush diameter in input-image pixels.")
-    points: list[tuple[float, float]] = Field(min_length=1, max_length=MAX_STROKE_POINTS,
+    # fail_fast: validation stops at the first bad item, so a megabyte of bad points costs one error
+    points: list[tuple[float, float]] = Field(min_length=1, max_length=MAX_STROKE_POINTS, fail_fast=True,
                                               description="`[[x, y], ...]` in input-image pixel coordinates.")
 
 
@@ -77,7 +78,7 @@ class ColorizationRequest(JobRequest):
     prompt: Prompt = Field("", max_length=MAX_PROMPT, description="Optional text describing the colours.")
     negative_prompt: Prompt | None = Field(None, max_length=MAX_PROMPT,
                                         description="Default: the Control Color demo's negative prompt.")
-    strokes: list[Stroke] = Field([], max_length=MAX_STROKES, description="Vector colour strokes (hints).")
+    strokes: list[Stroke] = Field([], max_length=MAX_STROKES, fail_fast=True, description="Vector colour strokes (hints).")
     stroke_image: str | None = Field(None, pattern=UPLOAD_ID,
                                      description="Upload id of an RGBA stroke image of the input's size; alpha > 0 marks strokes.")
     exemplar: str | None = Field(None, pattern=UPLOAD_ID, description="Upload id of a colour exemplar image.")

@@ -121,6 +121,7 @@ class Problem(BaseModel):
     instance: str
     code: str
     errors: list[dict[str, Any]] | None = None
+    errors_total: int | None = Field(None, description="Validation problems found; `errors` lists the first 50.")
 
 
 def field_error(field: str, message: str, value: Any, model: BaseModel) -> ValidationError:

@@ -58,7 +58,7 @@ class VideoGenerationRequest(JobRequest):
     width: int | None = Field(None, ge=16, le=1360, multiple_of=16, description="Default: the model's (720).")
     height: int | None = Field(None, ge=16, le=1360, multiple_of=16, description="Default: the model's (480).")
     fps: int = Field(16, ge=1, le=60)
-    metrics: list[Literal["cscv"]] = Field([], description="cscv: transition smoothness (CLIP frame similarity).")
+    metrics: list[Literal["cscv"]] = Field([], fail_fast=True, description="cscv: transition smoothness (CLIP frame similarity).")
 
     @model_validator(mode="after")
     def _prompts(self):

@@ -48,14 +48,14 @@ async def create_upload(request: Request, ctx: Ctx, tenant: Tenant) -> Upload:
         chunks.append(chunk)
     data = b"".join(chunks)
     rec = await check_upload(ctx, tenant, file.filename, data)  # work budget, bounded decodes, off the loop
-    ctx.objects.put(rec.key, data, rec.content_type)
-    ctx.store.put_upload(rec)
+    await ctx.offload("storage", ctx.objects.put, rec.key, data, rec.content_type)  # boto3 or files: off the loop
+    await ctx.astore.put_upload(rec)
     return _to_schema(rec)
 
 
 @router.get("/{upload_id}", response_model=Upload, summary="An upload's metadata")
-def get_upload(upload_id: str, ctx: Ctx, tenant: Tenant) -> Upload:
-    rec = ctx.store.get_upload(upload_id) if upload_id.startswith("upl_") else None
+async def get_upload(upload_id: str, ctx: Ctx, tenant: Tenant) -> Upload:
+    rec = await ctx.astore.get_upload(upload_id) if upload_id.startswith("upl_") else None
     if rec is None or rec.tenant != tenant:
         raise not_found("upload")
     return _to_schema(rec)
