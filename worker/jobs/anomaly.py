@@ -44,19 +44,38 @@ def capabilities(rt) -> dict[str, list[str]]:
     return {f"backbone:{a}": [] if tiny else missing(a, rt.settings.model_dir) for a in BACKBONES}
 
 
-def _load(ctx: "JobContext", ids: list[str], field: str) -> list:
-    from models.media import load_image
+def _load(ctx: "JobContext", ids: list[str], field: str, size: int | None = None) -> tuple[list, list]:
+    """Decode the uploads one at a time, resized to size x size right away when given (the
+    network input: then one full-size image at most is alive at once); the images and their
+    upright sizes before resizing."""
+    from worker.jobs.inputs import budget
 
-    images = []
-    max_pixels = ctx.runner.settings.max_image_pixels
+    images, sizes = [], []
     for i, upload_id in enumerate(ids):
-        try:
-            images.append(load_image(ctx.read_upload(upload_id, f"{field}.{i}"), max_pixels))
-        except InvalidInput:
-            raise
-        except Exception as exc:
-            raise InvalidInput(f"{field}.{i}: cannot decode the upload ({exc})") from exc
-    return images
+        image, source = budget(ctx).decode_sized(ctx.read_upload(upload_id, f"{field}.{i}"), f"{field}.{i}",
+                                                 size=(size, size) if size else None)
+        images.append(image)
+        sizes.append(source)
+        ctx.control.check()
+    return images, sizes
+
+
+def _load_archive(ctx: "JobContext", upload_id: str, size: int) -> tuple[list, list]:
+    """The archive's images, inflated and decoded one entry at a time."""
+    from service.archives import ArchiveError, iter_images
+    from worker.jobs.inputs import budget
+
+    b = budget(ctx)
+    images, sizes = [], []
+    try:
+        for name, blob in iter_images(ctx.read_upload(upload_id, "archive"), b.limits, b.max_job_pixels):
+            image, source = b.decode_sized(blob, f"archive: {name}", size=(size, size))
+            images.append(image)
+            sizes.append(source)
+            ctx.control.check()
+    except ArchiveError as exc:
+        raise InvalidInput(f"archive: {exc}") from exc
+    return images, sizes
 
 
 def _progress(ctx: "JobContext", start: float, end: float):
@@ -72,8 +91,6 @@ def _progress(ctx: "JobContext", start: float, end: float):
 
 def fit(ctx: "JobContext") -> dict:
     from models.anomaly import PatchCoreConfig, Validation, fit_patchcore, save_artifact
-    from models.media import load_image
-    from service.archives import ArchiveError, read_images
 
     p, job = ctx.params, ctx.job
     # the backbone first: a missing weight file refuses the job before any image is decoded
@@ -82,20 +99,19 @@ def fit(ctx: "JobContext") -> dict:
     arch = backbone.arch
     ctx.model_profile = backbone.profile  # what runs: an explicit `tiny` backbone is tiny under any profile
     ctx.control.report(0.01, "reading images", force=True)
+    # PatchCore sees every image at image_size x image_size (patchcore.images_to_tensor resizes
+    # with the same bilinear filter), so each is resized as it is decoded: the same tensors,
+    # without a training set of full-size images in memory.
+    size = p["image_size"]
     if p.get("archive"):
-        try:
-            max_pixels = ctx.runner.settings.max_image_pixels
-            images = [load_image(blob, max_pixels)
-                      for _, blob in read_images(ctx.read_upload(p["archive"], "archive"), max_pixels)]
-        except (ArchiveError, ValueError) as exc:
-            raise InvalidInput(f"archive: {exc}") from exc
+        images, sizes = _load_archive(ctx, p["archive"], size)
     else:
-        images = _load(ctx, p["images"], "images")
-    if len({im.size for im in images}) > 1:
-        raise InvalidInput(f"images: training images must share one size, got {sorted({im.size for im in images})}")
+        images, sizes = _load(ctx, p["images"], "images", size)
+    if len(set(sizes)) > 1:
+        raise InvalidInput(f"images: training images must share one size, got {sorted(set(sizes))}")
     v = p.get("validation") or {}
-    validation = Validation(normal=_load(ctx, v.get("normal", []), "validation.normal"),
-                            abnormal=_load(ctx, v.get("abnormal", []), "validation.abnormal")) if v else None
+    validation = Validation(normal=_load(ctx, v.get("normal", []), "validation.normal", size)[0],
+                            abnormal=_load(ctx, v.get("abnormal", []), "validation.abnormal", size)[0]) if v else None
     config = PatchCoreConfig(backbone=arch, image_size=p["image_size"], coreset_ratio=p["coreset_ratio"],
                              seed=int(p["seed"]) % 2**31)
     try:
@@ -149,14 +165,18 @@ def score(ctx: "JobContext") -> dict:
     ctx.model_profile = model.model_profile
     t = doc["thresholds"]
     model.set_thresholds(image=t["image"], pixel=t["pixel"])  # PATCHed values, no refit
-    images = _load(ctx, p["images"], "images")
-    ctx.control.report(0.1, "scoring", force=True)
-    items = model.score(images, progress=_progress(ctx, 0.1, 0.8))
-    out = []
-    for k, (upload_id, image, item) in enumerate(zip(p["images"], images, items)):
-        ctx.control.report(0.8 + 0.19 * k / len(items), f"rendering {k + 1}/{len(items)}")
+    # One image at a time: decode, score, render, write, drop (maps and renders are at each
+    # image's own size, so a job of 64 max-size images never holds more than one of them).
+    from worker.jobs.inputs import budget
+
+    ids, out = p["images"], []
+    for k, upload_id in enumerate(ids):
+        ctx.control.report(0.1 + 0.89 * k / len(ids), f"scoring {k + 1}/{len(ids)}", force=k == 0)
+        image = budget(ctx).decode(ctx.read_upload(upload_id, f"images.{k}"), f"images.{k}")
+        (item,) = model.score([image])
         files = model.render(image, item)
         keys = {name.split(".")[0] + "_key": ctx.write_output(f"item_{k}_{name}", blob, "image/png")
                 for name, blob in files.items()}
         out.append({"image": upload_id, **item.to_dict(), **keys})
+        del image, item, files
     return {"model_id": p["model_id"], "items": out}

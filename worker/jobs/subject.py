@@ -51,16 +51,11 @@ def capabilities(rt) -> dict[str, list[str]]:
 # ----------------------------------------------------------------------------- inputs
 
 def _photos(ctx: "JobContext", ids: list[str]) -> list:
-    from models.media import load_image
+    """The subject photos, each checked against the job's decode budget before it is decoded."""
+    from worker.jobs.inputs import budget
 
-    images, max_pixels = [], ctx.settings.max_image_pixels
-    for i, upload_id in enumerate(ids):
-        data = ctx.read_upload(upload_id, f"subject_images.{i}")
-        try:
-            images.append(load_image(data, max_pixels))
-        except Exception as exc:
-            raise InvalidInput(f"subject_images.{i}: cannot decode the upload ({exc})") from exc
-    return images
+    return [budget(ctx).decode(ctx.read_upload(upload_id, f"subject_images.{i}"), f"subject_images.{i}")
+            for i, upload_id in enumerate(ids)]
 
 
 def _generator(seed: int):

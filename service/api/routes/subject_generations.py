@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header
 
 from service.api.deps import BaseUrl, Ctx, Tenant
 from service.api.routes.subject_models import check_photos, check_quota, check_tuning_limits, owned_model
@@ -14,14 +14,15 @@ from service.schemas import Job, SubjectGenerationRequest
 
 router = APIRouter(prefix="/v1", tags=["subject"])
 DEFAULT_SIZE = 512  # the pretrained models' native size: what an absent width/height means for the limits
-_ACCEPTED = {202: {"headers": {"Location": {"schema": {"type": "string"}}}}}
+_RESPONSES = {202: {"headers": {"Location": {"schema": {"type": "string"}}}},
+              404: {"description": "No such subject_model for this key (another key's is indistinguishable)",
+                    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}}
 
 
-@router.post("/subject-generations", status_code=202, response_model=Job, responses=_ACCEPTED,
+@router.post("/subject-generations", status_code=202, response_model=Job, responses=_RESPONSES,
              summary="Generate images of a subject: in-context (no tuning) or expert (DreamBooth-LoRA)")
-def create_subject_generation(body: SubjectGenerationRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
-                              response: Response,
-                              idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Job:
+async def create_subject_generation(body: SubjectGenerationRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
+                                    idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
     s = ctx.settings
     params = body.model_dump()  # the effective request: `method` and `tuning` defaults filled in
     # 1. the combinations of fields
@@ -53,13 +54,13 @@ def create_subject_generation(body: SubjectGenerationRequest, ctx: Ctx, tenant: 
         check_tuning_limits(ctx, body.tuning, prefix="tuning.")
     # 3. what the store holds: the subject model, the photos, the subject-model quota
     if body.subject_model is not None:
-        model = owned_model(ctx, tenant, body.subject_model, field="subject_model")
+        model = await owned_model(ctx, tenant, body.subject_model, field="subject_model")
         if body.subject_class is not None and body.subject_class != model["subject_class"]:
             raise field_error("subject_class", f"the subject model is a {model['subject_class']!r}: leave "
                                                "subject_class out or give the same")
         params["subject_class"] = model["subject_class"]
-    check_photos(ctx, tenant, body.subject_images)
+    await check_photos(ctx, tenant, body.subject_images)
     if body.tuning is not None:
-        check_quota(ctx, tenant)
-    return accept(ctx, response, tenant=tenant, base_url=base, kind="subject.generate", params=params,
-                  idempotency_key=idempotency_key)
+        await check_quota(ctx, tenant)
+    return await accept(ctx, tenant=tenant, base_url=base, kind="subject.generate", params=params,
+                        idempotency_key=idempotency_key)

@@ -13,7 +13,7 @@ from service.core.errors import ApiError, field_error
 from service.jobs import accept
 from service.limits import too_many
 from service.schemas import Job, SubjectModel, SubjectModelList, SubjectModelRequest, TuningSettings
-from service.uploads import IMAGE_TYPES
+from service.uploads import IMAGE_TYPES, check_job_pixels
 
 router = APIRouter(prefix="/v1", tags=["subject"])
 SUBJECT_MODEL = "subject_model"  # resource kind in the job store
@@ -26,15 +26,17 @@ def check_photo_count(ctx, ids: list[str], field: str = "subject_images") -> Non
         raise field_error(field, f"{len(ids)} photos; at most {limit}", limit=limit)
 
 
-def check_photos(ctx, tenant: str, ids: list[str], field: str = "subject_images") -> None:
-    """Every id an image upload of this tenant, at most VISIONJOBS_MAX_SUBJECT_IMAGES of them."""
+async def check_photos(ctx, tenant: str, ids: list[str], field: str = "subject_images") -> None:
+    """Every id an image upload of this tenant, at most VISIONJOBS_MAX_SUBJECT_IMAGES of them,
+    together within the job's pixel budget (VISIONJOBS_MAX_JOB_PIXELS)."""
     check_photo_count(ctx, ids, field)
     for i, upload_id in enumerate(ids):
-        rec = ctx.store.get_upload(upload_id)
+        rec = await ctx.astore.get_upload(upload_id) if upload_id.startswith("upl_") else None
         if rec is None or rec.tenant != tenant:
             raise field_error(f"{field}.{i}", f"no upload {upload_id} (upload the photo first with POST /v1/uploads)")
         if rec.content_type not in IMAGE_TYPES:
             raise field_error(f"{field}.{i}", f"upload {upload_id} is {rec.content_type}, not an image")
+    await check_job_pixels(ctx, ids, field)
 
 
 def check_tuning_limits(ctx, t: TuningSettings, prefix: str = "") -> None:
@@ -49,18 +51,18 @@ def check_tuning_limits(ctx, t: TuningSettings, prefix: str = "") -> None:
             raise field_error(field, f"{value} is over the limit of {limit}", limit=limit)
 
 
-def check_quota(ctx, tenant: str) -> None:
+async def check_quota(ctx, tenant: str) -> None:
     """A tuning keeps a subject model: at most VISIONJOBS_MAX_SUBJECT_MODELS per key."""
     s = ctx.settings
-    held = len(ctx.store.list_resources(SUBJECT_MODEL, tenant))
+    held = len(await ctx.astore.list_resources(SUBJECT_MODEL, tenant))
     if s.max_subject_models and held >= s.max_subject_models:
         raise too_many(f"this key has {held} subject models, the limit of {s.max_subject_models}; delete some "
                        "(DELETE /v1/subject-models/{id}) before tuning another", 60, "quota_exceeded")
 
 
-def owned_model(ctx, tenant: str, model_id: str, field: str | None = None) -> dict:
+async def owned_model(ctx, tenant: str, model_id: str, field: str | None = None) -> dict:
     """The subject model, or 404 (another tenant's is indistinguishable from none)."""
-    doc = ctx.store.get_resource(SUBJECT_MODEL, model_id) if model_id.startswith("sbm_") else None
+    doc = await ctx.astore.get_resource(SUBJECT_MODEL, model_id) if model_id.startswith("sbm_") else None
     if doc is None or doc["tenant"] != tenant:
         errors = [{"field": field, "message": f"no subject model {model_id}"}] if field else None
         raise ApiError(404, "Not found", f"{field + ': ' if field else ''}no subject model with this id",
@@ -70,14 +72,14 @@ def owned_model(ctx, tenant: str, model_id: str, field: str | None = None) -> di
 
 @router.post("/subject-models", status_code=202, response_model=Job, responses=_ACCEPTED,
              summary="Tune a subject model: DreamBooth-LoRA on 1-8 photos (job kind subject.tune)")
-def create_subject_model(body: SubjectModelRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl, response: Response,
-                         idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Job:
+async def create_subject_model(body: SubjectModelRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
+                               idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
     check_photo_count(ctx, body.subject_images)
     check_tuning_limits(ctx, body)
-    check_photos(ctx, tenant, body.subject_images)
-    check_quota(ctx, tenant)
-    return accept(ctx, response, tenant=tenant, base_url=base, kind="subject.tune", params=body.model_dump(),
-                  idempotency_key=idempotency_key)
+    await check_photos(ctx, tenant, body.subject_images)
+    await check_quota(ctx, tenant)
+    return await accept(ctx, tenant=tenant, base_url=base, kind="subject.tune", params=body.model_dump(),
+                        idempotency_key=idempotency_key)
 
 
 def _as_schema(doc: dict) -> SubjectModel:
@@ -89,19 +91,19 @@ def _as_schema(doc: dict) -> SubjectModel:
 
 
 @router.get("/subject-models", response_model=SubjectModelList, summary="This key's subject models")
-def list_subject_models(ctx: Ctx, tenant: Tenant) -> SubjectModelList:
-    return SubjectModelList(items=[_as_schema(d) for d in ctx.store.list_resources(SUBJECT_MODEL, tenant)])
+async def list_subject_models(ctx: Ctx, tenant: Tenant) -> SubjectModelList:
+    return SubjectModelList(items=[_as_schema(d) for d in await ctx.astore.list_resources(SUBJECT_MODEL, tenant)])
 
 
 @router.get("/subject-models/{model_id}", response_model=SubjectModel, summary="One subject model")
-def get_subject_model(model_id: str, ctx: Ctx, tenant: Tenant) -> SubjectModel:
-    return _as_schema(owned_model(ctx, tenant, model_id))
+async def get_subject_model(model_id: str, ctx: Ctx, tenant: Tenant) -> SubjectModel:
+    return _as_schema(await owned_model(ctx, tenant, model_id))
 
 
 @router.delete("/subject-models/{model_id}", status_code=204,
                summary="Delete a subject model and its stored LoRA delta")
-def delete_subject_model(model_id: str, ctx: Ctx, tenant: Tenant) -> Response:
-    doc = owned_model(ctx, tenant, model_id)
-    ctx.store.delete_resource(SUBJECT_MODEL, model_id)
-    ctx.objects.delete_prefix(doc["prefix"])
+async def delete_subject_model(model_id: str, ctx: Ctx, tenant: Tenant) -> Response:
+    doc = await owned_model(ctx, tenant, model_id)
+    await ctx.astore.delete_resource(SUBJECT_MODEL, model_id)
+    await ctx.offload("storage", ctx.objects.delete_prefix, doc["prefix"])  # the LoRA bytes: blocking I/O
     return Response(status_code=204)
