@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import posixpath
 import warnings
 import zipfile
 import zlib
@@ -109,3 +110,33 @@ def read_images(data: bytes, max_pixels: int | None = None) -> list[tuple[str, b
             raise ArchiveError(f"{entry.name}: inflates to other than its declared size")
         out.append((entry.name, blob))
     return out
+
+
+# The folders of a labelled archive (anomaly datasets as anomalib's Folder reads them); the
+# worker groups the entries with models/anomaly/folder.py, which reads the same names (a test
+# checks that the two agree).
+FOLDERS = {"normal": "normal", "good": "normal", "abnormal": "abnormal", "mask": "mask", "masks": "mask",
+           "ground_truth": "mask"}
+
+
+def folder_counts(names: list[str]) -> dict[str, int]:
+    """Images per folder of an archive: ``{"normal", "abnormal", "mask"}``. An archive with no
+    entry in one of ``FOLDERS`` is flat: every entry is a normal image. In a labelled archive
+    (one common top folder is ignored) every entry must sit under ``normal/`` (or ``good/``),
+    ``abnormal/`` or ``mask/``; ArchiveError names the first that does not."""
+    parts = [posixpath.normpath(n).split("/") for n in names]
+    if not any(part.lower() in FOLDERS for p in parts for part in p[:-1]):
+        return {"normal": len(names), "abnormal": 0, "mask": 0}
+    if all(len(p) > 2 for p in parts) and len({p[0] for p in parts}) == 1 and parts[0][0].lower() not in FOLDERS:
+        parts = [p[1:] for p in parts]
+    counts = {"normal": 0, "abnormal": 0, "mask": 0}
+    for name, p in zip(names, parts):
+        kind = FOLDERS.get(p[0].lower()) if len(p) > 1 else None
+        if kind is None:
+            raise ArchiveError(f"{name!r} is not under normal/, abnormal/ or mask/ (the folders of a labelled archive)")
+        counts[kind] += 1
+    if not counts["normal"]:
+        raise ArchiveError("no images under normal/")
+    if counts["mask"] > counts["abnormal"]:
+        raise ArchiveError(f"{counts['mask']} masks for {counts['abnormal']} abnormal images")
+    return counts

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     max_active_jobs: int = Field(500, description="Queued + running jobs per API key; over it submissions get 429.")
     max_video_frames: int = Field(481, description="Most pixel frames one generated video may have (30 s at 16 fps).")
     max_video_pixels: int = Field(720 * 480, description="Largest generated frame, width x height.")
+    max_train_image_epochs: int = Field(
+        100_000, description="Training work cap of an anomaly model fit (Reverse Distillation): max_epochs x normal "
+                             "images, checked at submission (and on the training split by the worker).")
 
     # --- jobs ---
     lease_s: float = Field(30.0, description="Running-job lease; a worker renews it every lease_s/3.")

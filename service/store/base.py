@@ -133,8 +133,10 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def heartbeat(self, job_id: str, attempt: int, lease_s: float, *,
-                  progress: float | None = None, stage: str | None = None) -> bool:
+                  progress: float | None = None, stage: str | None = None, result: dict | None = None) -> bool:
         """Renew the lease (and optionally report progress) while this attempt owns the job.
+        `result` (with `progress` only): the partial result of a running job (a training's
+        per-epoch history), replaced by the final one at `finish`.
         Returns True when the job should stop: cancel requested, or the attempt lost ownership."""
 
     def should_stop(self, job_id: str, attempt: int) -> bool:

@@ -75,7 +75,7 @@ bump(jk, p .. 'events:' .. id)
 return 'claimed'
 """
 
-# ARGV: prefix, id, attempt, lease_s, progress|'', stage|''. Returns 1 = stop.
+# ARGV: prefix, id, attempt, lease_s, progress|'', stage|'', result_json|''. Returns 1 = stop.
 HEARTBEAT = _NOW + _EVENT + """
 local p, id = ARGV[1], ARGV[2]
 local jk = p .. 'job:' .. id
@@ -85,6 +85,7 @@ redis.call('ZADD', p .. 'leases', now + tonumber(ARGV[4]), id)
 redis.call('HSET', jk, 'lease_until', now + tonumber(ARGV[4]))
 if ARGV[5] ~= '' then
   redis.call('HSET', jk, 'progress', ARGV[5], 'stage', ARGV[6])
+  if ARGV[7] ~= '' then redis.call('HSET', jk, 'result', ARGV[7]) end
   bump(jk, p .. 'events:' .. id)
 end
 if f[3] == '1' then return 1 end

@@ -157,9 +157,10 @@ class RedisJobStore(JobStore):
         reason = self._run("CLAIM", job_id, worker, lease_s)
         return Claim(self.get_job(job_id) if reason == "claimed" else None, reason)
 
-    def heartbeat(self, job_id, attempt, lease_s, *, progress=None, stage=None):
+    def heartbeat(self, job_id, attempt, lease_s, *, progress=None, stage=None, result=None):
         return bool(self._run("HEARTBEAT", job_id, attempt, lease_s,
-                              "" if progress is None else repr(float(progress)), stage or ""))
+                              "" if progress is None else repr(float(progress)), stage or "",
+                              "" if result is None else json.dumps(result)))
 
     def should_stop(self, job_id, attempt):
         status, current, cancel = self._call(self.r.hmget, f"{self.p}job:{job_id}", "status", "attempt",

@@ -200,13 +200,15 @@ class SqliteJobStore(JobStore):
         self._notify()
         return Claim(job, "claimed")
 
-    def heartbeat(self, job_id, attempt, lease_s, *, progress=None, stage=None):
+    def heartbeat(self, job_id, attempt, lease_s, *, progress=None, stage=None, result=None):
         with self._tx() as db:
             job = self._get(db, job_id)
             if job is None or job.status != RUNNING or job.attempt != attempt:
                 return True
             if progress is not None:
                 job.progress, job.stage = float(progress), stage
+                if result is not None:
+                    job.result = result
                 self._save(db, job, time.time() + lease_s)
             else:
                 db.execute("UPDATE jobs SET lease_until=? WHERE id=?", (time.time() + lease_s, job_id))
