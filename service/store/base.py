@@ -147,7 +147,8 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def finish(self, job_id: str, attempt: int, status: str, *, result: dict | None = None,
                error: dict | None = None, model_profile: str | None = None) -> JobRecord | None:
-        """Move this attempt's running job to a final state. None if it no longer owns it."""
+        """Move this attempt's running job to a final state. None if it no longer owns it.
+        Without a `result`, the partial result the attempt reported (heartbeat) stays."""
 
     @abc.abstractmethod
     def reap_expired(self, now: float | None = None) -> list[str]:

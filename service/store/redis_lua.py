@@ -100,8 +100,8 @@ local f = redis.call('HMGET', jk, 'status', 'attempt', 'kind', 'progress')
 if f[1] ~= 'running' or f[2] ~= ARGV[3] then return 0 end
 local progress = f[4]
 if ARGV[4] == 'succeeded' then progress = 1 end
-redis.call('HSET', jk, 'status', ARGV[4], 'finished_at', now, 'result', ARGV[5], 'error', ARGV[6],
-           'stage', ARGV[4], 'progress', progress)
+redis.call('HSET', jk, 'status', ARGV[4], 'finished_at', now, 'error', ARGV[6], 'stage', ARGV[4], 'progress', progress)
+if ARGV[5] ~= '' then redis.call('HSET', jk, 'result', ARGV[5]) end  -- none: a partial result stays
 if ARGV[8] ~= '' then redis.call('HSET', jk, 'model_profile', ARGV[8]) end
 redis.call('ZREM', p .. 'leases', id)
 inactive(p, jk, id)

@@ -223,7 +223,8 @@ class SqliteJobStore(JobStore):
             if job is None or job.status != RUNNING or job.attempt != attempt:
                 return None
             job.status, job.stage, job.finished_at = status, status, time.time()
-            job.result, job.error = result, error
+            job.error = error
+            job.result = job.result if result is None else result  # none: a partial result stays
             job.model_profile = model_profile or job.model_profile
             if status == SUCCEEDED:
                 job.progress = 1.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -116,3 +117,113 @@ def test_train_reverse_distillation_with_early_stopping_then_score(live, crops):
     assert b["score"] > a["score"]
     seg = fetch(b["segmentation_url"])
     assert seg.shape == (SIZE, SIZE, 3)
+
+
+@pytest.fixture
+def small_work_client(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from service.app import build_context, create_app
+    from service.core.config import Settings
+    from tests.helpers import KEYS
+
+    settings = Settings(data_dir=tmp_path, api_keys=KEYS, max_train_image_epochs=50, redis_url=None, s3_bucket=None)
+    with TestClient(create_app(build_context(settings), run_reaper=False)) as c:
+        yield c
+
+
+def problem_field(r) -> tuple[str, str]:
+    assert r.status_code == 422, r.text
+    return r.json()["errors"][0]["field"], r.json()["detail"]
+
+
+def test_training_fields_are_checked_on_the_effective_request(small_work_client, crops):
+    c = small_work_client
+    ids = [upload(c, png_bytes(im)) for im in crops.train[:6]]
+    base = {"name": "x", "images": ids, "backbone": "tiny", "image_size": SIZE}
+    post = lambda **kw: c.post("/v1/anomaly-models", json={**base, **kw}, headers=auth(ALICE))  # noqa: E731
+    # PatchCore is the default; its effective request has its settings only
+    r = c.post("/v1/anomaly-models", json=base, headers=auth(ALICE))
+    assert r.status_code == 202 and r.json()["params"]["model"] == "patchcore"
+    assert r.json()["params"]["coreset_ratio"] == 0.1 and r.json()["params"]["max_epochs"] is None
+    assert "max_epochs, patience: not a setting of model patchcore" in problem_field(post(max_epochs=3, patience=1))[1]
+    rd = {"model": "reverse_distillation"}
+    assert "coreset_ratio: not a setting" in problem_field(post(**rd, coreset_ratio=0.5))[1]
+    r = post(**rd, max_epochs=1001)
+    assert problem_field(r)[0] == "max_epochs" and r.json()["errors"][0]["limit"] == 1000
+    assert post(**rd, batch_size=65).json()["errors"][0]["field"] == "batch_size"
+    assert post(**rd, learning_rate=0.5).json()["errors"][0]["field"] == "learning_rate"
+    assert post(**rd, patience=-1).json()["errors"][0]["field"] == "patience"
+    assert "validation: the validation split" in problem_field(post(**rd, validation={"normal": ids[:1]}))[1]
+    assert "abnormal_masks: 1 masks for 0" in problem_field(post(**rd, abnormal_masks=[None]))[1]
+    # the training work: the default 200 epochs x 6 images is over this service's cap of 50
+    field, detail = problem_field(post(**rd))
+    assert field == "max_epochs" and "200 epochs x 6 normal images = 1200" in detail
+    assert post(**rd).json()["errors"][0]["limit"] == 50
+    r = post(**rd, max_epochs=8)
+    assert r.status_code == 202, r.text
+    assert {k: r.json()["params"][k] for k in ("max_epochs", "patience", "batch_size", "learning_rate")} == \
+        {"max_epochs": 8, "patience": 3, "batch_size": 16, "learning_rate": 0.005}
+    assert problem_field(post(**rd, max_epochs=8, abnormal=["upl_" + "0" * 24]))[0] == "abnormal.0"
+
+
+def test_labelled_archives_are_checked_at_submission(client, crops):
+    good = png_bytes(crops.train[0])
+    stray = upload(client, zip_of({"normal/a.png": good, "abnormal/b.png": good, "other/c.png": good}), name="x.zip")
+    r = client.post("/v1/anomaly-models", json={"name": "x", "archive": stray}, headers=auth(ALICE))
+    assert problem_field(r)[0] == "archive" and "'other/c.png' is not under normal/" in r.json()["detail"]
+    no_normal = upload(client, zip_of({"abnormal/b.png": good}), name="y.zip")
+    r = client.post("/v1/anomaly-models", json={"name": "x", "archive": no_normal}, headers=auth(ALICE))
+    assert problem_field(r)[0] == "archive" and "no images under normal/" in r.json()["detail"]
+    labelled = upload(client, zip_of({"data/normal/a.png": good, "data/abnormal/b.png": good}), name="z.zip")
+    r = client.post("/v1/anomaly-models", json={"name": "x", "archive": labelled, "validation": {"normal": []}},
+                    headers=auth(ALICE))
+    assert problem_field(r)[0] == "validation"
+
+
+def test_archive_folders_are_read_as_the_worker_reads_them():
+    from models.anomaly.folder import _FOLDERS, group_folder_entries, is_folder_layout
+    from service.archives import FOLDERS, folder_counts
+
+    assert FOLDERS == _FOLDERS
+    for names in (["a.png", "b.png"], ["top/a.png"], ["ds/normal/a.png", "ds/abnormal/b.png", "ds/mask/b_mask.png"],
+                  ["good/a.png", "abnormal/x/b.png", "ground_truth/x/b.png"]):
+        counts = folder_counts(names)
+        if is_folder_layout(names):
+            e = group_folder_entries(names)
+            assert counts == {"normal": len(e.normal), "abnormal": len(e.abnormal),
+                              "mask": sum(m is not None for m in e.abnormal_masks)}
+        else:
+            assert counts == {"normal": len(names), "abnormal": 0, "mask": 0}
+
+
+def test_cancel_stops_training_and_drops_the_checkpoint(live, crops):
+    from worker.jobs.anomaly_train import checkpoint_key
+
+    ids = [upload(live, png_bytes(im)) for im in crops.train[:8]]
+    r = live.post("/v1/anomaly-models", json={"name": "x", "model": "reverse_distillation", "images": ids,
+                                              "backbone": "tiny", "image_size": SIZE, "seed": 0, "max_epochs": 500,
+                                              "patience": 0, "batch_size": 2}, headers=auth(ALICE))
+    job_id = r.json()["id"]
+    objects = live.runner.objects
+    deadline = time.monotonic() + 120
+    while not objects.exists(checkpoint_key(job_id)):  # an epoch is done and saved
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    live.post(f"/v1/jobs/{job_id}/cancel", headers=auth(ALICE))
+    job = wait(live, job_id)
+    assert job["status"] == "canceled", job
+    shown = job["result"]["training"]  # the partial training record stays on the canceled job
+    assert 1 <= shown["epoch"] < 50 and len(shown["history"]) == shown["epoch"]  # stopped long before the end
+    assert not objects.exists(checkpoint_key(job_id))
+
+
+def test_checkpoint_budget_refuses_the_training_before_it_starts(live, crops):
+    ids = [upload(live, png_bytes(im)) for im in crops.train[:4]]
+    live.runner.settings.max_checkpoint_bytes = 1_000_000  # the tiny student's checkpoint takes ~16 MB
+    r = live.post("/v1/anomaly-models", json={"name": "x", "model": "reverse_distillation", "images": ids,
+                                              "backbone": "tiny", "image_size": SIZE, "max_epochs": 2},
+                  headers=auth(ALICE))
+    job = wait(live, r.json()["id"])
+    assert job["status"] == "failed" and job["error"]["code"] == "invalid_input", job
+    assert "VISIONJOBS_MAX_CHECKPOINT_BYTES" in job["error"]["message"] and job["result"] is None

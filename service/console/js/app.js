@@ -1,8 +1,9 @@
-// Entry point: the API key form and a hash router (#/jobs, #/jobs/{id}, #/playground).
+// Entry point: the API key form and a hash router (#/jobs, #/jobs/{id}, #/models/{id}, #/playground).
 import { api, ApiError, auth } from "./api.js";
 import { forgetInputs } from "./inputs.js";
 import { renderJobs } from "./jobs.js";
 import { renderDetail } from "./detail.js";
+import { renderModel } from "./models.js";
 import { renderPlayground } from "./playground.js";
 import { h } from "./ui.js";
 
@@ -93,6 +94,7 @@ function route() {
     return;
   }
   if (page === "jobs" && arg) cleanup = renderDetail(main, decodeURIComponent(arg));
+  else if (page === "models" && arg) cleanup = renderModel(main, decodeURIComponent(arg));
   else if (page === "playground") cleanup = renderPlayground(main);
   else cleanup = renderJobs(main);
 }
