@@ -22,7 +22,8 @@ from visionjobs_client.errors import (
 from visionjobs_client.models import (
     FINAL_STATUSES, AnomalyFitRequest, AnomalyFitResult, AnomalyModel, AnomalyModelList, AnomalyScoreRequest,
     AnomalyScoreResult, BoxOut, ColorizationRequest, ColorizationResult, EditedVideo, Guidance, ImageOutput, Job, JobError,
-    JobPage, JobStatus, KvSharing, Problem, ScoredImage, Stroke, ThresholdsPatch, Upload, ValidationSet, VideoEditRequest,
+    JobPage, JobStatus, KvSharing, Problem, ScoredImage, Stroke, ThresholdsPatch, TrainingRecord, Upload, ValidationSet,
+    VideoEditRequest,
     VideoEditResult, VideoGenerationRequest, VideoGenerationResult, VideoOutput, Webhook, WebhookDelivery, WebhookState,
 )
 from visionjobs_client.settings import API_KEY_ENV, URL_ENV, ClientSettings
@@ -34,7 +35,7 @@ __all__ = [
     "AnomalyScoreRequest", "AnomalyScoreResult", "ApiConnectionError", "BoxOut", "ApiError", "AsyncClient", "Client",
     "ClientSettings", "ColorizationRequest", "ColorizationResult", "Conflict", "EditedVideo", "FINAL_STATUSES",
     "Forbidden", "Guidance", "ImageOutput", "Job", "JobError", "JobFailed", "JobPage", "JobStatus", "KIND_PATHS",
-    "KvSharing", "NotFound", "Problem", "RateLimited", "ScoredImage", "ServerError", "Stroke", "ThresholdsPatch",
+    "KvSharing", "NotFound", "Problem", "RateLimited", "ScoredImage", "ServerError", "Stroke", "ThresholdsPatch", "TrainingRecord",
     "URL_ENV", "Unauthorized", "Unavailable", "Upload", "ValidationError", "ValidationSet", "VideoEditRequest", "VideoEditResult", "VideoGenerationRequest",
     "VideoGenerationResult", "VideoOutput", "VisionJobsError", "WaitTimeout", "Webhook", "WebhookDelivery",
     "WebhookSignatureError", "WebhookState", "__version__", "array_png", "is_upload_id", "output_files", "sign_webhook",

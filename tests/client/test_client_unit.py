@@ -332,3 +332,11 @@ def test_inputs_of_every_kind_are_uploaded_first_and_sent_as_ids():
     assert bodies[1] == ("/v1/anomaly-scores", {"model_id": "anm_" + "1" * 24, "images": ["upl_" + "0" * 23 + "3"]})
     assert bodies[2] == ("/v1/video-edits", {"video": "upl_" + "0" * 23 + "4", "source_prompt": "s", "edits": ["e"]})
     assert bodies[3] == ("/v1/video-generations", {"prompts": ["one prompt"], "kv_sharing": {"enabled": False}})
+    with make(handler) as client:  # a folder dataset: abnormal images and their masks (None: no mask)
+        client.fit_anomaly_model(["upl_" + "a" * 24], name="rd", model="reverse_distillation", abnormal=[b"\x89PNG-b", known],
+                                 abnormal_masks=[b"\x89PNG-m", None], max_epochs=5, patience=0)
+    assert len(uploads) == 6
+    assert bodies[4] == ("/v1/anomaly-models", {
+        "name": "rd", "model": "reverse_distillation", "images": ["upl_" + "a" * 24],
+        "abnormal": ["upl_" + "0" * 23 + "5", "upl_" + "e" * 24], "abnormal_masks": ["upl_" + "0" * 23 + "6", None],
+        "max_epochs": 5, "patience": 0})
