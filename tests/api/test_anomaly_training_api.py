@@ -118,6 +118,15 @@ def test_train_reverse_distillation_with_early_stopping_then_score(live, crops):
     seg = fetch(b["segmentation_url"])
     assert seg.shape == (SIZE, SIZE, 3)
 
+    # thresholds change without retraining: above every score, every label is normal
+    patched = live.patch(f"/v1/anomaly-models/{model['id']}", json={"image_threshold": 2 * max(a["score"], b["score"])},
+                         headers=auth(ALICE))
+    assert patched.status_code == 200 and patched.json()["thresholds"]["image_method"] == "manual"
+    again = wait(live, live.post("/v1/anomaly-scores", json={"model_id": model["id"], "images": ids},
+                                 headers=auth(ALICE)).json()["id"])
+    assert [it["label"] for it in again["result"]["items"]] == [False, False]
+    assert [it["score"] for it in again["result"]["items"]] == [a["score"], b["score"]]  # the same model
+
 
 @pytest.fixture
 def small_work_client(tmp_path):
