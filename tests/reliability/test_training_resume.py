@@ -119,3 +119,23 @@ def test_killed_training_resumes_from_its_last_epoch_and_keeps_the_best(anomaly_
     # the checkpoints went with the jobs
     for jid in (ref["id"], job_id):
         assert not (Path(c.tmp) / "data" / "objects" / "jobs" / jid / "training").exists()
+
+
+def test_killed_on_every_attempt_leaves_no_checkpoint(anomaly_cluster):
+    """The last attempt keeps its checkpoints in memory: a job whose every worker is lost fails with
+    `worker_lost` and leaves nothing under jobs/{id}/training/."""
+    c = anomaly_cluster
+    r = httpx.post(f"{c.base}/v1/uploads", files={"file": ("d.zip", dataset_zip(), "application/zip")},
+                   headers=auth(ALICE), timeout=30)
+    job_id = train(c, r.json()["id"])
+    checkpoint = Path(c.tmp) / "data" / "objects" / "jobs" / job_id / "training" / "checkpoint.pt"
+    c.wait_status(job_id, lambda j: j["status"] == "running" and epochs_shown(j) >= 2, timeout=180)
+    assert checkpoint.is_file()  # attempt 1 of 2 stores its checkpoint
+    os.kill(c.worker_pid(job_id), signal.SIGKILL)
+    c.wait_status(job_id, lambda j: j["status"] == "running" and j["attempt"] == 2
+                  and "resumed from epoch" in (j["stage"] or ""), timeout=180)
+    assert not checkpoint.exists()  # read and deleted by the last attempt
+    os.kill(c.worker_pid(job_id), signal.SIGKILL)
+    final = c.wait_final(job_id, timeout=60)
+    assert final["status"] == "failed" and final["error"]["code"] == "worker_lost", final
+    assert not checkpoint.parent.exists() or not any(checkpoint.parent.iterdir())

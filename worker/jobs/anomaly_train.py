@@ -15,7 +15,11 @@ local store writes a temp file and renames it; an S3 PUT is all or nothing), so 
 holds one whole checkpoint: this epoch's, with the best weights inside. An attempt that finds
 it (its predecessor's worker was lost) resumes at the next epoch, exactly as if training had
 not stopped. The checkpoint is deleted when the job ends, however it ends, except when this
-attempt lost the job to another one (that attempt resumes from it).
+attempt lost the job to another one (that attempt resumes from it). The job's last allowed
+attempt keeps its checkpoints in memory instead (no later attempt could resume from them, and
+if its worker is lost too the job fails without running any code that could delete them): it
+deletes the stored one as soon as it has read it, and a re-run of the handler within that
+attempt (after a store outage) resumes from the copy in memory.
 """
 from __future__ import annotations
 
@@ -53,6 +57,7 @@ class Training:
     def __init__(self, ctx: "JobContext", max_epochs: int, max_checkpoint_bytes: int):
         self.ctx, self.max_checkpoint_bytes = ctx, max_checkpoint_bytes
         self.key = checkpoint_key(ctx.job.id)
+        self.last_attempt = ctx.job.attempt >= ctx.job.max_attempts  # see the module docstring
         self.progress, self.stage, self.note = TRAIN[0], "training", ""
         self.doc = {"model": "reverse_distillation", "attempt": ctx.job.attempt, "resumed_from_epoch": None,
                     "max_epochs": max_epochs, "epoch": 0, "monitor": None, "best_epoch": None, "best_value": None,
@@ -97,6 +102,9 @@ class Training:
         if len(data) > self.max_checkpoint_bytes:  # the estimate checked before training is an upper bound
             raise InvalidInput(f"backbone: the training checkpoint takes {len(data)} bytes, above the limit of "
                                f"{self.max_checkpoint_bytes} (VISIONJOBS_MAX_CHECKPOINT_BYTES)")
+        if self.last_attempt:
+            self.ctx._training_checkpoint = data  # (the JobContext outlives a re-run of the handler)
+            return
         self.ctx.control.check()  # a stale attempt must not overwrite the live one's checkpoint
         self.ctx.runner.objects.put(self.key, data, "application/octet-stream")
 
@@ -111,10 +119,16 @@ class Training:
 
     # --- the checkpoint object ---
     def load(self) -> bytes | None:
-        try:
-            return self.ctx.runner.objects.get(self.key)
-        except ObjectNotFound:
-            return None
+        data = getattr(self.ctx, "_training_checkpoint", None)
+        if data is None:
+            try:
+                data = self.ctx.runner.objects.get(self.key)
+            except ObjectNotFound:
+                return None
+        if self.last_attempt:
+            self.ctx._training_checkpoint = data
+            self.drop()
+        return data
 
     def drop(self) -> None:
         """Delete the checkpoint: the job ends (unless another attempt owns it now)."""
