@@ -1,6 +1,8 @@
 """Benchmark of the Control Color pipeline (models/colorization), no API: seconds per image and
 UNet+ControlNet passes per image, side by side for SAG on/off and batch 1/4 (plus
-autoguidance and the deformable decoder as extra rows).
+autoguidance and the deformable decoder as extra rows), and per call the time of the BLIP
+caption step (the input has no prompt, so it is captioned, as the official demo) next to the
+denoising loop's.
 
     python bench/colorize.py                 # tiny profile on the CPU (64 px short side, 20 steps)
     python bench/colorize.py --full          # SD-1.5-size UNet + ControlNet + VAE, random weights,
@@ -8,8 +10,8 @@ autoguidance and the deformable decoder as extra rows).
 
 `--full` builds the real architectures (9-channel inpainting UNet, SD-1.5 ControlNet, SD VAE,
 CLIP ViT-L/14 text tower, ViT-B/32 exemplar tower, the deformable VAE; a half-width guide pair
-for autoguidance) with random weights: the FLOPs and memory of the released model, not its
-images. "passes/img" counts latent items through a UNet+ControlNet pair per output image
+for autoguidance; BLIP base for the caption) with random weights: the FLOPs and memory of the
+released model, not its images. "passes/img" counts latent items through a UNet+ControlNet pair per output image
 (CFG = 2 per step; a SAG step adds the same again; autoguidance's guide passes included).
 Results print as a table and go to bench/results/colorize_<profile>_<device>.json.
 """
@@ -42,6 +44,7 @@ def full_components(dtype: torch.dtype) -> dict:
     from models.colorization.deformable import ContentGuidedVAE
 
     torch.manual_seed(0)
+    caption_model, caption_processor = blip_base()
     half = dict(block_out_channels=(160, 320, 640, 640))  # the weaker guide: same family, half width
     text = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                           num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")
@@ -56,9 +59,30 @@ def full_components(dtype: torch.dtype) -> dict:
         deformable_vae=ContentGuidedVAE(vae_config=dict(VAE_CONFIG)),
         guide_unet=UNet2DConditionModel(**{**UNET_CONFIG, **half}),
         guide_controlnet=ControlNetModel(**{**CONTROLNET_CONFIG, **half}),
+        caption_model=caption_model,
+        caption_processor=caption_processor,
     )
     return {k: ((v.to(dtype) if dtype != torch.float32 else v).eval() if isinstance(v, torch.nn.Module) else v)
             for k, v in parts.items()}
+
+
+def blip_base():
+    """Salesforce/blip-image-captioning-base's architecture (BlipConfig() defaults: ViT-B/16 at
+    384 px, a 12-layer BERT-base decoder) with random weights, and a processor whose tokenizer
+    has BLIP's vocabulary size and special-token ids (placeholder words elsewhere)."""
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+    config = BlipConfig()
+    vocab = [f"w{i}" for i in range(config.text_config.vocab_size)]
+    for i, tok in {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", 30522: "[DEC]",
+                   30523: "[ENC]"}.items():
+        vocab[i] = tok
+    vocab[1000:1003] = ["a", "picture", "of"]
+    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, bos_token="[DEC]")
+    processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": 384, "width": 384}),
+                              tokenizer=tokenizer)
+    return BlipForConditionalGeneration(config).eval(), processor
 
 
 def build(args) -> tuple[ControlColorPipeline, str]:
@@ -96,17 +120,22 @@ def run_case(pipe, device, image, steps, repeats, kw) -> dict:
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    times, out = [], None
+    times, out, caption_s, denoise_s = [], None, [], []
     for r in range(repeats):
         sync()
         t0 = time.perf_counter()
         out = pipe(image, num_inference_steps=steps, generator=torch.Generator().manual_seed(r), **kw)
         sync()
         times.append(time.perf_counter() - t0)
+        caption_s.append(out.timings["caption"])
+        denoise_s.append(out.timings["denoise"])
     n = kw.get("num_images", 1)
     row = {
         "seconds_per_image": float(np.median(times)) / n,
         "seconds_per_call": float(np.median(times)),
+        "caption_seconds": float(np.median(caption_s)),  # the BLIP caption of the empty prompt, per call
+        "denoise_seconds": float(np.median(denoise_s)),  # the DDIM loop (SAG and guidance passes included)
+        "caption": out.caption,
         "passes_per_image": out.passes_per_image,
         "sag_steps": out.sag_steps,
         "batch": n,
@@ -143,7 +172,8 @@ def main(argv=None) -> dict:
         row = {"case": label, **run_case(pipe, device, image, args.steps, args.repeats, kw)}
         results.append(row)
         mem = f"{row['peak_gpu_memory_gib']:8.2f}" if "peak_gpu_memory_gib" in row else "       -"
-        print(f"{label:42s} {row['seconds_per_image']:10.4f} {row['passes_per_image']:10.1f} {mem}", flush=True)
+        print(f"{label:42s} {row['seconds_per_image']:10.4f} {row['passes_per_image']:10.1f} {mem} "
+              f"{row['caption_seconds']:10.4f} {row['denoise_seconds']:10.4f}", flush=True)
     report = {
         "profile": profile, "device": device,
         "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
@@ -182,6 +212,8 @@ def collect(opts=None) -> dict:
                    f"{rep['steps']} steps: {r['case']}"
             rows += [row(case, "seconds per image", r["seconds_per_image"], "s",
                          f"median of {rep['repeats']}, batch {r['batch']}"),
+                     row(case, "caption step per call", r["caption_seconds"], "s", "BLIP, beam 3, 10-30 tokens"),
+                     row(case, "denoising per call", r["denoise_seconds"], "s", f"{rep['steps']} DDIM steps"),
                      row(case, "UNet+ControlNet passes per image", r["passes_per_image"], "",
                          f"SAG steps {r['sag_steps']}")]
             if "peak_gpu_memory_gib" in r:
@@ -191,5 +223,5 @@ def collect(opts=None) -> dict:
 
 
 if __name__ == "__main__":
-    print(f"{'case':42s} {'s/image':>10s} {'passes/img':>10s} {'peak GiB':>8s}")
+    print(f"{'case':42s} {'s/image':>10s} {'passes/img':>10s} {'peak GiB':>8s} {'caption s':>10s} {'denoise s':>10s}")
     main()

@@ -8,6 +8,7 @@
 Benchmarks (each in its own subprocess, in this order; see each module's docstring):
     service   bench/service.py   service overhead around a tiny colorization job, status reads,
                                  submissions/s, queue-to-start, cold vs warm worker (CPU, Redis db 12)
+    cpu_workers bench/cpu_workers.py  jobs/s of 1 vs 2 CPU worker processes on one host (core split)
     colorize  bench/colorize.py  Control Color seconds/image and passes/image, SAG on/off, batch 1/4
     anomaly   bench/anomaly.py   PatchCore through the API: image / pixel AUROC per defect type;
                                  fit time and scoring images/s, tiny and wide_resnet50_2;
@@ -54,6 +55,7 @@ from bench.common import RESULTS, ROOT, BenchOptions, format_table, row  # noqa:
 BENCHMARKS = {
     "service": "bench.service:collect",
     "batching": "bench.batching:collect",
+    "cpu_workers": "bench.cpu_workers:collect",
     "colorize": "bench.colorize:collect",
     "anomaly": "bench.anomaly:collect",
     "video": "bench.video:collect",

@@ -1,7 +1,9 @@
-"""Service overhead (issue 8): what the service adds around a tiny colorization job, on the CPU.
+"""Service overhead (issues 8, 15): what the service adds around a tiny colorization job, on the
+CPU; status reads against a minimal anchor app; many waiters on one API process.
 
-    python bench/service.py            # N = 60 jobs per completion mode
-    python bench/service.py --quick    # N = 50, shorter load runs
+    python bench/service.py                          # everything: N = 60 jobs per completion mode
+    python bench/service.py --quick                  # N = 50, shorter load runs, a smaller scale run
+    python bench/service.py --parts reads,scale      # a subset of submissions,jobs,reads,scale
 
 What runs (database 12 of the local Redis, flushed before and after):
 
@@ -39,6 +41,21 @@ latency with an idle worker (from the N jobs), and cold vs warm start: a worker 
 --preload (ready time, first job vs later ones), then one with --preload. The API runs with
 its rate limit and active-job quota set out of reach (the limiter code still runs per request).
 
+Status reads against the anchor (part `reads`): bench/anchor_app.py is the least a FastAPI app
+can do for a status read (one redis.asyncio HGETALL of the job's hash, returned as JSON), served
+by uvicorn with the options `visionjobs api` uses. wrk runs alternate anchor, service, anchor, ...
+(c=16, 3 x 8 s each; --quick 2 x 4 s) on a succeeded job with one output image (its URL signed
+on every read); printed: each side's requests/s, p50/p99 and CPU per request of the server
+process, and the service's requests/s as a ratio of the anchor's (goal >= 0.7), plus the same
+ratio by CPU time per request (steadier on a shared machine).
+
+Scale run (part `scale`, bench/waiters.py): 10,000 long-polls and 2,000 SSE streams held on
+one API process (--quick: 2,000 + 400) with the file-descriptor limit raised, a fake worker
+reporting progress on 200 of their jobs; another tenant's paced status reads (200 req/s) meanwhile
+must keep p99 < 100 ms with no 5xx; then 100 jobs finish and their waiters must answer; then the
+clients hang up and every waiter must be released. Printed: latencies, status codes, API memory
+and threads per waiter, wake-up latency.
+
 Where the time of a request goes: around every load run, the CPU seconds of the API process
 (/proc), of the Redis server (INFO cpu; shared, so any other client of it counts too) and of the
 load generator are divided by the requests served ("CPU per request"); and the service's own
@@ -54,10 +71,8 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -67,7 +82,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BENCH_REDIS_URL, ROOT, BenchOptions, print_and_save, row, summary  # noqa: E402
+from bench.common import BENCH_REDIS_URL, ROOT, BenchOptions, print_and_save  # noqa: E402
 
 PROBE_DIR = ROOT / "bench" / "service_probe"
 FINAL = ("succeeded", "failed", "canceled")
@@ -134,15 +149,18 @@ class Cluster:
         self.redis = redis.Redis.from_url(BENCH_REDIS_URL)
         self.redis.flushdb()
         self.key = "bench-" + secrets.token_hex(16)
+        self.reader_key = "reader-" + secrets.token_hex(16)  # another tenant (the scale run's reader)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.redis_url = BENCH_REDIS_URL
         self.headers = {"Authorization": f"Bearer {self.key}"}
+        self.reader_headers = {"Authorization": f"Bearer {self.reader_key}"}
         self.probe_file = tmp / "probe.jsonl"
         self.env = clean_env(
-            VISIONJOBS_REDIS_URL=BENCH_REDIS_URL, VISIONJOBS_API_KEYS=f"bench:{self.key}",
+            VISIONJOBS_REDIS_URL=BENCH_REDIS_URL, VISIONJOBS_API_KEYS=f"bench:{self.key},reader:{self.reader_key}",
             VISIONJOBS_DATA_DIR=str(tmp / "data"), VISIONJOBS_SIGNING_SECRET=secrets.token_hex(32),
             VISIONJOBS_MODEL_PROFILE="tiny", VISIONJOBS_DEVICE=device,
-            VISIONJOBS_RATE_LIMIT_PER_MINUTE=BIG, VISIONJOBS_MAX_ACTIVE_JOBS=BIG)
+            VISIONJOBS_RATE_LIMIT_PER_MINUTE=BIG, VISIONJOBS_MAX_ACTIVE_JOBS=BIG, VISIONJOBS_MAX_WAITERS_PER_KEY=BIG)
         self.api = None
         self.worker = None
         self._n_workers = 0
@@ -251,157 +269,9 @@ def one_job(cluster: Cluster, client, png: bytes, mode: str, download: bool = Tr
     return rec
 
 
-# ------------------------------------------------------------------ load generators
-
-def _parse_wrk_time(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
-    if not m:
-        return float("nan")
-    return float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(2)]
-
-
-def wrk_load(url: str, headers: dict, duration: float, connections: int, *, method: str = "GET",
-             body: str | None = None, tmp: Path | None = None) -> dict | None:
-    """`wrk` (one thread) when it is installed; None otherwise."""
-    exe = shutil.which("wrk")
-    if exe is None:
-        return None
-    cmd = [exe, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "10s"]
-    for k, v in headers.items():
-        cmd += ["-H", f"{k}: {v}"]
-    if method != "GET":
-        script = (tmp or Path(tempfile.gettempdir())) / "wrk_body.lua"
-        script.write_text(f"wrk.method = {json.dumps(method)}\nwrk.body = {json.dumps(body or '')}\n"
-                          'wrk.headers["Content-Type"] = "application/json"\n')
-        cmd += ["-s", str(script)]
-    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=duration + 60).stdout
-    res = {"client": "wrk -t1", "connections": connections, "duration_s": duration, "raw": out}
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    res["rps"] = float(m.group(1)) if m else None
-    m = re.search(r"(\d+) requests in", out)
-    res["requests"] = int(m.group(1)) if m else None
-    for pct in ("50", "75", "90", "99"):
-        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
-        res[f"p{pct}_s"] = _parse_wrk_time(m.group(1)) if m else None
-    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    res["errors"] = int(m.group(1)) if m else 0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    res["socket_errors"] = sum(int(x) for x in m.groups()) if m else 0
-    return res
-
-
-def httpx_load(url: str, headers: dict, duration: float, concurrency: int, *, method: str = "GET",
-               json_body: dict | None = None, count: int | None = None) -> dict:
-    """An async httpx generator: `concurrency` requests in flight for `duration` seconds (or
-    until `count` requests were sent). Latency per request, status counts, response bodies of
-    POSTs (their job ids)."""
-    import httpx
-
-    async def go():
-        lat, errors, ids = [], 0, []
-        sent = 0
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(limits=limits, headers=headers, timeout=30) as c:
-            stop = time.perf_counter() + duration
-
-            async def worker():
-                nonlocal errors, sent
-                while time.perf_counter() < stop and (count is None or sent < count):
-                    sent += 1
-                    t = time.perf_counter()
-                    r = await c.request(method, url, json=json_body)
-                    lat.append(time.perf_counter() - t)
-                    if r.status_code >= 300:
-                        errors += 1
-                    elif method == "POST":
-                        ids.append(r.json()["id"])
-
-            t0 = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            return lat, errors, ids, time.perf_counter() - t0
-
-    lat, errors, ids, elapsed = asyncio.run(go())
-    s = summary(lat)
-    return {"client": "httpx async", "connections": concurrency, "duration_s": elapsed, "requests": len(lat),
-            "rps": len(lat) / elapsed if elapsed else None, "p50_s": s["p50"], "p99_s": s["p99"], "errors": errors,
-            "ids": ids}
-
-
-def _proc_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of one process (Linux /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def cpu_snapshot(cluster: "Cluster") -> dict:
-    import resource
-
-    info = cluster.redis.info("cpu")
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"api": _proc_cpu_s(cluster.api.p.pid), "redis": info["used_cpu_user"] + info["used_cpu_sys"],
-            "client": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime}
-
-
-def with_cpu(cluster: "Cluster", fn):
-    """Run a load; add the CPU milliseconds per request that the API process, the Redis server
-    and the load generator (this process and its children, e.g. wrk) spent during it."""
-    before = cpu_snapshot(cluster)
-    res = fn()
-    after = cpu_snapshot(cluster)
-    if res is not None and res.get("requests"):
-        for k in before:
-            if before[k] is not None and after[k] is not None:
-                res[f"{k}_cpu_ms_per_req"] = 1e3 * (after[k] - before[k]) / res["requests"]
-    return res
-
-
-def read_cost_breakdown(cluster: "Cluster", job_id: str, n: int = 300) -> dict:
-    """Where the time of one GET /v1/jobs/{id} goes: the service's own per-request work timed
-    in this process with the API's settings and the same Redis (the job store read the
-    dependency does, the rate limiter's round trip, rendering: URL signing and the pydantic
-    JSON), against one whole request over HTTP with one connection (the rest is uvicorn,
-    FastAPI routing and dependencies, the threadpool hop of a sync endpoint, and the client)."""
-    import httpx
-
-    from service.app import build_context
-    from service.core.config import Settings
-    from service.jobs import render
-
-    settings = Settings(**{k.removeprefix("VISIONJOBS_").lower(): v for k, v in cluster.env.items()
-                           if k.startswith("VISIONJOBS_")})
-    ctx = build_context(settings)
-    job = ctx.store.get_job(job_id)
-
-    def per_call(fn) -> float:
-        for _ in range(20):
-            fn()
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        return (time.perf_counter() - t) / n
-
-    out = {"tenant_lookup_s": per_call(lambda: ctx.keyring.tenant_for(cluster.key)),
-           "store_get_job_s": per_call(lambda: ctx.store.get_job(job_id))}
-    limiter = getattr(ctx, "limiter", None)
-    if limiter is not None:
-        out["rate_limiter_s"] = per_call(lambda: limiter.hit("bench-profile"))
-    out["render_json_s"] = per_call(lambda: render(job, ctx.store, ctx.objects, cluster.base,
-                                                   settings.url_ttl_s).model_dump_json())
-    out["app_work_s"] = sum(v for v in out.values())
-    with httpx.Client(base_url=cluster.base, headers=cluster.headers) as c:
-        url = f"/v1/jobs/{job_id}"
-        for _ in range(20):
-            c.get(url)
-        lat = []
-        for _ in range(n):
-            t = time.perf_counter()
-            c.get(url)
-            lat.append(time.perf_counter() - t)
-    out["http_sequential_p50_s"] = summary(lat)["p50"]
-    return out
+# the load generators live in bench/load.py, the status-read runs in bench/reads.py, the rows in
+# bench/service_rows.py
+from bench.load import httpx_load, with_cpu, wrk_load  # noqa: E402
 
 
 def cancel_queued(cluster: Cluster, ids: list[str] | None = None) -> int:
@@ -447,180 +317,117 @@ def httpx_load_ids(cluster: Cluster, ids: list[str]) -> None:
 
 # ------------------------------------------------------------------ the benchmark
 
-def collect(opts: BenchOptions | None = None, *, n: int | None = None, device: str = "cpu") -> dict:
+PARTS = ("submissions", "jobs", "reads", "scale")
+SCALE = {"polls": 10_000, "streams": 2_000, "jobs": 1_000, "running": 200, "finished": 100}
+SCALE_QUICK = {"polls": 2_000, "streams": 400, "jobs": 200, "running": 40, "finished": 20}
+
+
+def collect(opts: BenchOptions | None = None, *, n: int | None = None, device: str = "cpu",
+            parts: tuple[str, ...] = PARTS, scale: dict | None = None) -> dict:
     import httpx
+
+    from bench.reads import anchor_ratio, read_cost_breakdown, succeeded_job
+    from bench.service_rows import job_rows, load_rows
+    from bench.waiters import raise_fd_limit, scale_run
 
     opts = opts or BenchOptions()
     n = n or (50 if opts.quick else 60)
     load_s = 3.0 if opts.quick else 5.0
+    read_s, rounds = (4.0, 2) if opts.quick else (8.0, 3)
+    scale = scale or (SCALE_QUICK if opts.quick else SCALE)
     conns = 16
-    settings = {"jobs_per_mode": n, "steps": STEPS, "image": [SIZE, SIZE], "sag_scale": PARAMS["sag_scale"],
-                "sag_threshold": PARAMS["sag_threshold"], "guidance": PARAMS["guidance"], "seed": SEED,
-                "model_profile": "tiny", "device": device, "torch_threads": 1, "redis": BENCH_REDIS_URL,
-                "object_store": "local, HMAC-signed URLs", "api_processes": 1, "worker": "1 Celery solo process",
-                "load_seconds": load_s, "load_connections": conns, "wrk": shutil.which("wrk") is not None,
-                "progress_interval_s": 0.25, "rate_limit": "set out of reach (limiter still runs)"}
+    fd_limit = raise_fd_limit()  # before the API starts: it inherits the limit (the scale run needs it)
+    settings = {"parts": list(parts), "jobs_per_mode": n, "steps": STEPS, "image": [SIZE, SIZE],
+                "sag_scale": PARAMS["sag_scale"], "sag_threshold": PARAMS["sag_threshold"],
+                "guidance": PARAMS["guidance"], "seed": SEED, "model_profile": "tiny", "device": device,
+                "torch_threads": 1, "redis": BENCH_REDIS_URL, "object_store": "local, HMAC-signed URLs",
+                "api_processes": 1, "worker": "1 Celery solo process", "load_seconds": load_s,
+                "load_connections": conns, "anchor_seconds": read_s, "anchor_rounds": rounds, "scale": scale,
+                "fd_limit": fd_limit, "wrk": shutil.which("wrk") is not None, "progress_interval_s": 0.25,
+                "rate_limit": "set out of reach (limiter still runs)", "waiter_cap": "set out of reach"}
     png = _photo_png()
-    print("loading the direct pipeline ...", flush=True)
-    direct_call = Direct(png, device)
-    direct: list[float] = []
     tmp = Path(tempfile.mkdtemp(prefix="vj-bench-service-"))
     cluster = Cluster(tmp, device)
-    details: dict = {"direct_s": direct}
+    details: dict = {}
     try:
         details["api_start_s"] = cluster.start_api()
         client = httpx.Client(base_url=cluster.base, headers=cluster.headers, timeout=60)
-        # --- submissions into the queue (no worker yet) ---
-        upload_id = client.post("/v1/uploads", files={"file": ("photo.png", png, "image/png")}).json()["id"]
-        body = {"image": upload_id, **PARAMS}
-        print("submissions/s ...", flush=True)
-        subs = []
-        w = with_cpu(cluster, lambda: wrk_load(f"{cluster.base}/v1/colorizations", cluster.headers, load_s, conns,
-                                               method="POST", body=json.dumps(body), tmp=tmp))
-        if w is not None:
-            subs.append(w)
-            cancel_queued(cluster)
-        h = with_cpu(cluster, lambda: httpx_load(f"{cluster.base}/v1/colorizations", cluster.headers, load_s,
-                                                 conns, method="POST", json_body=body))
-        subs.append(h)
-        details["canceled_after_submission_test"] = cancel_queued(cluster, h.pop("ids"))
-        details["submissions"] = [{k: v for k, v in s.items() if k != "raw"} for s in subs]
-
-        # --- cold start: a worker without --preload ---
-        print("cold start (no --preload) ...", flush=True)
-        cold_ready = cluster.start_worker(preload=False)
-        cold_jobs = [one_job(cluster, client, png, "wait") for _ in range(4)]
-        cluster.stop_worker()
-        print("warm start (--preload) ...", flush=True)
-        warm_ready = cluster.start_worker(preload=True)
-        warm_first = one_job(cluster, client, png, "wait")
-        details.update(cold_ready_s=cold_ready, cold_jobs=cold_jobs, preload_ready_s=warm_ready,
-                       preload_first_job=warm_first)
-
-        # --- N jobs per completion mode, alternating, and N direct calls in between (never at the
-        # same time), so that both sample the same load of a shared machine ---
-        print(f"full path x {2 * n}, direct x {n} ...", flush=True)
-        runs = []
-        for i in range(2 * n):
-            runs.append(one_job(cluster, client, png, ("wait", "sse")[i % 2]))
-            if i % 2:
-                direct.append(direct_call())
-        details["runs"] = runs
-
-        # --- status reads against the one API process ---
-        print("status reads ...", flush=True)
-        done = next(r["job"] for r in runs if r["status"] == "succeeded")
-        url = f"{cluster.base}/v1/jobs/{done}"
-        reads = [x for x in (with_cpu(cluster, lambda: wrk_load(url, cluster.headers, load_s, conns)),
-                             with_cpu(cluster, lambda: httpx_load(url, cluster.headers, load_s, conns)))
-                 if x is not None]
-        for r in reads:
-            r.pop("ids", None)
-        details["status_reads"] = [{k: v for k, v in r.items() if k != "raw"} for r in reads]
-        try:
-            details["read_cost"] = read_cost_breakdown(cluster, done, n=100 if opts.quick else 300)
-        except Exception as exc:  # the profile is an extra: report, do not lose the run
-            details["read_cost"] = {"error": f"{type(exc).__name__}: {exc}"}
+        if "submissions" in parts:  # into the queue, no worker yet
+            upload_id = client.post("/v1/uploads", files={"file": ("photo.png", png, "image/png")}).json()["id"]
+            body = {"image": upload_id, **PARAMS}
+            print("submissions/s ...", flush=True)
+            subs = []
+            w = with_cpu(cluster, lambda: wrk_load(f"{cluster.base}/v1/colorizations", cluster.headers, load_s,
+                                                   conns, method="POST", body=json.dumps(body), tmp=tmp))
+            if w is not None:
+                subs.append(w)
+                cancel_queued(cluster)
+            h = with_cpu(cluster, lambda: httpx_load(f"{cluster.base}/v1/colorizations", cluster.headers, load_s,
+                                                     conns, method="POST", json_body=body))
+            subs.append(h)
+            details["canceled_after_submission_test"] = cancel_queued(cluster, h.pop("ids"))
+            details["submissions"] = [{k: v for k, v in s.items() if k != "raw"} for s in subs]
+        if "jobs" in parts:
+            details.update(run_jobs(cluster, client, png, n, device))
+        if "reads" in parts:
+            print("status reads: service vs anchor ...", flush=True)
+            done = succeeded_job(cluster)
+            details["anchor"] = anchor_ratio(cluster, done, read_s, rounds, conns)
+            url = f"{cluster.base}/v1/jobs/{done}"
+            reads = [x for x in (with_cpu(cluster, lambda: wrk_load(url, cluster.headers, load_s, conns)),
+                                 with_cpu(cluster, lambda: httpx_load(url, cluster.headers, load_s, conns)))
+                     if x is not None]
+            for r in reads:
+                r.pop("ids", None)
+            details["status_reads"] = [{k: v for k, v in r.items() if k != "raw"} for r in reads]
+            try:
+                details["read_cost"] = read_cost_breakdown(cluster, done, n=100 if opts.quick else 300)
+            except Exception as exc:  # the profile is an extra: report, do not lose the run
+                details["read_cost"] = {"error": f"{type(exc).__name__}: {exc}"}
+        if "scale" in parts:
+            cluster.stop_worker()
+            print(f"scale run: {scale['polls']} long-polls + {scale['streams']} streams ...", flush=True)
+            reader_job = client.post("/v1/video-generations", json={"prompts": ["x"], "steps": 1, "width": 64,
+                                                                     "height": 64}, headers=cluster.reader_headers)
+            reader_job = reader_job.json()["id"]
+            client.post(f"/v1/jobs/{reader_job}/cancel", headers=cluster.reader_headers)
+            details["scale"] = scale_run(cluster, **scale, read_s=load_s * 2, reader_headers=cluster.reader_headers,
+                                         reader_job=reader_job, tmp=tmp)
         client.close()
     finally:
         cluster.close()
         shutil.rmtree(tmp, ignore_errors=True)
+    rows = []
+    if "jobs" in parts:
+        rows += job_rows(details, n)
+    rows += load_rows(details)
+    if "scale" in parts:
+        from bench.waiters import rows as scale_rows
 
-    d = summary(direct)
-    rows = [row("direct pipeline, warm process", "p50", d["p50"] * 1e3, "ms",
-                f"N={n}, {STEPS} steps, {SIZE}px, SAG on; interleaved with the jobs"),
-            row("direct pipeline, warm process", "p95", d["p95"] * 1e3, "ms")]
-    failed = sum(r["status"] != "succeeded" for r in runs)
-    for mode, label in (("wait", "full path, ?wait= long-poll"), ("sse", "full path, SSE")):
-        rs = [r for r in runs if r["mode"] == mode and r["status"] == "succeeded" and "overhead_s" in r]
-        e2e, ovh = summary([r["e2e_s"] for r in rs]), summary([r["overhead_s"] for r in rs])
-        ovc, pipe = summary([r["overhead_incl_callbacks_s"] for r in rs]), summary([r["pipeline_s"] for r in rs])
-        rows += [row(label, "e2e p50", e2e["p50"] * 1e3, "ms", f"N={len(rs)}"),
-                 row(label, "e2e p95", e2e["p95"] * 1e3, "ms"),
-                 row(label, "worker pipeline p50", pipe["p50"] * 1e3, "ms", "probe: the pipeline call in the worker"),
-                 row(label, "overhead p50", ovh["p50"] * 1e3, "ms", "e2e - worker pipeline time (goal <= 25 ms)"),
-                 row(label, "overhead p95", ovh["p95"] * 1e3, "ms"),
-                 row(label, "overhead incl. step callbacks p50", ovc["p50"] * 1e3, "ms",
-                     "+ progress/cancel checks inside the pipeline"),
-                 row(label, "overhead incl. step callbacks p95", ovc["p95"] * 1e3, "ms"),
-                 row(label, "overhead / direct pipeline p50", 100 * ovh["p50"] / d["p50"], "%", "goal < 5 % of a 0.5 s job"),
-                 row(label, "e2e p50 / direct pipeline p50", e2e["p50"] / d["p50"], "x")]
-    ok = [r for r in runs if r["status"] == "succeeded" and "overhead_s" in r]
-    for key, label, note in (
-            ("upload_s", "upload (POST /v1/uploads)", ""),
-            ("submit_s", "submit (POST /v1/colorizations)", ""),
-            ("queue_to_start_s", "queue -> start (created_at -> started_at)", "idle worker: Celery delivery + claim"),
-            ("start_to_pipeline_s", "start -> pipeline call", "read upload, decode, cache lookup, progress write"),
-            ("callback_s", "step callbacks inside the pipeline", "store read per step + throttled writes"),
-            ("pipeline_to_final_s", "pipeline -> final state", "PNG encode, storage write, final-state script"),
-            ("download_s", "result download (signed URL)", "not part of e2e")):
-        s = summary([r.get(key) for r in ok])
-        rows.append(row("breakdown p50", label, s["p50"] * 1e3 if s["p50"] is not None else None, "ms", note))
-    for mode, label in (("wait", "final -> seen, long-poll"), ("sse", "final -> seen, SSE")):
-        s = summary([r.get("final_to_seen_s") for r in ok if r["mode"] == mode])
-        rows.append(row("breakdown p50", label, s["p50"] * 1e3 if s["p50"] is not None else None, "ms",
-                        "API wake-up, render, response"))
-    q = summary([r.get("queue_to_start_s") for r in ok])
-    rows += [row("queue-to-start, idle worker", "p50", q["p50"] * 1e3, "ms", f"N={q['n']}"),
-             row("queue-to-start, idle worker", "p95", q["p95"] * 1e3, "ms")]
-    for s in details["submissions"]:
-        case = f"submissions POST /v1/colorizations ({s['client']}, c={s['connections']})"
-        rows += [row(case, "requests/s", s["rps"], "req/s", f"{s['requests']} jobs queued, no worker"),
-                 row(case, "p50", (s.get("p50_s") or float("nan")) * 1e3, "ms"),
-                 row(case, "p99", (s.get("p99_s") or float("nan")) * 1e3, "ms")]
-        rows += _cpu_rows(case, s)
-        if s.get("errors") or s.get("socket_errors"):
-            rows.append(row(case, "errors", (s.get("errors") or 0) + (s.get("socket_errors") or 0), "requests"))
-    for s in details["status_reads"]:
-        case = f"status reads GET /v1/jobs/{{id}} ({s['client']}, c={s['connections']})"
-        rows += [row(case, "requests/s", s["rps"], "req/s", "goal >= 2,000; one API process"),
-                 row(case, "p50", (s.get("p50_s") or float("nan")) * 1e3, "ms"),
-                 row(case, "p99", (s.get("p99_s") or float("nan")) * 1e3, "ms")]
-        rows += _cpu_rows(case, s)
-        if s.get("errors") or s.get("socket_errors"):
-            rows.append(row(case, "errors", (s.get("errors") or 0) + (s.get("socket_errors") or 0), "requests"))
-    rc = details.get("read_cost", {})
-    case = "status read cost per request (profile)"
-    if "error" in rc:
-        rows.append(row(case, "unavailable", None, "", rc["error"][:120]))
-    else:
-        for key, label, note in (("tenant_lookup_s", "API key -> tenant", "in-process, same settings"),
-                                 ("store_get_job_s", "job store read (HGETALL)", "Redis round trip"),
-                                 ("rate_limiter_s", "rate limiter (INCR + EXPIRE)", "Redis round trip"),
-                                 ("render_json_s", "render: sign URL + pydantic JSON", ""),
-                                 ("app_work_s", "sum: the service's own work", ""),
-                                 ("http_sequential_p50_s", "whole request over HTTP, c=1, p50",
-                                  "rest: uvicorn, FastAPI, threadpool hop, client")):
-            if key in rc:
-                rows.append(row(case, label, rc[key] * 1e3, "ms", note))
-    later = summary([r["e2e_s"] for r in cold_jobs[1:]])
-    main_p50 = summary([r["e2e_s"] for r in ok if r["mode"] == "wait"])["p50"]
-    pipe_p50 = summary([r["pipeline_s"] for r in ok])["p50"]
-    rows += [row("cold start, worker without --preload", "spawn -> ready", cold_ready, "s", "Celery `ready.`"),
-             row("cold start, worker without --preload", "first job e2e", cold_jobs[0]["e2e_s"], "s",
-                 "imports torch + builds the model"),
-             row("cold start, worker without --preload", "first job model load", cold_jobs[0].get("load_s"), "s"),
-             row("cold start, worker without --preload", "first job pipeline time", cold_jobs[0].get("pipeline_s"), "s",
-                 "first forward passes"),
-             row("cold start, worker without --preload", "later jobs e2e p50", later["p50"], "s", "jobs 2-4"),
-             row("warm start, worker with --preload", "spawn -> ready", warm_ready, "s", "includes the model load"),
-             row("warm start, worker with --preload", "first job e2e", warm_first["e2e_s"], "s"),
-             row("warm start, worker with --preload", "first job model load", warm_first.get("load_s"), "s",
-                 "cache hit"),
-             row("warm start, worker with --preload", "first job pipeline time", warm_first.get("pipeline_s"), "s",
-                 "first forward passes"),
-             row("warm start, worker with --preload", "later jobs pipeline p50", pipe_p50, "s"),
-             row("warm start, worker with --preload", "later jobs e2e p50", main_p50, "s", "the long-poll runs")]
-    if failed:
-        rows.append(row("full path", "jobs not succeeded", failed, "jobs"))
+        rows += scale_rows(details["scale"])
     return {"settings": settings, "rows": rows, "details": details}
 
 
-def _cpu_rows(case: str, s: dict) -> list[dict]:
-    return [row(case, f"CPU per request, {who}", s[f"{who}_cpu_ms_per_req"], "ms", note)
-            for who, note in (("api", "the API process"), ("redis", "the Redis server"),
-                              ("client", "the load generator"))
-            if s.get(f"{who}_cpu_ms_per_req") is not None]
+def run_jobs(cluster: Cluster, client, png: bytes, n: int, device: str) -> dict:
+    """Cold and warm worker starts, then N jobs per completion mode, alternating, and N direct
+    pipeline calls in between (never at the same time), so both sample the same load."""
+    print("loading the direct pipeline ...", flush=True)
+    direct_call = Direct(png, device)
+    print("cold start (no --preload) ...", flush=True)
+    cold_ready = cluster.start_worker(preload=False)
+    cold_jobs = [one_job(cluster, client, png, "wait") for _ in range(4)]
+    cluster.stop_worker()
+    print("warm start (--preload) ...", flush=True)
+    warm_ready = cluster.start_worker(preload=True)
+    warm_first = one_job(cluster, client, png, "wait")
+    print(f"full path x {2 * n}, direct x {n} ...", flush=True)
+    runs, direct = [], []
+    for i in range(2 * n):
+        runs.append(one_job(cluster, client, png, ("wait", "sse")[i % 2]))
+        if i % 2:
+            direct.append(direct_call())
+    return {"direct_s": direct, "cold_ready_s": cold_ready, "cold_jobs": cold_jobs, "preload_ready_s": warm_ready,
+            "preload_first_job": warm_first, "runs": runs}
 
 
 def main(argv=None) -> dict:
@@ -628,10 +435,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("-n", type=int, default=None, help="jobs per completion mode (default 60, --quick 50)")
     ap.add_argument("--device", default="cpu", help="pipeline device of the worker and of the direct run")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    ap.add_argument("--polls", type=int, default=None, help="scale run: long-polls (default 10,000)")
+    ap.add_argument("--streams", type=int, default=None, help="scale run: SSE streams (default 2,000)")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/service_<device>.json)")
     args = ap.parse_args(argv)
-    res = collect(BenchOptions(quick=args.quick), n=args.n, device=args.device)
-    return print_and_save("service", res, args.out, f"service_{args.device}{'_quick' if args.quick else ''}")
+    parts = tuple(p for p in args.parts.split(",") if p)
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        ap.error(f"unknown part(s) {', '.join(sorted(unknown))}")
+    scale = dict(SCALE_QUICK if args.quick else SCALE)
+    scale.update({k: v for k, v in (("polls", args.polls), ("streams", args.streams)) if v is not None})
+    res = collect(BenchOptions(quick=args.quick), n=args.n, device=args.device, parts=parts, scale=scale)
+    suffix = "" if parts == PARTS else "_" + "_".join(parts)
+    return print_and_save("service", res, args.out, f"service_{args.device}{'_quick' if args.quick else ''}{suffix}")
 
 
 if __name__ == "__main__":

@@ -77,6 +77,10 @@ MANIFEST: dict[str, list[Download]] = {
                  "authors' Google Drive release", optional=(cc.DEFORMABLE_CHECKPOINT,)),
         Download("openai/clip-vit-large-patch14", cc.CLIP_L14_DOWNLOAD, _CLIP_TOKENIZER,
                  "CLIP ViT-L/14 tokenizer and text config (the checkpoint holds the weights)"),
+        Download("Salesforce/blip-image-captioning-base", "blip-image-captioning-base",
+                 ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json",
+                  "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"),
+                 "BLIP base (COCO captioning): the prompt of unconditional requests, as the official demo"),
     ],
     "video.generate": [
         Download("THUDM/CogVideoX-2b", "cogvideox-2b", _COGVIDEOX,

@@ -62,11 +62,19 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def load_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
+def load_image(data: bytes, max_pixels: int | None = None, *, size: tuple[int, int] | None = None) -> Image.Image:
     """Decode uploaded bytes to an upright 8-bit RGB image (first frame of an animation).
 
     Raises ValueError for data that is not an image or exceeds `max_pixels` (checked from
-    the header, before the pixels are decoded)."""
+    the header, before the pixels are decoded). `size`: resize to (width, height) right after
+    decoding (PIL bilinear, antialiased when shrinking), so a caller that needs many images at
+    a working size holds one full-size image at a time, not all of them."""
+    return decode_image(data, max_pixels, size=size)[0]
+
+
+def decode_image(data: bytes, max_pixels: int | None = None, *,
+                 size: tuple[int, int] | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """`load_image`, also returning the upright (width, height) the image had before `size`."""
     try:
         img = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError) as exc:
@@ -84,7 +92,11 @@ def load_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
         img = ImageOps.exif_transpose(img)  # camera orientation tag -> upright pixels
     except Exception:  # malformed EXIF: keep the pixels as stored
         pass
-    return to_rgb(img)
+    img = to_rgb(img)
+    upright = img.size
+    if size is not None and img.size != tuple(size):
+        img = img.resize(tuple(size), Image.BILINEAR)
+    return img, upright
 
 
 def encode_image(img: Image.Image, format: str = "png", quality: int = 95) -> tuple[bytes, str]:

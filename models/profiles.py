@@ -166,7 +166,7 @@ def _load_colorize(profile: str, model_dir: Path | None, device, dtype, *, short
     `guide_dir`, absolute or relative to the model dir). What is missing is recorded on
     `pipe.missing_optional` and named in the error a request for that feature gets."""
     from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModel
+    from transformers import BlipForConditionalGeneration, BlipProcessor, CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
     from models.colorization import tiny
     from models.colorization.deformable import ContentGuidedVAE
@@ -189,6 +189,9 @@ def _load_colorize(profile: str, model_dir: Path | None, device, dtype, *, short
             text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder", **kw),
             tokenizer=CLIPTokenizer.from_pretrained(root / "tokenizer", **kw),
             scheduler=DDIMScheduler.from_pretrained(root / "scheduler", **kw),
+            # the official demo's BLIP captioner for empty prompts (models.colorization.caption)
+            caption_model=BlipForConditionalGeneration.from_pretrained(model_dir / _cc_layout.CAPTION_DIR, **kw),
+            caption_processor=BlipProcessor.from_pretrained(model_dir / _cc_layout.CAPTION_DIR, **kw),
         )
         if optional:
             absent = _cc_layout.missing_files(model_dir, _cc_layout.EXEMPLAR_REQUIRED)
@@ -217,7 +220,7 @@ def _load_colorize(profile: str, model_dir: Path | None, device, dtype, *, short
     if max_long_side is not None:
         sizes["max_long_side"] = max_long_side
     for name in ("unet", "controlnet", "vae", "text_encoder", "image_encoder", "deformable_vae",
-                 "guide_unet", "guide_controlnet"):
+                 "guide_unet", "guide_controlnet", "caption_model"):
         if components.get(name) is not None and components[name].dtype != dtype:
             components[name] = components[name].to(dtype)  # cast only what differs: to() on a model warns
     pipe = ControlColorPipeline(**components, **sizes).to(device)

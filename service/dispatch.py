@@ -29,17 +29,23 @@ def celery_base_config(redis_url: str, visibility_timeout_s: int) -> dict:
 
 
 class Dispatcher(Protocol):
+    blocking: bool  # True: dispatch does network I/O (the API calls it in a pool thread)
+
     def dispatch(self, job_id: str, kind: str) -> None: ...
 
 
 class LocalDispatcher:
     """Embedded mode: the store itself is the queue."""
 
+    blocking = False
+
     def dispatch(self, job_id: str, kind: str) -> None:
         return None
 
 
 class CeleryDispatcher:
+    blocking = True
+
     def __init__(self, redis_url: str, visibility_timeout_s: int = 6 * 3600):
         from celery import Celery
 

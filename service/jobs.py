@@ -6,18 +6,21 @@ import secrets
 from datetime import datetime, timezone
 from typing import Any
 
+from fastapi import Response
+
 from service.core.errors import ApiError, field_error
 from service.kinds import KINDS
 from service.limits import too_many
 from service.webhooks import validate_request
-from service.schemas import Job
+from service.schemas import Job, JobPage
 from service.storage.base import ObjectStore
-from service.store.base import JobRecord, JobStore, new_id
+from service.store.base import QUEUED, JobRecord, JobStore, new_id, wire_bytes
 
 log = logging.getLogger("visionjobs.jobs")
 # A queued job whose message was never sent (broker down at the wrong moment) is sent again by
 # the reaper after this long; a duplicate message is harmless (the claim is atomic).
 REDISPATCH_AFTER_S = 300.0
+RENDER_INLINE_BYTES = 64 * 1024  # jobs (or pages) stored in more than this are rendered off the loop
 
 
 def _ts(value: float | None) -> datetime | None:
@@ -27,19 +30,19 @@ def _ts(value: float | None) -> datetime | None:
 NO_WORKER_RETRY_S = 30  # workers report every 30 s (worker/capabilities.py)
 
 
-def live_workers(store, kind: str) -> tuple[list[dict], list[dict]]:
+async def live_workers(astore, kind: str) -> tuple[list[dict], list[dict]]:
     """(reports of live workers serving `kind`, those of them ready to run it)."""
-    caps = store.get_capabilities(kind)
+    caps = await astore.get_capabilities(kind)
     return caps, [c for c in caps if c.get("ready", True)]
 
 
-def check_workers(ctx, kind: str, params: dict[str, Any]) -> None:
+async def check_workers(ctx, kind: str, params: dict[str, Any]) -> None:
     """Refuse at once what no live worker can run, from the workers' reports: 503 + Retry-After
     when none serves the kind, 422 naming the missing files when none has its weights or the
     optional feature a parameter asks for (`JobKind.wants`)."""
     if not ctx.settings.refuse_unserved:
         return
-    caps, ready = live_workers(ctx.store, kind)
+    caps, ready = await live_workers(ctx.astore, kind)
     if not caps:
         raise ApiError(503, "Service unavailable", f"no live worker serves {kind} jobs now; start one "
                        f"(`visionjobs worker --queues {KINDS[kind].queue}`) or retry later",
@@ -57,40 +60,43 @@ def check_workers(ctx, kind: str, params: dict[str, Any]) -> None:
                                      f"{', '.join(absent[0])}", missing=absent[0])
 
 
-def submit(ctx, *, tenant: str, kind: str, params: dict[str, Any],
-           idempotency_key: str | None) -> tuple[JobRecord, bool]:
+async def submit(ctx, *, tenant: str, kind: str, params: dict[str, Any],
+                 idempotency_key: str | None) -> tuple[JobRecord, bool]:
     """Create the job (or find the one this Idempotency-Key made) and hand it to the workers."""
-    store, settings = ctx.store, ctx.settings
-    check_workers(ctx, kind, params)
-    if settings.max_active_jobs and store.active_jobs(tenant) >= settings.max_active_jobs:
+    store, settings = ctx.astore, ctx.settings
+    await check_workers(ctx, kind, params)
+    if settings.max_active_jobs and await store.active_jobs(tenant) >= settings.max_active_jobs:
         raise too_many(f"this key has {settings.max_active_jobs} queued or running jobs, the limit; "
                        "wait for some to finish", 30, "quota_exceeded")
     if "seed" in params and params["seed"] is None:
         params["seed"] = secrets.randbelow(2**32)  # fixed now, so every attempt draws the same noise
-    events = validate_request(params.get("webhook"), settings.webhook_allow_list())
+    events = None
+    if params.get("webhook"):  # resolves the target's host name: blocking, so off the loop
+        events = await ctx.offload("dns", validate_request, params["webhook"], settings.webhook_allow_list())
     job = JobRecord(id=new_id("job"), tenant=tenant, kind=kind, params=params, max_attempts=settings.max_attempts,
                     model_profile=ctx.model_profile, webhook_events=events)
-    job, created = store.create_job(job, idempotency_key)
+    job, created = await store.create_job(job, idempotency_key)
     if created:
         try:
-            ctx.dispatcher.dispatch(job.id, kind)
-            store.mark_dispatched(job.id, REDISPATCH_AFTER_S)
+            if getattr(ctx.dispatcher, "blocking", True):
+                await ctx.offload("queue", ctx.dispatcher.dispatch, job.id, kind)
+            else:
+                ctx.dispatcher.dispatch(job.id, kind)
+            await store.mark_dispatched(job.id, REDISPATCH_AFTER_S)
         except Exception as exc:
             log.error("could not queue job %s: %s", job.id, exc)
-            store.request_cancel(job.id)
+            await store.request_cancel(job.id)
             raise ApiError(503, "Service unavailable", "the queue cannot be reached; the job was not accepted",
                            code="queue_unavailable", headers={"Retry-After": "5"})
     return job, created
 
 
-def accept(ctx, response, *, tenant: str, base_url: str, kind: str, params: dict[str, Any],
-           idempotency_key: str | None) -> Job:
+async def accept(ctx, *, tenant: str, base_url: str, kind: str, params: dict[str, Any],
+                 idempotency_key: str | None) -> Response:
     """Submit and answer like every submission route: 202 + Location, or 200 for a repeated key."""
-    job, created = submit(ctx, tenant=tenant, kind=kind, params=params, idempotency_key=idempotency_key)
-    response.headers["Location"] = f"{base_url}/v1/jobs/{job.id}"
-    if not created:
-        response.status_code = 200
-    return render(job, ctx.store, ctx.objects, base_url, ctx.settings.url_ttl_s)
+    job, created = await submit(ctx, tenant=tenant, kind=kind, params=params, idempotency_key=idempotency_key)
+    return await job_response(ctx, job, base_url, status_code=202 if created else 200,
+                              headers={"Location": f"{base_url}/v1/jobs/{job.id}"})
 
 
 def _sign_files(value: Any, objects: ObjectStore, tenant: str, base_url: str, ttl_s: int) -> Any:
@@ -111,7 +117,7 @@ def _sign_files(value: Any, objects: ObjectStore, tenant: str, base_url: str, tt
     return out
 
 
-def render(job: JobRecord, store: JobStore, objects: ObjectStore, base_url: str, ttl_s: int) -> Job:
+def build_job(job: JobRecord, queue_position: int | None, objects: ObjectStore, base_url: str, ttl_s: int) -> Job:
     result = _sign_files(job.result, objects, job.tenant, base_url, ttl_s) if job.result else None
     params, webhook = job.params, None
     if params.get("webhook"):
@@ -119,6 +125,44 @@ def render(job: JobRecord, store: JobStore, objects: ObjectStore, base_url: str,
         params = {**params, "webhook": {**hook, "secret": "***"}}  # the secret is write-only
         webhook = {"url": hook["url"], "events": hook["events"], "deliveries": job.webhook_deliveries or {}}
     return Job(id=job.id, kind=job.kind, status=job.status, progress=min(max(job.progress, 0.0), 1.0),
-               stage=job.stage, queue_position=store.queue_position(job), attempt=job.attempt,
+               stage=job.stage, queue_position=queue_position, attempt=job.attempt,
                created_at=_ts(job.created_at), started_at=_ts(job.started_at), finished_at=_ts(job.finished_at),
                params=params, error=job.error, result=result, model_profile=job.model_profile, webhook=webhook)
+
+
+def render(job: JobRecord, store: JobStore, objects: ObjectStore, base_url: str, ttl_s: int) -> Job:
+    """For sync callers (the webhook deliverer)."""
+    return build_job(job, store.queue_position(job), objects, base_url, ttl_s)
+
+
+def _offloaded(ctx, jobs: list[JobRecord]) -> bool:
+    """Render off the loop: big jobs, and presigning that may block (S3 credentials refresh)."""
+    if sum(wire_bytes(j) for j in jobs) > RENDER_INLINE_BYTES:
+        return True
+    return getattr(ctx.objects, "sign_may_block", False) and any(j.result for j in jobs)
+
+
+async def render_json(ctx, job: JobRecord, base_url: str) -> bytes:
+    """The Job as JSON bytes (queue position from the async store; big jobs built off the loop)."""
+    position = await ctx.astore.queue_position(job) if job.status == QUEUED else None
+    build = lambda: build_job(job, position, ctx.objects, base_url, ctx.settings.url_ttl_s).model_dump_json()  # noqa: E731
+    return await ctx.offload("cpu", build) if _offloaded(ctx, [job]) else build()
+
+
+async def job_response(ctx, job: JobRecord, base_url: str, status_code: int = 200,
+                       headers: dict[str, str] | None = None) -> Response:
+    # serialised once here; returning a Response skips FastAPI's second validation of the model
+    return Response(await render_json(ctx, job, base_url), status_code=status_code, media_type="application/json",
+                    headers=headers)
+
+
+async def page_response(ctx, jobs: list[JobRecord], next_cursor: str | None, base_url: str) -> Response:
+    positions = await ctx.astore.queue_positions(jobs) if any(j.status == QUEUED for j in jobs) else [None] * len(jobs)
+    ttl = ctx.settings.url_ttl_s
+
+    def build() -> bytes:
+        items = [build_job(j, p, ctx.objects, base_url, ttl) for j, p in zip(jobs, positions)]
+        return JobPage(items=items, next_cursor=next_cursor).model_dump_json().encode()
+
+    body = await ctx.offload("cpu", build) if _offloaded(ctx, jobs) else build()
+    return Response(body, media_type="application/json")

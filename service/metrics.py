@@ -1,8 +1,9 @@
-"""Prometheus exposition for the API process: job counts by kind and state, queue depth."""
+"""Prometheus exposition for the API process: job counts by kind and state, queue depth, and
+this process's waiters (long-polls and event streams) and change notifications."""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from service.kinds import KINDS
 from service.store.base import JobStore
@@ -23,9 +24,22 @@ class StoreCollector:
         yield depth
 
 
-def build_registry(store: JobStore) -> CollectorRegistry:
+class WaiterCollector:
+    def __init__(self, hub):
+        self.hub = hub
+
+    def collect(self):
+        yield GaugeMetricFamily("visionjobs_api_waiters", "Open long-polls and event streams in this API process",
+                                value=self.hub.total)
+        yield CounterMetricFamily("visionjobs_api_change_notifications", "Job change notifications this API "
+                                  "process received", value=self.hub.published)
+
+
+def build_registry(store: JobStore, hub=None) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(StoreCollector(store))
+    if hub is not None:
+        registry.register(WaiterCollector(hub))
     return registry
 
 

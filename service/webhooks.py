@@ -1,70 +1,42 @@
 """Webhooks: a job may name `webhook: {url, events, secret}`. Transitions into a subscribed
-state enqueue a delivery in the job store's outbox atomically; a deliverer thread in the API
-process POSTs it, signed, retrying with backoff, and records the delivery state on the job.
+state enqueue a delivery in the job store's outbox atomically; deliverers in the API process
+POST it, signed, retrying with backoff, and record the delivery state on the job.
 
 Signature: `X-Visionjobs-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>` with
 `X-Visionjobs-Timestamp: <unix seconds>`; receivers should reject timestamps older than 5 min.
-Targets that resolve to loopback, private, link-local (cloud metadata), multicast or reserved
-addresses are refused unless VISIONJOBS_WEBHOOK_ALLOW_HOSTS lists the host or its network.
+
+Every attempt goes through service/egress.py: resolved once, connected to exactly the checked
+address, non-public destinations refused (unless VISIONJOBS_WEBHOOK_ALLOW_HOSTS lists the host
+or its network), no environment proxies, one total deadline for the answer's status line; its body is not read.
+
+Deliveries run on a pool of VISIONJOBS_WEBHOOK_WORKERS threads with at most
+VISIONJOBS_WEBHOOK_TENANT_CONCURRENCY in flight per tenant: a due delivery of a tenant at its
+cap goes back to the outbox for BOUNCE_S, so one tenant's slow receivers hold at most their own
+slots and never delay another tenant's deliveries.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
-import socket
+import queue
 import threading
 import time
-from urllib.parse import urlsplit
 
-import httpx
-
+from service import egress
 from service.core.errors import field_error
 
 log = logging.getLogger("visionjobs.webhooks")
 MAX_ATTEMPTS = 8
-TIMEOUT_S = 10.0
+BOUNCE_S = 2.0        # a due delivery whose tenant is at its cap waits in the outbox this long
+SCAN_LIMIT = 500      # due deliveries looked at per pass (a pass that reaches it runs again at once)
+CLAIM_BATCH = 20
 
 
-class UnsafeTarget(ValueError):
-    pass
-
-
-def _allowed(host: str, addresses: list[ipaddress._BaseAddress], allow: list[str]) -> bool:
-    for entry in allow:
-        if entry == host:
-            return True
-        try:
-            net = ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            continue
-        if addresses and all(a in net for a in addresses):
-            return True
-    return False
-
-
-def check_target(url: str, allow: list[str]) -> list[str]:
-    """Resolve the URL's host; raise UnsafeTarget unless every address is public (or allowed)."""
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-        if parts.scheme not in ("http", "https") or not host:
-            raise UnsafeTarget("must be an http(s) URL with a host")
-        infos = socket.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise UnsafeTarget(f"host {host!r} does not resolve ({exc.strerror})")
-    except (ValueError, UnicodeError) as exc:  # bad port, IPv6 brackets, labels IDNA cannot encode
-        raise UnsafeTarget(f"not a valid URL ({exc})")
-    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
-    if _allowed(host, addresses, allow):
-        return [str(a) for a in addresses]
-    for a in addresses:
-        if not a.is_global or a.is_multicast or a.is_reserved or a.is_link_local or a.is_loopback or a.is_private:
-            raise UnsafeTarget(f"host {host!r} resolves to {a}, a non-public address (loopback, private, "
-                               "link-local/metadata, multicast or reserved); allow it with VISIONJOBS_WEBHOOK_ALLOW_HOSTS")
-    return [str(a) for a in addresses]
+def webhook_policy(settings) -> egress.EgressPolicy:
+    return egress.EgressPolicy(allow=tuple(settings.webhook_allow_list()), timeout_s=settings.webhook_timeout_s,
+                               resolve_timeout_s=min(5.0, settings.webhook_timeout_s))
 
 
 def validate_request(webhook: dict | None, allow: list[str]) -> str | None:
@@ -72,8 +44,8 @@ def validate_request(webhook: dict | None, allow: list[str]) -> str | None:
     if not webhook:
         return None
     try:
-        check_target(webhook["url"], allow)
-    except UnsafeTarget as exc:
+        egress.resolve(webhook["url"], egress.EgressPolicy(allow=tuple(allow)))
+    except egress.EgressRefused as exc:
         raise field_error("webhook.url", str(exc))
     return "," + ",".join(webhook["events"]) + ","
 
@@ -82,51 +54,135 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return "v1=" + hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
+def signed_headers(secret: str, body: bytes, *, event: str, delivery_id: str,
+                   timestamp: int | None = None) -> dict[str, str]:
+    """Every header of a delivery: the one place that decides how deliveries are signed."""
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    return {"Content-Type": "application/json", "User-Agent": "visionjobs-webhooks",
+            "X-Visionjobs-Event": event, "X-Visionjobs-Delivery": delivery_id,
+            "X-Visionjobs-Timestamp": str(timestamp), "X-Visionjobs-Signature": sign(secret, timestamp, body)}
+
+
 def backoff_s(attempt: int, base_s: float) -> float:
     return min(base_s * 2 ** (attempt - 1), 600.0)
 
 
 class WebhookDeliverer(threading.Thread):
-    """Delivers due webhooks from the store's outbox. Safe in many processes: the store hands
-    each due delivery to exactly one claimant."""
+    """Claims due deliveries from the store's outbox and hands them to a pool of deliverer
+    threads, per-tenant capped. Safe in many processes: the store hands each due delivery to
+    exactly one claimant; at most the pool's size is claimed and not yet delivered at a time."""
 
     def __init__(self, ctx, render_job, interval_s: float = 0.5):
         super().__init__(name="visionjobs-webhooks", daemon=True)
         self.ctx, self.render_job, self.interval_s = ctx, render_job, interval_s
+        settings = ctx.settings
+        self.policy = webhook_policy(settings)
+        self.size, self.per_tenant = settings.webhook_workers, settings.webhook_tenant_concurrency
         self.stopped = threading.Event()
-        self.client = httpx.Client(timeout=TIMEOUT_S, follow_redirects=False)
+        self._work: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._tenants: dict[str, int] = {}
 
+    # --- the claimer ---
     def run(self):
-        while not self.stopped.wait(self.interval_s):
+        for i in range(self.size):
+            threading.Thread(target=self._deliver_loop, name=f"visionjobs-webhooks-{i}", daemon=True).start()
+        busy = False
+        while not self.stopped.wait(0 if busy else self.interval_s):
             try:
-                for job_id, event in self.ctx.store.claim_due_webhooks():
-                    self.deliver(job_id, event)
+                busy = self.dispatch_due()
             except Exception as exc:  # an outage of the store must not kill the thread
                 log.warning("webhook pass failed: %s", exc)
+                busy = False
 
     def stop(self):
         self.stopped.set()
+        for _ in range(self.size):
+            self._work.put(None)
 
-    def deliver(self, job_id: str, event: str) -> dict | None:
+    def in_flight(self, tenant: str | None = None) -> int:
+        with self._lock:
+            return self._in_flight if tenant is None else self._tenants.get(tenant, 0)
+
+    def dispatch_due(self) -> bool:
+        """One pass over the outbox; True when it stopped at SCAN_LIMIT (more may be due)."""
+        store, scanned = self.ctx.store, 0
+        while scanned < SCAN_LIMIT:
+            free = self.size - self.in_flight()
+            if free <= 0:
+                return False
+            due = store.claim_due_webhooks(limit=min(free, CLAIM_BATCH))
+            for i, (job_id, event) in enumerate(due):
+                scanned += 1
+                try:
+                    job = store.get_job(job_id)
+                except Exception:
+                    for rest in due[i:]:  # claimed but not handed out: back to the outbox, not lost
+                        store.schedule_webhook(*rest, BOUNCE_S)
+                    raise
+                if job is None:
+                    continue
+                if not self._take(job.tenant):
+                    store.schedule_webhook(job_id, event, BOUNCE_S)  # tenant at its cap (or pool full)
+                    continue
+                self._work.put((job, event))
+            if len(due) < min(free, CLAIM_BATCH):
+                return False
+        return True
+
+    def _take(self, tenant: str) -> bool:
+        with self._lock:
+            if self._in_flight >= self.size or self._tenants.get(tenant, 0) >= self.per_tenant:
+                return False
+            self._in_flight += 1
+            self._tenants[tenant] = self._tenants.get(tenant, 0) + 1
+            return True
+
+    def _release(self, tenant: str) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            left = self._tenants[tenant] - 1
+            if left:
+                self._tenants[tenant] = left
+            else:
+                del self._tenants[tenant]
+
+    # --- the deliverers ---
+    def _deliver_loop(self):
+        while (item := self._work.get()) is not None:
+            job, event = item
+            try:
+                self.deliver(job.id, event, job=job)
+            except Exception as exc:
+                log.warning("webhook %s %s failed before it was recorded: %s", job.id, event, exc)
+                try:  # put it back rather than lose it
+                    self.ctx.store.schedule_webhook(job.id, event, self.ctx.settings.webhook_retry_base_s)
+                except Exception:
+                    pass
+            finally:
+                self._release(job.tenant)
+
+    def deliver(self, job_id: str, event: str, job=None) -> dict | None:
         store, settings = self.ctx.store, self.ctx.settings
-        job = store.get_job(job_id)
+        job = store.get_job(job_id) if job is None else job
         hook = (job.params or {}).get("webhook") if job else None
         if not hook:
             return None
         state = dict((job.webhook_deliveries or {}).get(event) or {"attempts": 0})
         state["attempts"] += 1
-        timestamp = int(time.time())
         body = json.dumps({"event": event, "job": self.render_job(self.ctx, job).model_dump(mode="json")}).encode()
-        headers = {"Content-Type": "application/json", "User-Agent": "visionjobs-webhooks",
-                   "X-Visionjobs-Event": event, "X-Visionjobs-Delivery": f"{job_id}:{event}",
-                   "X-Visionjobs-Timestamp": str(timestamp), "X-Visionjobs-Signature": sign(hook["secret"], timestamp, body)}
+        headers = signed_headers(hook["secret"], body, event=event, delivery_id=f"{job_id}:{event}")
         try:
-            check_target(hook["url"], settings.webhook_allow_list())  # again: DNS may have changed since submission
-            response = self.client.post(hook["url"], content=body, headers=headers)
-            state["last_status_code"], state["last_error"] = response.status_code, None
-            ok = 200 <= response.status_code < 300
-        except (UnsafeTarget, httpx.HTTPError) as exc:
-            state["last_status_code"], state["last_error"], ok = None, f"{type(exc).__name__}: {exc}"[:300], False
+            # resolved and checked again (DNS may have changed since submission); the status line is
+            # the receiver's answer: its body is never read
+            with egress.open_stream("POST", hook["url"], policy=self.policy, content=body, headers=headers) as response:
+                state["last_status_code"], state["last_error"] = response.status_code, None
+                ok = 200 <= response.status_code < 300
+        except egress.EgressRefused as exc:
+            state["last_status_code"], state["last_error"], ok = None, f"refused: {exc}"[:300], False
+        except egress.EgressError as exc:
+            state["last_status_code"], state["last_error"], ok = None, str(exc)[:300], False
         if ok:
             state.update(status="delivered", delivered_at=time.time(), next_attempt_at=None)
         elif state["attempts"] >= MAX_ATTEMPTS:

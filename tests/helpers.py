@@ -61,3 +61,46 @@ def wait_final(client, job_id: str, key: str = ALICE, timeout: float = 240) -> d
         if job["status"] in FINAL:
             return job
     raise TimeoutError(job_id)
+
+
+class LiveServer:
+    """The app under a real uvicorn in a thread (TestClient cannot hang up mid-request)."""
+
+    def __init__(self, app):
+        import threading
+
+        import uvicorn
+
+        from tests.conftest import free_port
+
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    timeout_graceful_shutdown=2))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "LiveServer":
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def until(condition, timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll `condition` until it holds (a deadline for a hung test, not a timed assertion)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(0.02)

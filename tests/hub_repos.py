@@ -4,6 +4,7 @@
     UPstud/ColorCtrl                   main_model.ckpt (Lightning, official ControlLDM key layout)
                                        + content-guided_deformable_vae.ckpt
     openai/clip-vit-large-patch14      CLIP config + tokenizer files (vocab.json, merges.txt, ...)
+    Salesforce/blip-image-captioning-base   tiny BLIP captioner (+ .bin / .h5 decoys)
     THUDM/CogVideoX-2b                 diffusers folder; T5 tokenizer as spiece.model only; sharded T5
     openai/clip-vit-base-patch32       CLIPModel config + pytorch_model.bin (+ TF/Flax decoys)
     stable-diffusion-v1-5/...          diffusers folder (+ fp16 / non-ema / .ckpt decoys)
@@ -78,7 +79,8 @@ def _lightning(state_dict: dict) -> dict:
 
 
 def controlcolor_repos(root: Path) -> dict[str, Path]:
-    """UPstud/ColorCtrl (the checkpoints) and openai/clip-vit-large-patch14 (tokenizer + config)."""
+    """UPstud/ColorCtrl (the checkpoints), openai/clip-vit-large-patch14 (tokenizer + config) and
+    Salesforce/blip-image-captioning-base (the captioner)."""
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPConfig
 
@@ -107,7 +109,11 @@ def controlcolor_repos(root: Path) -> dict[str, Path]:
     torch.save(_lightning(deformable_state_dict_to_original(ContentGuidedVAE.from_vae(vae))),
                ckpts / "content-guided_deformable_vae.ckpt")
     (ckpts / "README.md").write_text("mirror\n")
-    return {"UPstud/ColorCtrl": ckpts, "openai/clip-vit-large-patch14": clip}
+    from tests.models.caption_dir import write_tiny_captioner
+
+    blip = write_tiny_captioner(root / "blip", decoys=True)  # the captioner of empty prompts
+    return {"UPstud/ColorCtrl": ckpts, "openai/clip-vit-large-patch14": clip,
+            "Salesforce/blip-image-captioning-base": blip}
 
 
 def _spiece_model(vocab_size: int = 48) -> bytes:

@@ -99,7 +99,8 @@ def cc_repos(tmp_path_factory):
 def test_fetch_from_a_folder_converts_without_the_mirror(tmp_path, fetch, cc_repos):
     config = tmp_path / "cfg.json"
     config.write_text(json.dumps(CC_CONVERT_CONFIG))
-    with HubServer({"openai/clip-vit-large-patch14": cc_repos["openai/clip-vit-large-patch14"]}) as hub:
+    served = {k: v for k, v in cc_repos.items() if k != "UPstud/ColorCtrl"}  # no mirror: files from --from
+    with HubServer(served) as hub:
         done = fetch(hub, "--kind", "colorize", "--from", str(cc_repos["UPstud/ColorCtrl"]),
                      "--controlcolor-config", str(config))
         assert done.exit_code == 0, done.output
@@ -119,7 +120,7 @@ def test_a_mirror_serving_another_layout_is_refused_before_converting(tmp_path, 
                wrong / "main_model.ckpt")
     config = tmp_path / "cfg.json"
     config.write_text(json.dumps(CC_CONVERT_CONFIG))  # (the key check builds the target models: tiny ones here)
-    with HubServer({"UPstud/ColorCtrl": wrong, "openai/clip-vit-large-patch14": cc_repos["openai/clip-vit-large-patch14"]}) as hub:
+    with HubServer({**cc_repos, "UPstud/ColorCtrl": wrong}) as hub:
         done = fetch(hub, "--kind", "colorize", "--controlcolor-config", str(config))
     assert done.exit_code != 0
     assert "not a Control Color checkpoint in the official layout" in done.output and "other.weight" in done.output

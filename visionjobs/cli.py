@@ -63,7 +63,11 @@ def api(host: str, port: int, workers: int, allow_anonymous: bool) -> None:
 @click.option("--queues", default=None, help="Comma-separated queues (job kinds).")
 @click.option("--concurrency", default=None, type=int, help="Processes per GPU (or CPU processes).")
 @click.option("--preload", is_flag=True, default=None, help="Load the queues' models before the first job.")
-def worker(gpus: str | None, queues: str | None, concurrency: int | None, preload: bool | None) -> None:
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="CPU threads per process (OMP_NUM_THREADS). Default: the host's cores split evenly among the "
+                   "processes, or OMP_NUM_THREADS when already set.")
+def worker(gpus: str | None, queues: str | None, concurrency: int | None, preload: bool | None,
+           threads: int | None) -> None:
     """Start worker processes, one per GPU, pinned with CUDA_VISIBLE_DEVICES."""
     _logging()
     from service.kinds import queues as known_queues
@@ -80,7 +84,8 @@ def worker(gpus: str | None, queues: str | None, concurrency: int | None, preloa
     n = s.concurrency if concurrency is None else concurrency
     if n < 1:
         raise click.ClickException("--concurrency must be at least 1")
-    children = plan(gpu_list, queue_list, n, bool(s.preload if preload is None else preload), socket.gethostname())
+    children = plan(gpu_list, queue_list, n, bool(s.preload if preload is None else preload), socket.gethostname(),
+                    threads=threads)
     sys.exit(launch(children))
 
 

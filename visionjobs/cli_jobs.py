@@ -350,15 +350,22 @@ def submit() -> None:
 @click.option("--exemplar", default=None, help="Colour exemplar image (path or upload id).")
 @click.option("--seed", type=int, default=None)
 @click.option("--steps", type=int, default=None)
-@click.option("--guidance", "guidance_mode", type=click.Choice(["cfg", "autoguidance", "none"]), default=None)
-@click.option("--guidance-scale", type=float, default=None)
+@click.option("--guidance", "guidance_mode", type=click.Choice(["cfg", "autoguidance", "none"]), default=None,
+              help="Guidance mode (server default cfg).")
+@click.option("--guidance-scale", type=float, default=None,
+              help="Guidance scale; default per mode: cfg 7, autoguidance 2 (none ignores it).")
 @click.option("--sag-scale", type=float, default=None)
 @click.option("--deformable-decoder/--no-deformable-decoder", default=None)
+@click.option("--auto-caption/--no-auto-caption", default=None,
+              help="Caption an empty prompt with BLIP, as the official demo (server default: on).")
+@click.option("--parity", type=click.Choice(["project", "official"]), default=None,
+              help="official: every switch back to the official Control Color code (--param parity.X=Y for one).")
 @click.option("--num-outputs", type=int, default=None)
 @click.option("--format", "output_format", type=click.Choice(["png", "jpeg", "webp"]), default=None)
 @submit_options
 def submit_colorize(image, prompt, negative_prompt, strokes_file, stroke_image, exemplar, seed, steps, guidance_mode,
-                    guidance_scale, sag_scale, deformable_decoder, num_outputs, output_format, **common) -> None:
+                    guidance_scale, sag_scale, deformable_decoder, auto_caption, parity, num_outputs, output_format,
+                    **common) -> None:
     """Colorize IMAGE (a path or an upload id) with Control Color."""
     strokes = None
     if strokes_file is not None:
@@ -374,7 +381,8 @@ def submit_colorize(image, prompt, negative_prompt, strokes_file, stroke_image, 
         return dict(image=_upload_ref(client, image), prompt=prompt, negative_prompt=negative_prompt, strokes=strokes,
                     stroke_image=_upload_ref(client, stroke_image), exemplar=_upload_ref(client, exemplar), seed=seed,
                     steps=steps, guidance={"mode": guidance_mode, "scale": guidance_scale}, sag_scale=sag_scale,
-                    deformable_decoder=deformable_decoder, num_outputs=num_outputs, output_format=output_format)
+                    deformable_decoder=deformable_decoder, auto_caption=auto_caption, parity=parity,
+                    num_outputs=num_outputs, output_format=output_format)
 
     _submit("colorize", build, **common)
 
@@ -413,6 +421,9 @@ def submit_video_generate(prompts, segments, overlap, transition_segments, kv_sh
 @click.option("--tuned-model", default=None, help="Reuse an earlier tuning (tvm_...) instead of VIDEO.")
 @click.option("--tune-steps", type=int, default=None)
 @click.option("--frames", type=int, default=None)
+@click.option("--frame-stride", default=None, metavar="N|spread",
+              help="Take every N-th frame (server default 2, as the official) or 'spread' them over the clip.")
+@click.option("--start-frame", type=int, default=None, help="The first frame taken (server default 0).")
 @click.option("--width", type=int, default=None)
 @click.option("--height", type=int, default=None)
 @click.option("--steps", type=int, default=None)
@@ -421,15 +432,17 @@ def submit_video_generate(prompts, segments, overlap, transition_segments, kv_sh
 @click.option("--fps", type=int, default=None)
 @click.option("--gif", is_flag=True, default=None, help="Also write a GIF of each edit.")
 @submit_options
-def submit_video_edit(video, source_prompt, edits, tuned_model, tune_steps, frames, width, height, steps,
-                      guidance_scale, seed, fps, gif, **common) -> None:
+def submit_video_edit(video, source_prompt, edits, tuned_model, tune_steps, frames, frame_stride, start_frame, width,
+                      height, steps, guidance_scale, seed, fps, gif, **common) -> None:
     """Edit VIDEO (a path or an upload id) with text prompts (Tune-A-Video), or re-edit with --tuned-model."""
     if (video is None) == (tuned_model is None):
         raise click.UsageError("give VIDEO or --tuned-model (exactly one)")
 
     def build(client) -> dict[str, Any]:
         return dict(video=_upload_ref(client, video), tuned_model=tuned_model, source_prompt=source_prompt,
-                    edits=list(edits), tune_steps=tune_steps, frames=frames, width=width, height=height, steps=steps,
+                    edits=list(edits), tune_steps=tune_steps, frames=frames,
+                    frame_stride=int(frame_stride) if frame_stride and frame_stride.isdigit() else frame_stride,
+                    start_frame=start_frame, width=width, height=height, steps=steps,
                     guidance_scale=guidance_scale, seed=seed, fps=fps, gif=gif or None)
 
     _submit("video.edit", build, **common)

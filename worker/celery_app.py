@@ -46,7 +46,7 @@ def get_runner():
         from service.store import build_job_store
         from worker.runner import Runner
 
-        _runner = Runner(settings, build_job_store(settings), build_object_store(settings))
+        _runner = Runner(settings, build_job_store(settings), build_object_store(settings), exit_on_hang=True)
     return _runner
 
 

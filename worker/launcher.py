@@ -1,5 +1,10 @@
 """`visionjobs worker`: one child process per GPU (x concurrency), pinned with
-CUDA_VISIBLE_DEVICES, restarted with backoff when one dies. The launcher never imports torch."""
+CUDA_VISIBLE_DEVICES, restarted with backoff when one dies. The launcher never imports torch.
+
+The children share the host's cores: each gets OMP_NUM_THREADS / MKL_NUM_THREADS (which torch
+reads for its intra-op threads) of cores // children, so two CPU processes on two cores run one
+thread each instead of two each fighting over both. `threads` sets it explicitly; without it, an
+OMP_NUM_THREADS already in the environment is kept."""
 from __future__ import annotations
 
 import logging
@@ -28,8 +33,8 @@ class Child:
     def start(self) -> None:
         self.proc = subprocess.Popen(self.cmd, env=self.env)
         self.started = time.monotonic()
-        log.info("started worker %s (pid %d, CUDA_VISIBLE_DEVICES=%r)", self.slot, self.proc.pid,
-                 self.env["CUDA_VISIBLE_DEVICES"])
+        log.info("started worker %s (pid %d, CUDA_VISIBLE_DEVICES=%r, %s threads)", self.slot, self.proc.pid,
+                 self.env["CUDA_VISIBLE_DEVICES"], self.env.get("OMP_NUM_THREADS", "all"))
 
 
 def detect_gpus(dev: str = "/dev") -> list[str]:
@@ -62,12 +67,35 @@ def expand_gpus(spec: str, dev: str = "/dev") -> list[str]:
     return [g.strip() for g in spec.split(",") if g.strip()]
 
 
-def plan(gpus: list[str], queues: list[str], concurrency: int, preload: bool, hostname: str) -> list[Child]:
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity: cgroup cpusets, taskset), else all."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def threads_per_child(children: int, threads: int | None = None, cores: int | None = None) -> int:
+    if threads:
+        return threads
+    return max(1, (cores or usable_cores()) // max(1, children))
+
+
+def plan(gpus: list[str], queues: list[str], concurrency: int, preload: bool, hostname: str,
+         threads: int | None = None) -> list[Child]:
     children = []
+    n = len(gpus or [None]) * concurrency
+    per_child = str(threads_per_child(n, threads))
+    keep_env = threads is None and "OMP_NUM_THREADS" in os.environ
     for gpu in gpus or [None]:
         for i in range(concurrency):
             slot = f"{'gpu' + gpu if gpu is not None else 'cpu'}-{i}"
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu if gpu is not None else "")
+            if not keep_env:
+                env.update({var: per_child for var in THREAD_VARS})
             cmd = [sys.executable, "-m", "worker.process", "--queues", ",".join(queues),
                    "--name", f"{hostname}-{slot}"] + (["--preload"] if preload else [])
             children.append(Child(slot, gpu, cmd, env))

@@ -18,7 +18,7 @@ from service.store.base import CANCELED, FAILED, SUCCEEDED, JobRecord, JobStore,
 from worker.batching import execute_batch, partners
 from worker.config import WorkerSettings
 from worker.context import JobContext
-from worker.control import JobControl
+from worker.control import JobControl, watchdog
 from worker.errors import JobCanceled, JobFailed, ModelsNotReady, OwnershipLost
 from worker.model_cache import ModelCache, release_memory
 from worker.outcomes import STORE_WAIT_S, is_out_of_memory, with_store_retry  # noqa: F401  (re-exported)
@@ -28,8 +28,11 @@ log = logging.getLogger("visionjobs.worker")
 
 
 class Runner:
-    def __init__(self, settings: WorkerSettings, store: JobStore, objects: ObjectStore, name: str | None = None):
+    def __init__(self, settings: WorkerSettings, store: JobStore, objects: ObjectStore, name: str | None = None,
+                 *, exit_on_hang: bool = False):
         self.settings, self.store, self.objects = settings, store, objects
+        # exit_on_hang: this process is a dedicated worker the launcher replaces (worker/control.py)
+        watchdog.configure(grace_s=settings.job_kill_grace_s, exit_process=exit_on_hang)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.cache = ModelCache(int(settings.model_cache_gb * 2**30))
         self._device: str | None = None
@@ -65,8 +68,12 @@ class Runner:
         extra = {"guide_dir": self.settings.autoguidance_dir} if model == "colorize" else {}
 
         def loader():
+            import torch
+
             from models.acceleration import accelerate
 
+            if model == "colorize" and self.settings.colorize_fp32:
+                extra["dtype"] = torch.float32  # the official precision; default: fp16 on CUDA
             pipe = load(model, profile, self.settings.model_dir, self.device, **extra)
             compiled = model in {k.strip() for k in self.settings.torch_compile.split(",")}
             accelerate(pipe, self.device, kind=model, channels_last=self.settings.channels_last, compile=compiled)

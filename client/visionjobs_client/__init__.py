@@ -21,9 +21,9 @@ from visionjobs_client.errors import (
 )
 from visionjobs_client.models import (
     FINAL_STATUSES, AnomalyFitRequest, AnomalyFitResult, AnomalyModel, AnomalyModelList, AnomalyScoreRequest,
-    AnomalyScoreResult, BoxOut, ColorizationRequest, ColorizationResult, EditedVideo, Guidance, ImageOutput, Job, JobError,
-    JobPage, JobStatus, KvSharing, Problem, ScoredImage, Stroke, ThresholdsPatch, TrainingRecord, Upload, ValidationSet,
-    VideoEditRequest,
+    AnomalyScoreResult, BoxOut, ColorizationParity, ColorizationRequest, ColorizationResult, EditedVideo, Guidance,
+    ImageOutput, Job, JobError, JobPage, JobStatus, KvSharing, Problem, ScoredImage, Stroke, ThresholdsPatch,
+    TrainingRecord, Upload, ValidationSet, VideoEditRequest,
     VideoEditResult, VideoGenerationRequest, VideoGenerationResult, VideoOutput, Webhook, WebhookDelivery, WebhookState,
 )
 from visionjobs_client.settings import API_KEY_ENV, URL_ENV, ClientSettings
@@ -33,7 +33,7 @@ from visionjobs_client.webhooks import WebhookSignatureError, sign_webhook, veri
 __all__ = [
     "API_KEY_ENV", "AnomalyFitRequest", "AnomalyFitResult", "AnomalyModel", "AnomalyModelList",
     "AnomalyScoreRequest", "AnomalyScoreResult", "ApiConnectionError", "BoxOut", "ApiError", "AsyncClient", "Client",
-    "ClientSettings", "ColorizationRequest", "ColorizationResult", "Conflict", "EditedVideo", "FINAL_STATUSES",
+    "ClientSettings", "ColorizationParity", "ColorizationRequest", "ColorizationResult", "Conflict", "EditedVideo", "FINAL_STATUSES",
     "Forbidden", "Guidance", "ImageOutput", "Job", "JobError", "JobFailed", "JobPage", "JobStatus", "KIND_PATHS",
     "KvSharing", "NotFound", "Problem", "RateLimited", "ScoredImage", "ServerError", "Stroke", "ThresholdsPatch", "TrainingRecord",
     "URL_ENV", "Unauthorized", "Unavailable", "Upload", "ValidationError", "ValidationSet", "VideoEditRequest", "VideoEditResult", "VideoGenerationRequest",

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from visionjobs_client.errors import ApiError, error_class
 from visionjobs_client.models import (
-    KIND_PATHS, REQUEST_MODELS, Guidance, Job, KvSharing, Problem, Stroke, ValidationSet, Webhook,
+    KIND_PATHS, REQUEST_MODELS, ColorizationParity, Guidance, Job, KvSharing, Problem, Stroke, ValidationSet, Webhook,
 )
 from visionjobs_client.settings import ClientSettings
 
@@ -314,15 +314,20 @@ class JobMethods(Generic[R]):
                  exemplar: Any = None, seed: Optional[int] = None, steps: Optional[int] = None,
                  guidance: Union[Guidance, Mapping[str, Any], float, None] = None, sag_scale: Optional[float] = None,
                  sag_threshold: Optional[int] = None, deformable_decoder: Optional[bool] = None,
+                 auto_caption: Optional[bool] = None,
+                 parity: Union[str, ColorizationParity, Mapping[str, Any], None] = None,
                  num_outputs: Optional[int] = None, output_format: Optional[str] = None, webhook: WebhookArg = None,
                  idempotency_key: Optional[str] = None) -> R:
-        """Colorize a photo (Control Color): kind ``colorize``. ``guidance`` may be a scale."""
+        """Colorize a photo (Control Color): kind ``colorize``. ``guidance`` may be a scale (CFG);
+        a mode without a scale gets the mode's default. An empty prompt is captioned (BLIP)
+        unless ``auto_caption=False``. ``parity``: ``"official"`` or per-switch (see
+        ``ColorizationParity``)."""
         return self._submit_kind("colorize", dict(
             image=image, prompt=prompt, negative_prompt=negative_prompt,
             strokes=list(strokes) if strokes is not None else None, stroke_image=stroke_image, exemplar=exemplar,
             seed=seed, steps=steps, guidance=_guidance(guidance), sag_scale=sag_scale, sag_threshold=sag_threshold,
-            deformable_decoder=deformable_decoder, num_outputs=num_outputs, output_format=output_format,
-            webhook=webhook,
+            deformable_decoder=deformable_decoder, auto_caption=auto_caption, parity=parity, num_outputs=num_outputs,
+            output_format=output_format, webhook=webhook,
         ), idempotency_key)
 
     def generate_video(self, prompts: Union[str, Sequence[str]], *, segments: Optional[int] = None,
@@ -342,17 +347,19 @@ class JobMethods(Generic[R]):
 
     def edit_video(self, video: Any = None, *, edits: Union[str, Sequence[str]], source_prompt: Optional[str] = None,
                    tuned_model: Optional[str] = None, tune_steps: Optional[int] = None, frames: Optional[int] = None,
+                   frame_stride: Union[int, str, None] = None, start_frame: Optional[int] = None,
                    width: Optional[int] = None, height: Optional[int] = None, steps: Optional[int] = None,
                    guidance_scale: Optional[float] = None, seed: Optional[int] = None, fps: Optional[int] = None,
                    gif: Optional[bool] = None, webhook: WebhookArg = None, idempotency_key: Optional[str] = None) -> R:
         """Edit a clip with text (Tune-A-Video): kind ``video.edit``. Give ``video`` with
         ``source_prompt`` to tune on it, or ``tuned_model`` (a ``tuned_model_id`` of an
-        earlier edit) to reuse that tuning."""
+        earlier edit) to reuse that tuning. ``frame_stride`` (server default 2, the official rule) and
+        ``start_frame`` pick the clip's frames; ``"spread"`` spreads them over the clip."""
         return self._submit_kind("video.edit", dict(
             video=video, tuned_model=tuned_model, source_prompt=source_prompt,
             edits=[edits] if isinstance(edits, str) else list(edits), tune_steps=tune_steps, frames=frames,
-            width=width, height=height, steps=steps, guidance_scale=guidance_scale, seed=seed, fps=fps, gif=gif,
-            webhook=webhook,
+            frame_stride=frame_stride, start_frame=start_frame, width=width, height=height, steps=steps,
+            guidance_scale=guidance_scale, seed=seed, fps=fps, gif=gif, webhook=webhook,
         ), idempotency_key)
 
     def fit_anomaly_model(self, images: Optional[Sequence[Any]] = None, *, name: str, archive: Any = None,

@@ -72,10 +72,25 @@ class Stroke(BaseModel):
 
 
 class Guidance(BaseModel):
+    """``scale`` left out: the mode's default (cfg 7, autoguidance 2); the job's params show it."""
+
     model_config = _REQUEST
 
     mode: Optional[Literal["cfg", "autoguidance", "none"]] = None
     scale: Optional[float] = None
+
+
+class ColorizationParity(BaseModel):
+    """Switches back to the official Control Color code, one by one (server default: the
+    project's ``all`` / ``aspect`` / ``leading`` / ``lab`` / ``gamut_fit``)."""
+
+    model_config = _REQUEST
+
+    sag_heads: Optional[Literal["all", "official"]] = None
+    working_size: Optional[Literal["aspect", "official"]] = None
+    timesteps: Optional[Literal["leading", "uniform"]] = None
+    gray_input: Optional[Literal["lab", "official"]] = None
+    l_merge: Optional[Literal["gamut_fit", "official"]] = None
 
 
 class ColorizationRequest(BaseModel):
@@ -95,6 +110,8 @@ class ColorizationRequest(BaseModel):
     sag_scale: Optional[float] = None
     sag_threshold: Optional[int] = None
     deformable_decoder: Optional[bool] = None
+    auto_caption: Optional[bool] = None
+    parity: Optional[Union[Literal["project", "official"], ColorizationParity]] = None
     num_outputs: Optional[int] = None
     output_format: Optional[Literal["png", "jpeg", "webp"]] = None
     webhook: Optional[Webhook] = None
@@ -141,6 +158,8 @@ class VideoEditRequest(BaseModel):
     edits: list[str]
     tune_steps: Optional[int] = None
     frames: Optional[int] = None
+    frame_stride: Optional[Union[int, Literal["spread"]]] = None
+    start_frame: Optional[int] = None
     width: Optional[int] = None
     height: Optional[int] = None
     steps: Optional[int] = None
@@ -268,6 +287,10 @@ class ColorizationResult(BaseModel):
 
     images: list[ImageOutput]
     seed: int
+    caption: Optional[str] = None
+    prompt: Optional[str] = None
+    denoising_steps: Optional[int] = None
+    precision: Optional[str] = None
 
 
 class VideoOutput(BaseModel):
@@ -495,6 +518,7 @@ class Problem(BaseModel):
     instance: str = ""
     code: str = ""
     errors: Optional[list[dict[str, Any]]] = None
+    errors_total: Optional[int] = None  # validation problems found; `errors` lists the first 50
 
 
 # ----------------------------------------------------------------------------- job kinds

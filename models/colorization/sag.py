@@ -12,9 +12,11 @@ As the official sampler (`cldm/ddim_haced_sag_step.py`), which differs from diff
 - the degraded x0 is fed to the model at step t as is, WITHOUT re-noising;
 - the guided (CFG + ControlNet) prediction on it gives eps_deg, and
   eps <- eps + s * (eps - eps_deg).
-Deviation (named): the official code reshapes the attention probabilities of its last pass
-(the unconditional one) with 4 heads after `chunk(2)`, i.e. it averages heads 0-3 of 8 for
-batch 1 (and mixes items for larger batches). We average all heads of each item.
+Deviation (named; `parity.sag_heads = "official"` removes it): the official code reshapes the
+attention probabilities of its last pass (the unconditional one) with 4 heads after `chunk(2)`
+(p_sample_ddim: `uncond_attn, cond_attn = ...attn1.attention_probs.chunk(2)`; sag_masking:
+`h = 4`, `attn_map.reshape(b, h, hw1, hw2)`), i.e. it averages heads 0-3 of 8 for batch 1 and
+mixes items for larger batches. We average all heads of each item.
 
 The attention map needs the probabilities, which fused attention kernels never materialise:
 `ExplicitAttnProcessor` computes softmax(QK^T / sqrt(d)) explicitly on that one layer (8x8
@@ -111,24 +113,37 @@ class MidBlockAttention:
         finally:
             self.processor.capture = False
 
-    def mask(self, items: slice, latent_size: tuple[int, int]) -> torch.Tensor:
-        """(N, 1, h, w) float {0, 1}: the SAG mask of the captured pass' batch items `items`."""
+    def mask(self, items: slice, latent_size: tuple[int, int], rule: str = "all") -> torch.Tensor:
+        """(N, 1, h, w) float {0, 1}: the SAG mask of the captured pass' batch items `items`
+        (one request's images), under the heads `rule` ("all" | "official")."""
         probs, heads = self.processor.probs, self.processor.heads
         if probs is None or self.map_size is None:
             raise RuntimeError("no mid-block attention map was captured in this pass")
-        return sag_attention_mask(probs, heads, self.map_size, latent_size)[items]
+        rows = probs[items.start * heads: items.stop * heads]  # batch-major: item k = rows k*heads ..
+        return sag_attention_mask(rows, heads, self.map_size, latent_size, rule)
 
 
 def sag_attention_mask(probs: torch.Tensor, heads: int, map_size: tuple[int, int],
-                       latent_size: tuple[int, int]) -> torch.Tensor:
-    """Attention probabilities (B * heads, hw, hw), batch-major as diffusers' head_to_batch_dim
-    lays them out -> (B, 1, h, w) float mask: mean over all heads, sum over the queries, > 1,
-    nearest-upsampled to the latent size."""
+                       latent_size: tuple[int, int], rule: str = "all") -> torch.Tensor:
+    """Attention probabilities (B * heads, hw, hw) of one pass' B items, batch-major as
+    diffusers' head_to_batch_dim lays them out -> (B, 1, h, w) float mask: mean over the heads,
+    sum over the queries, > 1, nearest-upsampled to the latent size.
+
+    rule "all": each item's own heads, all of them. rule "official": the first half of the rows
+    (`chunk(2)`) read as B groups of heads / 2 (the official hard-codes 4 for SD's 8 heads):
+    heads 0-3 for one item; item k of several reads item k // 2, heads 4 (k % 2) .. 4 (k % 2) + 3."""
     bh, hw1, hw2 = probs.shape
     b = bh // heads
     if b * heads != bh or hw2 != map_size[0] * map_size[1]:
         raise ValueError(f"attention map {tuple(probs.shape)} does not fit {heads} heads at {map_size}")
-    m = probs.float().reshape(b, heads, hw1, hw2).mean(1).sum(1) > 1.0
+    if rule == "official":
+        if heads % 2:
+            raise ValueError(f"the official SAG head rule needs an even number of heads, got {heads}")
+        m = probs[: bh // 2].float().reshape(b, heads // 2, hw1, hw2).mean(1).sum(1) > 1.0
+    elif rule == "all":
+        m = probs.float().reshape(b, heads, hw1, hw2).mean(1).sum(1) > 1.0
+    else:
+        raise ValueError(f"SAG heads rule has to be 'all' or 'official', got {rule!r}")
     m = m.reshape(b, 1, *map_size).to(torch.float32)
     return F.interpolate(m, size=latent_size, mode="nearest")
 

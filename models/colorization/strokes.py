@@ -181,9 +181,9 @@ def build_stroke_hint(prepared, strokes=None, stroke_image: Image.Image | None =
         hint_o, mask_o = raster_strokes(stroke_image, prepared.l_original)
         # the official order: resize (Lanczos up / area down) the mask and the hint like the
         # image, then binarise the mask at 0.5 (`prepare_mask_and_masked_image`)
-        mask_w = resize(mask_o, (w, h)).astype(np.float32) / 255.0
+        mask_w = resize(mask_o, (w, h), prepared.upscale).astype(np.float32) / 255.0
         stroke = mask_w < 0.5
-        hint = resize(hint_o, (w, h))
+        hint = resize(hint_o, (w, h), prepared.upscale)
     if strokes:
         colors, vec = render_vector_strokes(strokes, prepared.original_size, (w, h))
         hint[vec] = colors[vec]

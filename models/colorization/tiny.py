@@ -206,9 +206,15 @@ def tiny_guide_pair(seed: int = 10) -> tuple[UNet2DConditionModel, ControlNetMod
 
 def tiny_components(seed: int = 0, optional: bool = True) -> dict:
     """All pipeline components; the same seed gives bit-identical weights. `optional` adds the
-    exemplar encoder, the deformable VAE and the autoguidance guide pair."""
+    exemplar encoder, the deformable VAE and the autoguidance guide pair. The BLIP captioner
+    (required, as in the pretrained profile) is always there."""
+    from models.colorization.caption import tiny_captioner
+
     tokenizer = tiny_tokenizer()
+    caption_model, caption_processor = tiny_captioner(seed + 6)
     components = dict(
+        caption_model=caption_model,
+        caption_processor=caption_processor,
         vae=tiny_vae(seed + 2).eval(),
         text_encoder=tiny_text_encoder(tokenizer, seed + 3),
         tokenizer=tokenizer,

@@ -7,6 +7,8 @@ there (it must never import torch). `models.profiles` and the converter use the 
         image_encoder/        optional: CLIP ViT-B/32 vision tower of an exemplar-trained checkpoint
         deformable_vae/       optional: the content-guided deformable VAE (its own diffusers folder)
     {guide_dir}/unet/ controlnet/   optional, any path: the weaker pair autoguidance uses
+    {model_dir}/blip-image-captioning-base/   required: the BLIP captioner of unconditional
+                          requests (a snapshot of Salesforce/blip-image-captioning-base)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ MAIN_COMPONENTS = ("unet", "controlnet", "vae", "text_encoder", "tokenizer", "sc
 EXEMPLAR_ENCODER = "image_encoder"
 DEFORMABLE_VAE = "deformable_vae"
 GUIDE_COMPONENTS = ("unet", "controlnet")
+CAPTION_DIR = "blip-image-captioning-base"  # Salesforce/blip-image-captioning-base (BLIP base, COCO captions)
 
 
 def _alternatives(folder: str, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -48,6 +51,15 @@ COLORIZE_REQUIRED: list[tuple[str, ...]] = [
     (f"{CONTROLCOLOR_DIR}/tokenizer/tokenizer.json", f"{CONTROLCOLOR_DIR}/tokenizer/vocab.json"),
     (f"{CONTROLCOLOR_DIR}/scheduler/scheduler_config.json",),
 ]
+# the captioner: model config + weights, the image processor config (the Hub repo has
+# preprocessor_config.json; a newer save_pretrained writes processor_config.json) and the tokenizer
+CAPTION_REQUIRED: list[tuple[str, ...]] = [
+    (f"{CAPTION_DIR}/config.json",),
+    _alternatives(CAPTION_DIR, TRANSFORMERS_WEIGHTS),
+    (f"{CAPTION_DIR}/preprocessor_config.json", f"{CAPTION_DIR}/processor_config.json"),
+    (f"{CAPTION_DIR}/tokenizer.json", f"{CAPTION_DIR}/vocab.txt"),
+]
+COLORIZE_REQUIRED += CAPTION_REQUIRED
 EXEMPLAR_REQUIRED: list[tuple[str, ...]] = [
     (f"{CONTROLCOLOR_DIR}/{EXEMPLAR_ENCODER}/config.json",),
     _alternatives(f"{CONTROLCOLOR_DIR}/{EXEMPLAR_ENCODER}", TRANSFORMERS_WEIGHTS),

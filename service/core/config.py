@@ -41,11 +41,29 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, description="Largest JSON request body, bytes.")
     rate_limit_per_minute: int = Field(6000, description="Requests per API key per minute (0 = no limit); over it: 429.")
     max_active_jobs: int = Field(500, description="Queued + running jobs per API key; over it submissions get 429.")
+    max_waiters_per_key: int = Field(1000, description="Open long-polls (`wait` > 0) plus event streams per API key in "
+                                                       "one API process (0 = no cap); over it: 429.")
     max_video_frames: int = Field(481, description="Most pixel frames one generated video may have (30 s at 16 fps).")
     max_video_pixels: int = Field(720 * 480, description="Largest generated frame, width x height.")
     max_train_image_epochs: int = Field(
         100_000, description="Training work cap of an anomaly model fit (Reverse Distillation): max_epochs x normal "
                              "images, checked at submission (and on the training split by the worker).")
+
+    # --- work budgets of inputs (checked from headers before decoding; README "Work budgets") ---
+    max_job_pixels: int = Field(2**30, description="Sum of the decoded pixels of one job's images (archive entries "
+                                                   "included), from their headers, checked at submission.")
+    max_image_frames: int = Field(1000, description="Most frames of an animated image (GIF, APNG, WebP) or pages of a TIFF.")
+    max_frame_pixels: int = Field(2**32, description="Frames x canvas pixels of an animated image or a video input "
+                                                     "(what decoding every frame costs).")
+    max_image_scans: int = Field(32, description="Most JPEG scans (progressive files have about 10; each scan is a "
+                                                 "full pass over the image).")
+    max_image_chunks: int = Field(16384, description="Most PNG/WebP chunks, JPEG segments, GIF blocks or TIFF "
+                                                     "directory entries and strips of one image.")
+    max_decodes: int = Field(4, description="Concurrent image decodes (upload checks) per API process; beyond it "
+                                            "an upload waits up to decode_wait_s, then 503.")
+    max_tenant_decodes: int = Field(2, description="Concurrent image decodes per tenant per API process; beyond it "
+                                                   "an upload waits up to decode_wait_s, then 429.")
+    decode_wait_s: float = Field(10.0, description="How long an upload waits for a decode slot, seconds.")
 
     # --- jobs ---
     lease_s: float = Field(30.0, description="Running-job lease; a worker renews it every lease_s/3.")
@@ -54,11 +72,19 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(5.0, description="How often API and workers look for expired leases, seconds.")
     progress_interval_s: float = Field(0.25, description="Least time between two progress writes of one job, seconds.")
 
+    redis_pool_size: int = Field(64, description="Redis connections of one API process's request path (an asyncio "
+                                                 "pool; waits hold none). The reaper and webhook deliverer have their own.")
+
     log_level: str = Field("INFO", description="Python logging level of every process.")
 
     webhook_allow_hosts: str = Field("", description="Comma-separated hosts or CIDR networks webhooks may target even "
                                                      "when private or loopback (default: public addresses only).")
     webhook_retry_base_s: float = Field(2.0, description="First webhook retry delay; doubles per attempt (8 attempts).")
+    webhook_timeout_s: float = Field(10.0, description="Total deadline of one webhook attempt (resolve, connect, "
+                                                       "send, response head and body), seconds.")
+    webhook_workers: int = Field(8, ge=1, description="Webhook deliverer threads per API process.")
+    webhook_tenant_concurrency: int = Field(2, ge=1, description="Webhook deliveries in flight per tenant per API "
+                                                                 "process; more wait in the outbox.")
 
     refuse_unserved: bool = Field(True, description="Refuse a submission at once when no live worker can run its kind "
                                                     "(503 + Retry-After without one, 422 naming missing weights); "

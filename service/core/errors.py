@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.store.base import StoreUnavailable
 
 PROBLEM = "application/problem+json"
+MAX_LISTED_ERRORS = 50  # a 422 lists the first ones and counts them all (`errors_total`)
 log = logging.getLogger("visionjobs.api")
 
 
@@ -35,11 +36,12 @@ def not_found(what: str) -> ApiError:
 
 
 def problem(request: Request, status: int, title: str, detail: str, code: str,
-            errors=None, headers=None) -> JSONResponse:
+            errors=None, headers=None, errors_total: int | None = None) -> JSONResponse:
     body: dict[str, Any] = {"type": f"https://visionjobs.dev/problems/{code}", "title": title,
                             "status": status, "detail": detail, "instance": request.url.path, "code": code}
     if errors is not None:
         body["errors"] = errors
+        body["errors_total"] = len(errors) if errors_total is None else errors_total
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
@@ -55,8 +57,11 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
+        # one entry per invalid item could be 100,000 entries for a 1 MB body: list the first
+        # MAX_LISTED_ERRORS (work and response size bounded), count the rest
+        found = exc.errors()
         errors = []
-        for err in exc.errors():
+        for err in found[:MAX_LISTED_ERRORS]:
             field = "body" if err.get("type") == "json_invalid" else _loc_to_field(err.get("loc", ()))
             item = {"field": field, "message": err.get("msg", ""), "type": err.get("type")}
             ctx = err.get("ctx") or {}
@@ -65,7 +70,9 @@ def install_handlers(app: FastAPI) -> None:
                     item["limit"] = ctx[key] if isinstance(ctx[key], (int, float, str)) else str(ctx[key])
             errors.append(item)
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
-        return problem(request, 422, "Invalid request", detail, "validation_error", errors)
+        if len(found) > len(errors):
+            detail += f" (and {len(found) - len(errors)} more)"
+        return problem(request, 422, "Invalid request", detail, "validation_error", errors, errors_total=len(found))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

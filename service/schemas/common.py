@@ -7,6 +7,7 @@ from enum import Enum
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 UPLOAD_ID = r"^upl_[0-9a-f]{24}$"
 JOB_ID = r"^job_[0-9a-f]{24}$"
@@ -120,3 +121,12 @@ class Problem(BaseModel):
     instance: str
     code: str
     errors: list[dict[str, Any]] | None = None
+    errors_total: int | None = Field(None, description="Validation problems found; `errors` lists the first 50.")
+
+
+def field_error(field: str, message: str, value: Any, model: BaseModel) -> ValidationError:
+    """A validation error located at `field` (a dotted path), for model-level validators: the
+    problem+json then names the field, as for a field's own constraint."""
+    loc = tuple(int(p) if p.isdigit() else p for p in field.split("."))
+    return ValidationError.from_exception_data(type(model).__name__, [InitErrorDetails(
+        type=PydanticCustomError("value_error", "Value error, {message}", {"message": message}), loc=loc, input=value)])

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -50,12 +50,15 @@ class VideoGenerationRequest(JobRequest):
     transition_segments: int = Field(1, ge=0, le=4, description="Segments blending each prompt into the next.")
     kv_sharing: KvSharing = Field(default_factory=KvSharing)
     steps: int = Field(50, ge=1, le=MAX_STEPS)
-    guidance_scale: float = Field(6.0, ge=0, le=30, description="Dynamic CFG scale.")
+    guidance_scale: float = Field(6.0, ge=0, le=30, description=(
+        "Dynamic CFG scale s (per step 1 + s (1 - cos(pi ((T - t) / T)^5)) / 2). At s <= 1 CFG is off: one "
+        "conditional pass per step (diffusers' CogVideoX convention; the official guider would still apply the "
+        "dynamic scales 1..1 + s)."))
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     width: int | None = Field(None, ge=16, le=1360, multiple_of=16, description="Default: the model's (720).")
     height: int | None = Field(None, ge=16, le=1360, multiple_of=16, description="Default: the model's (480).")
     fps: int = Field(16, ge=1, le=60)
-    metrics: list[Literal["cscv"]] = Field([], description="cscv: transition smoothness (CLIP frame similarity).")
+    metrics: list[Literal["cscv"]] = Field([], fail_fast=True, description="cscv: transition smoothness (CLIP frame similarity).")
 
     @model_validator(mode="after")
     def _prompts(self):
@@ -101,7 +104,11 @@ class VideoEditRequest(JobRequest):
     source_prompt: Prompt | None = Field(None, max_length=MAX_PROMPT, description="What the clip shows (with `video`).")
     edits: list[RequiredPrompt] = Field(min_length=1, max_length=8, description="One edited video per prompt.")
     tune_steps: int = Field(500, ge=1, le=2000, description="One-shot tuning steps.")
-    frames: int | None = Field(None, ge=1, le=48, description="Frames sampled uniformly from the clip (default 24).")
+    frames: int | None = Field(None, ge=1, le=48, description="Frames taken from the clip for tuning (default 24).")
+    frame_stride: Annotated[int, Field(ge=1, le=30)] | Literal["spread"] = Field(
+        2, description="Take every n-th frame from start_frame, as the official (sample_frame_rate 2: 24 frames span "
+                       "47); 'spread': frames spread over the whole clip. A clip too short for it is refused.")
+    start_frame: int = Field(0, ge=0, le=10_000, description="The first frame taken (official sample_start_idx 0).")
     width: int | None = Field(None, ge=64, le=1024, multiple_of=8, description="Default 512.")
     height: int | None = Field(None, ge=64, le=1024, multiple_of=8, description="Default 512.")
     steps: int = Field(50, ge=1, le=MAX_STEPS, description="DDIM inversion and sampling steps.")
@@ -116,7 +123,7 @@ class VideoEditRequest(JobRequest):
             raise ValueError("give exactly one of `video` (tune on it) or `tuned_model` (reuse a tuning)")
         if self.video is not None and not (self.source_prompt or "").strip():
             raise ValueError("source_prompt: describe the clip when tuning on `video`")
-        fixed = {"tune_steps", "frames", "width", "height", "source_prompt"} & self.model_fields_set
+        fixed = {"tune_steps", "frames", "frame_stride", "start_frame", "width", "height", "source_prompt"} & self.model_fields_set
         if self.tuned_model is not None and fixed:
             raise ValueError(f"{', '.join(sorted(fixed))}: fixed by the tuned model; leave out")
         for i, p in enumerate(self.edits):

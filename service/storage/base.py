@@ -34,6 +34,10 @@ class SignedUrl:
 
 
 class ObjectStore(abc.ABC):
+    # every method may block (disk, network): the API calls them in a pool thread. signed_url is
+    # pure computation unless this is True (S3: a credentials refresh may go to the network)
+    sign_may_block = False
+
     @abc.abstractmethod
     def put(self, key: str, data: bytes, content_type: str) -> None: ...
 

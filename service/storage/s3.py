@@ -19,6 +19,8 @@ def _code(e: ClientError) -> str:
 
 
 class S3ObjectStore(ObjectStore):
+    sign_may_block = True  # presigning may refresh credentials (instance roles, STS) over the network
+
     def __init__(
         self,
         bucket: str,

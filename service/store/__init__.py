@@ -1,4 +1,8 @@
-"""Job store factory: Redis in distributed mode, SQLite in the embedded one."""
+"""Job store factory: Redis in distributed mode, SQLite in the embedded one.
+
+Sync stores (JobStore) serve workers and background threads; each has an asyncio twin
+(AsyncJobStore, `store.open_async()`) for the API's request path. See README.md here.
+"""
 from __future__ import annotations
 
 from service.core.config import Settings

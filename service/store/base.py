@@ -106,11 +106,17 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def list_jobs(self, tenant: str, *, kind: str | None = None, status: str | None = None,
                   cursor: str | None = None, limit: int = 20) -> tuple[list[JobRecord], str | None]:
-        """Newest first. `cursor` is the last id of the previous page."""
+        """Newest first. `cursor` is the last id of the previous page. The jobs' `params` are the
+        summary of summary.py (bulky values elided). Served from per-status and per-kind indexes:
+        a page costs what it returns, however long the tenant's history."""
 
     @abc.abstractmethod
     def queue_position(self, job: JobRecord) -> int | None:
         """1-based position among queued jobs of the same kind; None unless queued."""
+
+    def queue_positions(self, jobs: list[JobRecord]) -> list[int | None]:
+        """queue_position of each (one round trip where the store allows)."""
+        return [self.queue_position(j) for j in jobs]
 
     @abc.abstractmethod
     def request_cancel(self, job_id: str) -> JobRecord | None:
@@ -119,6 +125,10 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def wait_for_change(self, job_id: str, version: int, timeout: float) -> JobRecord | None:
         """Block until the job's version exceeds `version` or the timeout passes."""
+
+    @abc.abstractmethod
+    def versions(self, job_ids: list[str]) -> dict[str, tuple[int, str]]:
+        """{id: (version, status)} of the jobs that exist (the API's waiters re-check with it)."""
 
     @abc.abstractmethod
     def put_upload(self, upload: UploadRecord) -> None: ...
@@ -227,3 +237,15 @@ class JobStore(abc.ABC):
 
     def close(self) -> None:  # pragma: no cover - optional
         pass
+
+    def open_async(self, *, pool_size: int = 64, cpu=None):
+        """The asyncio twin for the API's request path (an AsyncJobStore, aio.py) on the same
+        data, with its own connections: `pool_size` Redis connections, `cpu` an executor for
+        heavy decoding. Call it inside the event loop that will use it."""
+        raise NotImplementedError
+
+
+def wire_bytes(job: JobRecord) -> int:
+    """Bytes the job took in the store when it was read (0 when unknown): the API renders jobs
+    above a threshold off the event loop."""
+    return getattr(job, "_wire_bytes", 0)

@@ -11,13 +11,18 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 """
 
-# An event is the job's version plus its visible scalar state; streams are capped.
+# An event is the job's version plus its visible scalar state: appended to the job's capped
+# stream (the sync store's waits read it) and published on one channel for the whole store,
+# `<prefix>changes`, as "<id> <version> <status>": each API process has one subscriber that
+# fans these out to the requests waiting on the job.
 _EVENT = """
-local function bump(jk, ek)
+local function bump(p, id)
+  local jk = p .. 'job:' .. id
   local v = redis.call('HINCRBY', jk, 'version', 1)
   local f = redis.call('HMGET', jk, 'status', 'progress', 'stage')
-  redis.call('XADD', ek, 'MAXLEN', '~', 200, '*', 'version', v, 'status', f[1],
+  redis.call('XADD', p .. 'events:' .. id, 'MAXLEN', '~', 200, '*', 'version', v, 'status', f[1],
              'progress', f[2] or '0', 'stage', f[3] or '')
+  redis.call('PUBLISH', p .. 'changes', id .. ' ' .. v .. ' ' .. (f[1] or ''))
   return v
 end
 -- the webhook outbox: jobs that subscribed to `status` get a due delivery (member id|status)
@@ -30,9 +35,20 @@ end
 local function inactive(p, jk, id)
   redis.call('SREM', p .. 'active:' .. (redis.call('HGET', jk, 'tenant') or ''), id)
 end
-local function count(p, kind, from, to)
-  if from then redis.call('HINCRBY', p .. 'counts', kind .. '|' .. from, -1) end
-  if to then redis.call('HINCRBY', p .. 'counts', kind .. '|' .. to, 1) end
+-- a status change: the per-(kind, status) counts and the tenant's listing indexes per status and
+-- per (kind, status) (sorted sets, score 0, ordered by the time-sortable id)
+local function move(p, jk, id, kind, from, to)
+  local t = p .. 'tenant:' .. (redis.call('HGET', jk, 'tenant') or '')
+  if from then
+    redis.call('HINCRBY', p .. 'counts', kind .. '|' .. from, -1)
+    redis.call('ZREM', t .. ':s:' .. from, id)
+    redis.call('ZREM', t .. ':ks:' .. kind .. ':' .. from, id)
+  end
+  if to then
+    redis.call('HINCRBY', p .. 'counts', kind .. '|' .. to, 1)
+    redis.call('ZADD', t .. ':s:' .. to, 0, id)
+    redis.call('ZADD', t .. ':ks:' .. kind .. ':' .. to, 0, id)
+  end
 end
 """
 
@@ -51,9 +67,10 @@ for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', jk, unpack(fields))
 redis.call('ZADD', p .. 'queue:' .. kind, tonumber(ARGV[5]), id)
 redis.call('ZADD', p .. 'tenant:' .. tenant, 0, id)
+redis.call('ZADD', p .. 'tenant:' .. tenant .. ':k:' .. kind, 0, id)
 redis.call('SADD', p .. 'active:' .. tenant, id)
-count(p, kind, nil, 'queued')
-bump(jk, p .. 'events:' .. id)
+move(p, jk, id, kind, nil, 'queued')
+bump(p, id)
 return {1, id}
 """
 
@@ -69,9 +86,9 @@ redis.call('HSET', jk, 'status', 'running', 'attempt', tonumber(f[3]) + 1, 'star
            'worker', ARGV[3], 'stage', 'starting', 'progress', 0, 'lease_until', now + tonumber(ARGV[4]))
 redis.call('ZADD', p .. 'leases', now + tonumber(ARGV[4]), id)
 redis.call('ZREM', p .. 'queue:' .. f[2], id)
-count(p, f[2], 'queued', 'running')
+move(p, jk, id, f[2], 'queued', 'running')
 hook(p, jk, id, 'running')
-bump(jk, p .. 'events:' .. id)
+bump(p, id)
 return 'claimed'
 """
 
@@ -86,7 +103,7 @@ redis.call('HSET', jk, 'lease_until', now + tonumber(ARGV[4]))
 if ARGV[5] ~= '' then
   redis.call('HSET', jk, 'progress', ARGV[5], 'stage', ARGV[6])
   if ARGV[7] ~= '' then redis.call('HSET', jk, 'result', ARGV[7]) end
-  bump(jk, p .. 'events:' .. id)
+  bump(p, id)
 end
 if f[3] == '1' then return 1 end
 return 0
@@ -105,9 +122,9 @@ if ARGV[5] ~= '' then redis.call('HSET', jk, 'result', ARGV[5]) end  -- none: a 
 if ARGV[8] ~= '' then redis.call('HSET', jk, 'model_profile', ARGV[8]) end
 redis.call('ZREM', p .. 'leases', id)
 inactive(p, jk, id)
-count(p, f[3], 'running', ARGV[4])
+move(p, jk, id, f[3], 'running', ARGV[4])
 hook(p, jk, id, ARGV[4])
-bump(jk, p .. 'events:' .. id)
+bump(p, id)
 redis.call('EXPIRE', jk, tonumber(ARGV[7]))
 redis.call('EXPIRE', p .. 'events:' .. id, tonumber(ARGV[7]))
 return 1
@@ -124,16 +141,16 @@ if f[1] == 'queued' then
              'cancel_requested', 1, 'error', '{"code": "canceled", "message": "canceled by the client before it started"}')
   redis.call('ZREM', p .. 'queue:' .. f[2], id)
   inactive(p, jk, id)
-  count(p, f[2], 'queued', 'canceled')
+  move(p, jk, id, f[2], 'queued', 'canceled')
   hook(p, jk, id, 'canceled')
-  bump(jk, p .. 'events:' .. id)
+  bump(p, id)
   redis.call('EXPIRE', jk, tonumber(ARGV[3]))
   redis.call('EXPIRE', p .. 'events:' .. id, tonumber(ARGV[3]))
   return 'canceled'
 end
 if f[1] == 'running' and f[3] ~= '1' then
   redis.call('HSET', jk, 'cancel_requested', 1, 'stage', 'canceling')
-  bump(jk, p .. 'events:' .. id)
+  bump(p, id)
 end
 return f[1]
 """
@@ -159,18 +176,22 @@ for _, id in ipairs(ids) do
     if final then
       redis.call('HSET', jk, 'status', final, 'finished_at', now, 'stage', final)
       inactive(p, jk, id)
-      count(p, f[4], 'running', final)
+      move(p, jk, id, f[4], 'running', final)
       hook(p, jk, id, final)
       redis.call('EXPIRE', jk, tonumber(ARGV[2]))
       redis.call('EXPIRE', p .. 'events:' .. id, tonumber(ARGV[2]))
     else
       redis.call('HSET', jk, 'status', 'queued', 'stage', 'requeued after lost worker', 'worker', '', 'progress', 0)
       redis.call('ZADD', p .. 'queue:' .. f[4], math.floor(tonumber(f[6]) * 1000), id)
-      count(p, f[4], 'running', 'queued')
+      move(p, jk, id, f[4], 'running', 'queued')
       requeued[#requeued + 1] = id
     end
-    bump(jk, p .. 'events:' .. id)
+    bump(p, id)
   end
 end
 return requeued
 """
+
+
+# name -> source: both drivers (sync and asyncio) register these same strings
+SCRIPTS = {"CREATE": CREATE, "CLAIM": CLAIM, "HEARTBEAT": HEARTBEAT, "FINISH": FINISH, "CANCEL": CANCEL, "REAP": REAP}

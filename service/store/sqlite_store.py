@@ -1,8 +1,10 @@
 """Embedded job store: one SQLite file, no server.
 
 Each transition is one `BEGIN IMMEDIATE` transaction, so it is atomic across threads and
-across processes sharing the file. Waiters are woken in-process by a condition variable and
-poll the file every 0.25 s to see changes made by other processes.
+across processes sharing the file. In-process changes wake sync waiters (a condition variable)
+and the registered listeners (the API's ChangeHub, through AsyncSqliteJobStore); changes made
+by other processes on the same file are seen by polling (0.25 s here, the hub's re-check there).
+Listing indexes per status and kind make a filtered page cost the rows it returns.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 from service.store.base import (
     CANCELED, FAILED, FINAL_STATES, QUEUED, RUNNING, SUCCEEDED, Claim, JobRecord, JobStore, UploadRecord,
 )
+from service.store.summary import summarize_params
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -23,6 +26,9 @@ CREATE TABLE IF NOT EXISTS jobs (
   created_at REAL NOT NULL, lease_until REAL, expires_at REAL, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs (tenant, id);
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, kind, created_at);
+CREATE INDEX IF NOT EXISTS jobs_tenant_status ON jobs (tenant, status, id);
+CREATE INDEX IF NOT EXISTS jobs_tenant_kind ON jobs (tenant, kind, id);
+CREATE INDEX IF NOT EXISTS jobs_tenant_kind_status ON jobs (tenant, kind, status, id);
 CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY, expires_at REAL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS webhooks (job_id TEXT, event TEXT, due_at REAL, PRIMARY KEY (job_id, event));
 CREATE TABLE IF NOT EXISTS resources (kind TEXT, id TEXT, tenant TEXT, doc TEXT, PRIMARY KEY (kind, id));
@@ -42,7 +48,11 @@ class SqliteJobStore(JobStore):
         self.retention_s = retention_s
         self._local = threading.local()
         self._changed = threading.Condition()
-        self._db().executescript(_SCHEMA)
+        self._listeners: list = []  # fn(job_id, version, status), called in the writing thread
+        db = self._db()
+        db.executescript(_SCHEMA)
+        if "summary" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+            db.execute("ALTER TABLE jobs ADD COLUMN summary TEXT")  # files made before list summaries
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -67,9 +77,12 @@ class SqliteJobStore(JobStore):
     def _save(self, db, job: JobRecord, lease_until: float | None = None) -> JobRecord:
         job.version += 1
         expires = time.time() + self.retention_s if job.final else None
-        db.execute("INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?)",
+        # the params summary (list pages) is written once, with the job: params never change
+        db.execute("INSERT INTO jobs (id, tenant, kind, status, created_at, lease_until, expires_at, doc, summary) "
+                   "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET status=excluded.status, "
+                   "lease_until=excluded.lease_until, expires_at=excluded.expires_at, doc=excluded.doc",
                    (job.id, job.tenant, job.kind, job.status, job.created_at, lease_until, expires,
-                    json.dumps(job.to_dict())))
+                    json.dumps(job.to_dict()), json.dumps(summarize_params(job.params)) if job.version == 1 else None))
         return job
 
     @staticmethod
@@ -78,13 +91,33 @@ class SqliteJobStore(JobStore):
         if job.webhook_events and f",{job.status}," in job.webhook_events:
             db.execute("INSERT OR IGNORE INTO webhooks VALUES (?,?,?)", (job.id, job.status, time.time()))
 
-    def _notify(self):
+    def _notify(self, *jobs: JobRecord):
         with self._changed:
             self._changed.notify_all()
+        for fn in list(self._listeners):
+            for job in jobs:
+                fn(job.id, job.version, job.status)
+
+    def add_listener(self, fn) -> None:
+        """`fn(job_id, version, status)` after every change this process makes (any thread)."""
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
 
     @staticmethod
     def _load(row) -> JobRecord | None:
-        return JobRecord(**json.loads(row[0])) if row else None
+        if not row:
+            return None
+        job = JobRecord(**json.loads(row[0]))
+        job._wire_bytes = len(row[0])  # a size hint for the API (base.wire_bytes)
+        return job
+
+    def open_async(self, *, pool_size: int = 64, cpu=None):
+        from service.store.sqlite_async import AsyncSqliteJobStore
+
+        return AsyncSqliteJobStore(self)
 
     def _get(self, db, job_id) -> JobRecord | None:
         return self._load(db.execute("SELECT doc FROM jobs WHERE id=? AND (expires_at IS NULL OR expires_at>?)",
@@ -102,14 +135,16 @@ class SqliteJobStore(JobStore):
                 db.execute("INSERT OR REPLACE INTO idempotency VALUES (?,?,?,?)",
                            (job.tenant, idempotency_key, job.id, time.time() + self.retention_s))
             self._save(db, job)
-        self._notify()
+        self._notify(job)
         return job, True
 
     def get_job(self, job_id):
         return self._get(self._db(), job_id)
 
     def list_jobs(self, tenant, *, kind=None, status=None, cursor=None, limit=20):
-        sql, args = "SELECT doc FROM jobs WHERE tenant=? AND (expires_at IS NULL OR expires_at>?)", [tenant, time.time()]
+        # the document without its params (SQLite drops them while reading), and the summary
+        sql = "SELECT json_remove(doc, '$.params'), summary, id FROM jobs WHERE tenant=? AND (expires_at IS NULL OR expires_at>?)"
+        args = [tenant, time.time()]
         for column, value in (("kind", kind), ("status", status)):
             if value:
                 sql += f" AND {column}=?"
@@ -117,9 +152,29 @@ class SqliteJobStore(JobStore):
         if cursor:
             sql += " AND id<?"
             args.append(cursor)
-        rows = self._db().execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit + 1)).fetchall()
-        jobs = [self._load(r) for r in rows[:limit]]
+        db = self._db()
+        rows = db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit + 1)).fetchall()
+        jobs = []
+        for doc, summary, job_id in rows[:limit]:
+            data = json.loads(doc)
+            if summary is None:  # written before summaries existed
+                (full,) = db.execute("SELECT json_extract(doc, '$.params') FROM jobs WHERE id=?", (job_id,)).fetchone()
+                summary = json.dumps(summarize_params(json.loads(full or "{}")))
+            job = JobRecord(**data, params=json.loads(summary))
+            job._wire_bytes = len(doc) + len(summary)
+            jobs.append(job)
         return jobs, (jobs[-1].id if len(rows) > limit else None)
+
+    def versions(self, job_ids):
+        out = {}
+        ids = list(job_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows = self._db().execute(
+                f"SELECT id, json_extract(doc, '$.version'), status FROM jobs WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk).fetchall()
+            out.update({job_id: (int(version), status) for job_id, version, status in rows})
+        return out
 
     def queue_position(self, job):
         if job.status != QUEUED:
@@ -155,7 +210,7 @@ class SqliteJobStore(JobStore):
             elif job.status == RUNNING and not job.cancel_requested:
                 job.cancel_requested, job.stage = True, "canceling"
                 self._save(db, job, self._lease(db, job_id))
-        self._notify()
+        self._notify(job)
         return job
 
     def wait_for_change(self, job_id, version, timeout):
@@ -197,7 +252,7 @@ class SqliteJobStore(JobStore):
             job.started_at = now
             self._save(db, job, now + lease_s)
             self._hook(db, job)
-        self._notify()
+        self._notify(job)
         return Claim(job, "claimed")
 
     def heartbeat(self, job_id, attempt, lease_s, *, progress=None, stage=None, result=None):
@@ -213,7 +268,7 @@ class SqliteJobStore(JobStore):
             else:
                 db.execute("UPDATE jobs SET lease_until=? WHERE id=?", (time.time() + lease_s, job_id))
         if progress is not None:
-            self._notify()
+            self._notify(job)
         return job.cancel_requested
 
     def finish(self, job_id, attempt, status, *, result=None, error=None, model_profile=None):
@@ -230,12 +285,12 @@ class SqliteJobStore(JobStore):
                 job.progress = 1.0
             self._save(db, job)
             self._hook(db, job)
-        self._notify()
+        self._notify(job)
         return job
 
     def reap_expired(self, now=None, limit=100):
         now = time.time() if now is None else now
-        requeued = []
+        requeued, changed = [], []
         with self._tx() as db:
             rows = db.execute("SELECT doc FROM jobs WHERE status=? AND lease_until<? LIMIT ?",
                               (RUNNING, now, limit)).fetchall()
@@ -252,13 +307,14 @@ class SqliteJobStore(JobStore):
                     job.stage, job.finished_at = job.status, now
                 self._save(db, job)
                 self._hook(db, job)
+                changed.append(job)
             # Retention: drop expired rows while we hold the write lock anyway.
             wall = time.time()
             db.execute("DELETE FROM jobs WHERE expires_at IS NOT NULL AND expires_at<?", (wall,))
             db.execute("DELETE FROM uploads WHERE expires_at<?", (wall,))
             db.execute("DELETE FROM idempotency WHERE expires_at<?", (wall,))
         if rows:
-            self._notify()
+            self._notify(*changed)
         return requeued
 
     def next_queued(self, kinds=None):

@@ -138,7 +138,8 @@ def small_work_client(tmp_path):
     from service.core.config import Settings
     from tests.helpers import KEYS
 
-    settings = Settings(data_dir=tmp_path, api_keys=KEYS, max_train_image_epochs=50, redis_url=None, s3_bucket=None)
+    settings = Settings(data_dir=tmp_path, api_keys=KEYS, max_train_image_epochs=50, max_job_pixels=7 * SIZE * SIZE,
+                        redis_url=None, s3_bucket=None)
     with TestClient(create_app(build_context(settings), run_reaper=False)) as c:
         yield c
 
@@ -176,6 +177,11 @@ def test_training_fields_are_checked_on_the_effective_request(small_work_client,
     assert {k: r.json()["params"][k] for k in ("max_epochs", "patience", "batch_size", "learning_rate")} == \
         {"max_epochs": 8, "patience": 3, "batch_size": 16, "learning_rate": 0.005}
     assert problem_field(post(**rd, max_epochs=8, abnormal=["upl_" + "0" * 24]))[0] == "abnormal.0"
+    # abnormal images and masks count against the job's pixel budget (7 images of 64 x 64 here)
+    extra = [upload(c, png_bytes(im)) for im in crops.train[6:8]]
+    assert post(**rd, max_epochs=8, abnormal=extra[:1]).status_code == 202
+    r = post(**rd, max_epochs=8, abnormal=extra[:1], abnormal_masks=extra[1:])
+    assert problem_field(r)[0] == "images" and "VISIONJOBS_MAX_JOB_PIXELS" in r.json()["detail"]
 
 
 def test_labelled_archives_are_checked_at_submission(client, crops):

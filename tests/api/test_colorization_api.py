@@ -32,7 +32,7 @@ def stroke(points, color="#ff0000", width=6):
 
 def test_full_request_is_accepted_and_stored(client, image_id):
     rgba = Image.new("RGBA", (100, 80), (0, 0, 0, 0))
-    body = {"image": image_id, "prompt": "a red kite", "negative_prompt": "dull", "steps": 4,
+    body = {"image": image_id, "prompt": "a red kite", "steps": 4,
             "strokes": [stroke([[10, 10], [50, 40]]), stroke([[100, 80]], "#00FF00")],
             "stroke_image": upload(client, rgba), "exemplar": upload(client, photo(30, 30)),
             "guidance": {"mode": "autoguidance", "scale": 2.0}, "sag_scale": 0.1, "sag_threshold": 500,
@@ -42,6 +42,40 @@ def test_full_request_is_accepted_and_stored(client, image_id):
     assert job["params"]["strokes"][1]["points"] == [[100, 80]] and job["params"]["guidance"]["mode"] == "autoguidance"
     status, job = post(client, {"image": image_id})
     assert job["params"]["guidance"] == {"mode": "cfg", "scale": 7.0} and job["params"]["sag_scale"] == 0.05
+    assert job["params"]["auto_caption"] is True
+    assert job["params"]["parity"] == {"sag_heads": "all", "working_size": "aspect", "timesteps": "leading",
+                                       "gray_input": "lab", "l_merge": "gamut_fit"}
+
+
+@pytest.mark.parametrize("guidance, scale", [({"mode": "autoguidance"}, 2.0), ({"mode": "cfg"}, 7.0), ({}, 7.0),
+                                             ({"mode": "none"}, 1.0), ({"mode": "autoguidance", "scale": 2.5}, 2.5)])
+def test_guidance_scale_defaults_per_mode_and_params_show_it(client, image_id, guidance, scale):
+    # autoguidance without a scale used to reach the pipeline as CFG's 7.0 (Karras et al.: w ~ 2)
+    status, job = post(client, {"image": image_id, "guidance": guidance})
+    assert status == 202, job
+    assert job["params"]["guidance"] == {"mode": guidance.get("mode", "cfg"), "scale": scale}
+
+
+@pytest.mark.parametrize("mode", ["autoguidance", "none"])
+def test_negative_prompt_without_cfg_is_refused_naming_it(client, image_id, mode):
+    status, problem = post(client, {"image": image_id, "guidance": {"mode": mode}, "negative_prompt": "dull"})
+    assert status == 422 and problem["errors"][0]["field"] == "negative_prompt", problem
+    assert "no effect" in problem["detail"]
+    status, job = post(client, {"image": image_id, "negative_prompt": "dull"})  # with CFG it is used
+    assert status == 202 and job["params"]["negative_prompt"] == "dull"
+
+
+def test_parity_presets_and_switches_are_expanded_on_params(client, image_id):
+    status, job = post(client, {"image": image_id, "parity": "official", "auto_caption": False})
+    assert status == 202, job
+    assert job["params"]["parity"] == {"sag_heads": "official", "working_size": "official", "timesteps": "uniform", "gray_input": "official", "l_merge": "official"}
+    assert job["params"]["auto_caption"] is False
+    status, job = post(client, {"image": image_id, "parity": {"timesteps": "uniform"}})
+    assert job["params"]["parity"] == {"sag_heads": "all", "working_size": "aspect", "timesteps": "uniform",
+                                       "gray_input": "lab", "l_merge": "gamut_fit"}
+    for bad in ("exact", {"sag_heads": "some"}, {"colour": "x"}):
+        status, problem = post(client, {"image": image_id, "parity": bad})
+        assert status == 422 and problem["errors"][0]["field"].startswith("parity"), problem
 
 
 @pytest.mark.parametrize("extra,field", [

@@ -92,3 +92,30 @@ def test_an_image_is_not_a_video(client):
                         headers=auth(ALICE)).json()["id"]
     r = client.post("/v1/video-edits", json={"video": image, "source_prompt": "s", "edits": ["a"]}, headers=auth(ALICE))
     assert r.status_code == 422 and "not a video" in r.json()["detail"]
+
+
+def test_clip_sampling_defaults_to_the_official_rule_and_is_fixed_by_a_tuned_model(client):
+    video = "upl_" + "0" * 24
+    body = {"video": video, "source_prompt": "s", "edits": ["a"]}
+    from service.schemas import VideoEditRequest
+
+    params = VideoEditRequest(**body).model_dump()
+    assert params["frame_stride"] == 2 and params["start_frame"] == 0  # sample_frame_rate 2, sample_start_idx 0
+    assert VideoEditRequest(**body, frame_stride="spread", start_frame=5).model_dump()["frame_stride"] == "spread"
+    for bad, field in (({"frame_stride": 0}, "frame_stride"), ({"frame_stride": "all"}, "frame_stride"),
+                       ({"start_frame": -1}, "start_frame")):
+        r = client.post("/v1/video-edits", json={**body, **bad}, headers=auth(ALICE))
+        assert r.status_code == 422 and r.json()["errors"][0]["field"].startswith(field), r.text
+    r = client.post("/v1/video-edits", json={"tuned_model": "tvm_" + "0" * 24, "edits": ["a"], "frame_stride": 1},
+                    headers=auth(ALICE))
+    assert r.status_code == 422 and "frame_stride" in r.json()["detail"]
+
+
+def test_a_clip_too_short_for_the_official_stride_fails_naming_what_it_needs(live):
+    video = upload(live, clip_mp4(frames=6, size=64))
+    r = live.post("/v1/video-edits", json={"video": video, "source_prompt": "a man", "edits": ["a robot"],
+                                           "tune_steps": 1, "frames": 4, "width": 64, "height": 64, "steps": 1},
+                  headers=auth(ALICE))
+    job = wait(live, r.json()["id"])
+    assert job["status"] == "failed" and job["error"]["code"] == "invalid_input"
+    assert "4 frames every 2 from frame 0 need 7" in job["error"]["message"]

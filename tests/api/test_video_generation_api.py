@@ -81,3 +81,11 @@ def test_invalid_generation_requests_name_the_field(client, body, field):
     r = post(client, **body)
     assert r.status_code == 422, r.text
     assert r.json()["errors"][0]["field"] == field
+
+
+def test_the_contract_says_guidance_at_or_below_1_turns_cfg_off(client):
+    """The pipeline skips CFG for guidance_scale <= 1 (diffusers' CogVideoX convention), where the
+    official guider would still apply its dynamic scales: the schema a client reads says so."""
+    spec = client.get("/openapi.json").json()
+    doc = spec["components"]["schemas"]["VideoGenerationRequest"]["properties"]["guidance_scale"]["description"]
+    assert "s <= 1 CFG is off" in doc and "official" in doc

@@ -47,6 +47,18 @@ def test_submit_colorize_wait_out_writes_the_png(vj, tmp_path):
     assert job["params"]["strokes"] == []
 
 
+def test_submit_colorize_guidance_mode_gets_its_own_default_scale(vj, tmp_path):
+    """`--guidance autoguidance` without `--guidance-scale` runs at autoguidance's 2.0 (it used to
+    reach the pipeline as CFG's 7.0); the fidelity switches reach the params."""
+    photo(64, 64).save(tmp_path / "p.png")
+    job = json.loads(vj("submit", "colorize", tmp_path / "p.png", "--steps", "1", "--guidance", "autoguidance",
+                        "--no-auto-caption", "--parity", "official", "--json").stdout)
+    assert job["params"]["guidance"] == {"mode": "autoguidance", "scale": 2.0}
+    assert job["params"]["auto_caption"] is False
+    assert job["params"]["parity"] == {"sag_heads": "official", "working_size": "official", "timesteps": "uniform",
+                                       "gray_input": "official", "l_merge": "official"}
+
+
 def test_jobs_list_json_parses_and_filters(vj, tmp_path):
     photo(64, 64).save(tmp_path / "p.png")
     job_id = vj("submit", "colorize", tmp_path / "p.png", "--steps", "1").stdout.strip()
@@ -112,9 +124,11 @@ def test_submit_video_generate_and_edit(vj, tmp_path):
     assert sorted(p.rsplit("/", 1)[-1] for p in job["files"]) == ["thumbnail.jpg", "video.mp4"]
     (tmp_path / "clip.mp4").write_bytes(clip_mp4(frames=6, size=64))
     r = vj("submit", "video-edit", tmp_path / "clip.mp4", "--source-prompt", "a man", "--edit", "a robot",
-           "--tune-steps", "2", "--frames", "4", "--width", "64", "--height", "64", "--steps", "2", "--wait", "--json")
+           "--tune-steps", "2", "--frames", "4", "--frame-stride", "1", "--width", "64", "--height", "64", "--steps", "2",
+           "--wait", "--json")
     edited = json.loads(r.stdout)
     assert edited["status"] == "succeeded" and edited["result"]["tuning"] == "ran"
+    assert edited["params"]["frame_stride"] == 1  # a 6-frame clip: 4 frames at the official stride 2 need 7
     r = vj("submit", "video-edit", "--tuned-model", edited["result"]["tuned_model_id"], "--edit", "a bear",
            "--steps", "2", "--wait", "--out", tmp_path / "re", "--json")
     assert json.loads(r.stdout)["result"]["tuning"] == "skipped" and (tmp_path / "re" / "edit_0.mp4").is_file()

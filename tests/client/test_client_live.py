@@ -177,7 +177,7 @@ def test_video_edit_then_reuse_the_tuning(client, tmp_path):
     from tests.api.test_video_edit_api import clip_mp4
 
     job = client.edit_video(clip_mp4(frames=6, size=64), source_prompt="a man in a space suit", edits=["a robot"],
-                            tune_steps=2, frames=4, width=64, height=64, steps=2, seed=1)
+                            tune_steps=2, frames=4, frame_stride=1, width=64, height=64, steps=2, seed=1)
     done = client.wait(job, timeout=120)
     assert done.status == vc.JobStatus.succeeded, done.error
     assert isinstance(done.result, vc.VideoEditResult) and done.result.tuning == "ran"

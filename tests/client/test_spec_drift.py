@@ -22,7 +22,7 @@ from tests.client.conftest import route_absent
 
 # Models that must be in the committed spec under the same name.
 CORE = [m.Job, m.JobPage, m.JobError, m.Upload, m.ImageOutput, m.ColorizationRequest, m.ColorizationResult, m.Stroke,
-        m.Guidance, m.VideoGenerationRequest, m.VideoGenerationResult, m.VideoOutput, m.KvSharing, m.VideoEditRequest,
+        m.Guidance, m.ColorizationParity, m.VideoGenerationRequest, m.VideoGenerationResult, m.VideoOutput, m.KvSharing, m.VideoEditRequest,
         m.VideoEditResult, m.EditedVideo]
 # The anomaly kinds' models: checked whenever the spec has the anomaly routes.
 ANOMALY = [m.AnomalyFitRequest, m.AnomalyScoreRequest, m.ValidationSet, m.ThresholdsPatch, m.AnomalyFitResult, m.TrainingRecord,
@@ -31,7 +31,7 @@ ANOMALY = [m.AnomalyFitRequest, m.AnomalyScoreRequest, m.ValidationSet, m.Thresh
 # and reads `Job.webhook`. Until the committed spec has the Webhook schema those fields are
 # the only ones allowed to be missing from it; from then on everything must match.
 WEBHOOK = [m.Webhook, m.WebhookDelivery, m.WebhookState]
-REQUESTS = {m.Webhook, m.ColorizationRequest, m.Stroke, m.Guidance, m.VideoGenerationRequest, m.KvSharing, m.VideoEditRequest,
+REQUESTS = {m.Webhook, m.ColorizationRequest, m.Stroke, m.Guidance, m.ColorizationParity, m.VideoGenerationRequest, m.KvSharing, m.VideoEditRequest,
             m.AnomalyFitRequest, m.AnomalyScoreRequest, m.ValidationSet, m.ThresholdsPatch}
 
 

@@ -197,12 +197,35 @@ def test_controlnet_sees_latents_and_pixel_hint(pipe, photo):
     assert torch.allclose(hint[0], expected) and torch.allclose(hint[1], expected)
 
 
-def test_hint_drives_the_output(pipe, photo):
-    # same seed, different L: the colours (a, b) differ because the ControlNet/UNet see L
+def test_hint_drives_the_output(pipe, photo, monkeypatch):
+    """Same seed and prompt, L flipped: the model's decoded output differs because the
+    ControlNet sees L. Compared before the input's L is put back: replace_l changes a/b by
+    itself (an identical model output gives different a/b for different L), so a comparison
+    after it could never fail. The control run feeds the ControlNet a constant hint: then the
+    decoded outputs are identical, i.e. this assertion fails when the hint is ignored."""
+    decoded = []
+    real_decode = pipe.decode_latents
+    monkeypatch.setattr(pipe, "decode_latents", lambda z, g=None: decoded.append(real_decode(z, g)) or decoded[-1])
     flipped = photo.transpose(Image.FLIP_LEFT_RIGHT)
-    a = cv2.cvtColor(np.asarray(run(pipe, photo).images[0]), cv2.COLOR_RGB2LAB)[..., 1:]
-    b = cv2.cvtColor(np.asarray(run(pipe, flipped).images[0]), cv2.COLOR_RGB2LAB)[..., 1:]
-    assert not np.array_equal(a, b)
+
+    def model_outputs():
+        decoded.clear()
+        run(pipe, photo, prompt="a photo")
+        run(pipe, flipped, prompt="a photo")
+        return decoded[0], decoded[1]
+
+    a, b = model_outputs()
+    assert a.shape == b.shape == (1, 64, 128, 3) and not np.array_equal(a, b)
+    blank = pipe.controlnet.register_forward_pre_hook(
+        lambda m, args, kw: (args, {**kw, "controlnet_cond": torch.zeros_like(kw["controlnet_cond"])}), with_kwargs=True)
+    try:
+        a0, b0 = model_outputs()
+    finally:
+        blank.remove()
+    assert np.array_equal(a0, b0)  # hint ignored: nothing else differs between the two inputs
+    # ...yet after L replacement their a/b differ: what the old comparison measured
+    ab = lambda x, src: cv2.cvtColor(replace_l(x[0], src), cv2.COLOR_RGB2LAB)[..., 1:]
+    assert not np.array_equal(ab(a0, photo), ab(b0, flipped))
 
 
 def test_prompts(pipe, photo):

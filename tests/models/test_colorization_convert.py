@@ -37,7 +37,9 @@ from models.colorization.convert import (
     vae_state_dict_to_original,
 )
 from models.colorization.pipeline import ControlColorPipeline
+from models.colorization.weights_layout import CAPTION_REQUIRED
 from models.profiles import MODEL_DIR_ENV, load_colorization, missing_weights
+from tests.models.caption_dir import write_tiny_captioner
 
 
 @pytest.fixture(autouse=True)
@@ -113,6 +115,7 @@ def converted(files, tmp_path_factory):
     out = tmp_path_factory.mktemp("models")
     written = convert_ctrlcolor(files["main"], out, files["deformable"], clip_dir=files["clip"],
                                 clip_vision_config=tiny.tiny_image_encoder().config.to_dict(), **CONFIGS)
+    write_tiny_captioner(out)  # what `models fetch` downloads next to the converted folders
     return out, written
 
 
@@ -136,7 +139,9 @@ def test_round_trip_is_exact(files, converted, source):
     root = out / "controlcolor"
     assert [Path(w).name for w in written] == ["unet", "controlnet", "vae", "text_encoder", "image_encoder",
                                                "tokenizer", "scheduler", "deformable_vae"]
+    # with the BLIP captioner (a separate download, written by the fixture) nothing is missing
     assert missing_weights("colorize", out) == []
+    assert not any(CAPTION_REQUIRED[0][0].split("/")[0] in str(w) for w in written)
     for name, cls in (("unet", UNet2DConditionModel), ("controlnet", ControlNetModel), ("vae", AutoencoderKL)):
         a, b = source[name].state_dict(), cls.from_pretrained(root / name).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
@@ -242,6 +247,7 @@ def test_released_layout_without_exemplar_weights(files, tmp_path, source):
     """The released checkpoint has no exemplar embedder: no image_encoder/ is written."""
     path = _broken(files, tmp_path, lambda sd: [sd.pop(k) for k in list(sd) if k.startswith("cond_stage_model.ImageEmbedder.")])
     written = convert_ctrlcolor(path, tmp_path / "out", clip_dir=files["clip"], **CONFIGS)
+    write_tiny_captioner(tmp_path / "out")
     assert "image_encoder" not in [Path(w).name for w in written]
     pre = load_colorization("pretrained", tmp_path / "out", short_side=64)
     assert not pre.supports_exemplar and not pre.supports_deformable_decoder

@@ -323,4 +323,7 @@ def test_bench_script_reports_passes(tmp_path):
     assert passes == {"cfg, SAG on, batch 1": 8, "cfg, SAG off, batch 1": 6, "cfg, SAG on, batch 4": 8,
                       "cfg, SAG off, batch 4": 6, "autoguidance, SAG on, batch 1": 8,
                       "cfg, SAG on, deformable decoder, batch 1": 8}
+    # the input has no prompt: every call captions it, timed next to the denoising loop
+    assert all(r["caption"] and 0 < r["caption_seconds"] and 0 < r["denoise_seconds"] < r["seconds_per_call"]
+               for r in report["results"])
     torch.set_num_threads(1)

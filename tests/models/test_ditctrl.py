@@ -353,3 +353,13 @@ def test_chunked_decode_equals_the_vae_decode(pipe):
         x = pipe.vae.decode(z.permute(0, 2, 1, 3, 4) / pipe.vae.config.scaling_factor).sample
     ref = (x / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8)[0].permute(1, 2, 3, 0).numpy()
     assert got.shape == (4 * 14 + 1, 32, 32, 3) and np.array_equal(got, ref)
+
+
+def test_eta_is_refused_rather_than_ignored(pipe):
+    """The official DPM++ 2M SDE sampler has no eta, and diffusers' CogVideoX DPM and DDIM steps
+    accept one without reading it (a run at eta 0.5 used to equal eta 0): refused, naming it."""
+    for sampler in ("dpm", "ddim"):
+        with pytest.raises(ValueError, match=r"`eta` 0.5 would have no effect"):
+            pipe("a red fox runs", num_inference_steps=1, sampler=sampler, eta=0.5, generator=gen(),
+                 output_type="latent")
+    assert pipe("a red fox runs", num_inference_steps=1, eta=0, generator=gen(), output_type="latent").latents is not None

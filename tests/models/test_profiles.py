@@ -14,6 +14,7 @@ from PIL import Image
 from models import profiles
 from models.colorization.pipeline import ControlColorPipeline
 from models.colorization.tiny import tiny_components
+from tests.models.caption_dir import write_tiny_captioner
 from models.profiles import (
     MODEL_DIR_ENV,
     WeightsMissing,
@@ -40,10 +41,12 @@ def photo() -> Image.Image:
 
 @pytest.fixture(scope="module")
 def saved_dir(tmp_path_factory):
-    """A model dir holding the tiny pipeline saved in diffusers format under controlcolor/."""
+    """A model dir holding the tiny pipeline saved in diffusers format under controlcolor/, and
+    its captioner under blip-image-captioning-base/."""
     root = tmp_path_factory.mktemp("models")
     pipe = load_colorization("tiny")
     pipe.save_pretrained(root / "controlcolor")
+    write_tiny_captioner(root)
     return root
 
 
@@ -98,7 +101,7 @@ def test_pretrained_round_trip_gives_identical_outputs(saved_dir, photo):
     pre = load_colorization("pretrained", saved_dir)
     assert pre.model_profile == "pretrained"
     assert (pre.config.short_side, pre.config.max_long_side) == (512, 1536)
-    for name in ("unet", "controlnet", "vae", "text_encoder"):
+    for name in ("unet", "controlnet", "vae", "text_encoder", "caption_model"):
         a, b = getattr(tiny, name).state_dict(), getattr(pre, name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
     # same weights at the same working size -> the same pixels for the same seed
@@ -129,6 +132,7 @@ def test_pretrained_missing_names_what_is_missing(tmp_path, saved_dir):
     assert MODEL_DIR_ENV in msg and str(tmp_path) in msg
     for folder in ("unet", "controlnet", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert f"controlcolor/{folder}/" in msg
+    assert "blip-image-captioning-base/config.json" in msg  # the captioner is required too
     assert err.value.missing == required_weights("colorize")
     # a partial install names only what is absent
     partial = tmp_path / "partial"

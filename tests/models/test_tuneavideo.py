@@ -498,12 +498,23 @@ def encode_mp4(frames: np.ndarray, fps: int = 24, codec: str = "libx264") -> byt
     return buf.getvalue()
 
 
-def test_sample_indices_are_uniform():
-    assert sample_indices(30, 4) == [0, 10, 19, 29]
-    assert sample_indices(24, 24) == list(range(24))
-    assert sample_indices(7, 1) == [0]
+def test_sample_indices_follow_the_official_rule_by_default():
+    # tuneavideo/data/dataset.py: list(range(sample_start_idx, len(vr), sample_frame_rate))[:n], rate 2, start 0
+    assert sample_indices(100, 24) == list(range(0, 47, 2))  # 24 frames span 47: the paper's motion
+    assert sample_indices(30, 4, 3, start_frame=5) == [5, 8, 11, 14]
+    assert sample_indices(7, 4) == [0, 2, 4, 6] and sample_indices(7, 1) == [0]
+    with pytest.raises(VideoLimitError, match=r"has 6 frames; 4 frames every 2 from frame 0 need 7"):
+        sample_indices(6, 4)
+    with pytest.raises(ValueError, match="frame_stride"):
+        sample_indices(30, 4, 0)
+
+
+def test_spread_sampling_covers_the_clip():
+    assert sample_indices(30, 4, "spread") == [0, 10, 19, 29]
+    assert sample_indices(24, 24, "spread") == list(range(24))
+    assert sample_indices(30, 3, "spread", start_frame=10) == [10, 20, 29]
     with pytest.raises(VideoLimitError):
-        sample_indices(3, 4)
+        sample_indices(3, 4, "spread")
 
 
 def test_resize_center_crop_keeps_the_aspect():
@@ -520,18 +531,24 @@ def test_read_clip_mp4_and_gif():
     n = 30
     levels = np.linspace(0, 240, n).round().astype(np.uint8)
     frames = np.repeat(levels[:, None, None, None], 48, 1).repeat(80, 2).repeat(3, 3)
-    clip = read_clip(encode_mp4(frames), 4, 32, 32)
+    clip = read_clip(encode_mp4(frames), 4, 32, 32)  # the official rule: every 2nd frame from 0
     assert clip.frames.shape == (4, 32, 32, 3) and clip.frames.dtype == np.uint8
-    assert clip.indices == [0, 10, 19, 29] and clip.source_frames == n and clip.source_size == (80, 48)
+    assert clip.indices == [0, 2, 4, 6] and clip.source_frames == n and clip.source_size == (80, 48)
     assert clip.source_fps == pytest.approx(24)
     got = clip.frames.reshape(4, -1).mean(1)
     assert np.abs(got - levels[clip.indices]).max() < 4  # lossy codec, flat gray frames
-    assert clip.settings["frames"] == 4 and clip.settings["indices"] == [0, 10, 19, 29]
+    assert clip.settings["frames"] == 4 and clip.settings["indices"] == [0, 2, 4, 6]
+    assert clip.settings["frame_stride"] == 2 and clip.settings["start_frame"] == 0
+    spread = read_clip(encode_mp4(frames), 4, 32, 32, frame_stride="spread")
+    assert spread.indices == [0, 10, 19, 29] and spread.settings["frame_stride"] == "spread"
+    assert np.abs(spread.frames.reshape(4, -1).mean(1) - levels[spread.indices]).max() < 4
+    late = read_clip(encode_mp4(frames), 3, 32, 32, frame_stride=4, start_frame=10)
+    assert late.indices == [10, 14, 18] and np.abs(late.frames.reshape(3, -1).mean(1) - levels[late.indices]).max() < 4
 
     gif = io.BytesIO()
     ims = [Image.fromarray(f) for f in frames[:10]]
     ims[0].save(gif, format="GIF", save_all=True, append_images=ims[1:], duration=100, loop=0)
-    g = read_clip(gif.getvalue(), 2, 16, 16)
+    g = read_clip(gif.getvalue(), 2, 16, 16, frame_stride="spread")
     assert g.indices == [0, 9] and g.frames.shape == (2, 16, 16, 3)
     assert abs(float(g.frames[1].mean()) - float(levels[9])) < 4
 
@@ -546,3 +563,128 @@ def test_read_clip_rejects_unreadable_empty_and_short_videos():
     with pytest.raises(VideoLimitError):
         read_clip(encode_mp4(video_frames(3)), 8, 16, 16)
 
+
+
+# ------------------------------------------------------------------------------ v-prediction (SD 2.x-768)
+
+
+def v_pipeline() -> tav.TuneAVideoPipeline:
+    from diffusers import DDIMScheduler
+
+    from models.video.tuneavideo.tiny import tiny_components
+
+    parts = tiny_components()
+    parts["scheduler"] = DDIMScheduler.from_config(parts["scheduler"].config, prediction_type="v_prediction")
+    p = tav.TuneAVideoPipeline(**parts, base_model_id="tiny-sd-v", default_frames=2, default_width=SIZE,
+                               default_height=SIZE)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def test_v_prediction_tunes_on_the_velocity():
+    """train_tuneavideo.py: target = get_velocity(latents, noise, t) for v_prediction. The first
+    step's loss (before its update) recomputed from the same draws."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    pipe = v_pipeline()
+    frames = video_frames(2)
+    out = pipe.tune(frames, "a clip", num_steps=1, learning_rate=1e-3, generator=torch.Generator().manual_seed(0))
+    pipe.reset_tuning()
+    g = torch.Generator().manual_seed(0)
+    latents = pipe.sample_latents(pipe.encode_posterior(frames), g)
+    noise = randn_tensor(latents.shape, generator=g, dtype=torch.float32)
+    t = torch.randint(0, 1000, (1,), generator=g)
+    with torch.no_grad():
+        pred = pipe.video_unet(pipe.scheduler.add_noise(latents, noise, t), t, pipe.encode_prompt("a clip"))
+    v = pipe.scheduler.get_velocity(latents, noise, t)
+    assert out.losses[0] == pytest.approx(float(torch.nn.functional.mse_loss(pred, v)), rel=1e-5)
+    assert out.losses[0] != pytest.approx(float(torch.nn.functional.mse_loss(pred, noise)), rel=1e-3)
+    with torch.no_grad():
+        assert float(pipe.denoising_loss(latents, pipe.encode_prompt("a clip"), t, noise[None])) == \
+            pytest.approx(float(torch.nn.functional.mse_loss(pred, v)), rel=1e-5)
+
+
+def test_v_prediction_inverts_and_samples_as_the_equivalent_epsilon_model(pipe):
+    """The Gaussian-data MMSE denoiser of the epsilon test above, written as a v model
+    (v = (eps - sqrt(1 - a) x) / sqrt(a)): inversion and sampling of the v pipeline must
+    reconstruct exactly as the epsilon pipeline does (both integrate the same ODE), with the
+    same first-order error. Reading v as epsilon (in inversion or sampling) leaves an O(1) error."""
+    from diffusers import DDIMScheduler
+
+    latents = pipe.encode_video(video_frames(2), torch.Generator().manual_seed(1))
+    ac = pipe.scheduler.alphas_cumprod
+    mu, var = latents.mean(dim=(0, 2, 3, 4), keepdim=True), latents.var()
+
+    def eps_star(x, t):
+        a = ac[int(t)]
+        return (1 - a) ** 0.5 * (x - a**0.5 * mu) / (a * var + 1 - a)
+
+    class Denoiser:
+        dtype = torch.float32
+
+        def __init__(self, v: bool):
+            self.v = v
+
+        def __call__(self, x, t, text):
+            e = eps_star(x, t)
+            a = ac[int(t)]
+            return (e - (1 - a) ** 0.5 * x) / a**0.5 if self.v else e
+
+    def round_trip(v: bool, n: int = 25):
+        sub = copy.copy(pipe)
+        object.__setattr__(sub, "video_unet", Denoiser(v))
+        sched = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction" if v else "epsilon")
+        object.__setattr__(sub, "scheduler", sched)
+        rec = sub.edit("", sub.invert(latents, n), num_inference_steps=n, guidance_scale=1.0, output_type="latent")
+        return rec.videos[0]
+
+    eps_rec, v_rec = round_trip(False), round_trip(True)
+    assert rel_err(v_rec, eps_rec) < 1e-4  # measured 5e-7: float rounding
+    ratio = rel_err(round_trip(True, 50), latents) / rel_err(v_rec, latents)
+    assert 0.4 < ratio < 0.6, ratio  # the discretisation error (0.32 at 25 steps) halves with the steps
+
+
+def test_sample_prediction_models_are_refused():
+    from diffusers import DDIMScheduler
+
+    from models.video.tuneavideo.tiny import tiny_components
+
+    parts = tiny_components()
+    parts["scheduler"] = DDIMScheduler.from_config(parts["scheduler"].config, prediction_type="sample")
+    with pytest.raises(ValueError, match=r"prediction_type.*'sample'.*epsilon and v_prediction"):
+        tav.TuneAVideoPipeline(**parts)
+
+
+# ------------------------------------------------------------------------------ torch.compile
+
+
+def test_compile_runs_the_inflated_unet_and_tuning_still_works(monkeypatch):
+    """VISIONJOBS_TORCH_COMPILE=video.edit: what is compiled is the inflated UNet that inversion
+    and sampling run, and tune -> reset -> tune works with it on (the compiled `pipe.unet` of
+    before never ran and broke reset_tuning on `_orig_mod.` names). Dynamo is disabled here so
+    the real OptimizedModule runs eagerly (compiling even the tiny UNet takes a minute on a
+    CPU); the GPU check compiles for real."""
+    import torch._dynamo
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    from models.acceleration import accelerate
+
+    monkeypatch.setattr(torch._dynamo.config, "disable", True)
+    pipe = load_video_edit("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    accelerate(pipe, "cpu", kind="video.edit", compile=True, force=True)
+    assert "video_unet:compiled" in pipe.acceleration and "unet:compiled" not in pipe.acceleration
+    assert isinstance(pipe.compiled_unet, OptimizedModule) and pipe.compiled_unet._orig_mod is pipe.video_unet
+    calls = []
+    pipe.compiled_unet.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    frames = video_frames(2)
+    runs = []
+    for _ in range(2):
+        pipe.tune(frames, "x", num_steps=2, learning_rate=1e-3, generator=torch.Generator().manual_seed(0))
+        runs.append({n: p.clone() for n, p in trainable_parameters(pipe.unet).items()})
+        pipe.reset_tuning()
+    assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])  # the second tune restarted from base
+    assert calls == []  # tuning runs the eager module
+    inverted = pipe.invert(pipe.encode_video(frames, torch.Generator().manual_seed(1)), num_inference_steps=2)
+    pipe.edit("y", inverted, num_inference_steps=2, output_type="latent")
+    assert calls == [1, 1, 2, 2]  # inversion (no CFG), then sampling ([negative, prompt] in one batch)

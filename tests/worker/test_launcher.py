@@ -19,6 +19,21 @@ def test_one_pinned_process_per_gpu_and_concurrency():
     assert len(cpu) == 1 and cpu[0].env["CUDA_VISIBLE_DEVICES"] == "" and "--preload" not in cpu[0].cmd
 
 
+def test_processes_on_one_host_split_its_cores(monkeypatch):
+    from worker import launcher
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(launcher, "usable_cores", lambda: 8)
+    two = plan([], ["colorize"], 2, preload=False, hostname="h")
+    assert [(c.env["OMP_NUM_THREADS"], c.env["MKL_NUM_THREADS"]) for c in two] == [("4", "4"), ("4", "4")]
+    assert {c.env["OMP_NUM_THREADS"] for c in plan(["0", "1"], ["colorize"], 2, False, "h")} == {"2"}
+    assert plan([], ["colorize"], 16, False, "h")[0].env["OMP_NUM_THREADS"] == "1"  # never zero
+    assert {c.env["OMP_NUM_THREADS"] for c in plan([], ["colorize"], 2, False, "h", threads=3)} == {"3"}
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the operator's own setting wins over the split
+    assert plan([], ["colorize"], 2, False, "h")[0].env["OMP_NUM_THREADS"] == "1"
+    assert plan([], ["colorize"], 2, False, "h", threads=2)[0].env["OMP_NUM_THREADS"] == "2"
+
+
 def test_dead_children_are_restarted_and_sigterm_stops_all(tmp_path):
     marker = tmp_path / "starts"
     script = f"open({str(marker)!r}, 'a').write('x'); import time; time.sleep(0.3)"  # exits after 0.3 s

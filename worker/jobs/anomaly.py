@@ -49,39 +49,32 @@ def capabilities(rt) -> dict[str, list[str]]:
 
 
 def _decode(ctx: "JobContext", blob: bytes, field: str, size: int | None = None, mask: bool = False):
-    """One upload or archive entry -> (the image, its upright size before resizing). Resized to
-    size x size right away when given, with the filter the models resize with (bilinear;
-    nearest for a mask), so the network sees the same pixels and a training set is never held
-    at full size. `mask`: a bool array (nonzero = defect) instead of an RGB image."""
+    """One upload or archive entry -> (the image, its upright size before resizing), within the
+    job's decode budget (worker/jobs/inputs.py). Resized to size x size right away when given
+    (the network input: PatchCore and Reverse Distillation resize with the same bilinear filter,
+    so they see the same pixels, and a training set is never held at full size). `mask`: a bool
+    array (nonzero = defect), resized with nearest, as anomalib resizes masks."""
+    from worker.jobs.inputs import budget
+
+    if not mask:
+        return budget(ctx).decode_sized(blob, field, size=(size, size) if size else None)
+    import numpy as np
     from PIL import Image
 
-    from models.media import load_image
+    from models.anomaly.folder import mask_from_image
 
-    try:
-        image = load_image(blob, ctx.runner.settings.max_image_pixels)
-    except Exception as exc:
-        raise InvalidInput(f"{field}: cannot decode the upload ({exc})") from exc
-    source = image.size
-    if mask:
-        import numpy as np
-
-        from models.anomaly.folder import mask_from_image
-
-        m = Image.fromarray(mask_from_image(image).astype(np.uint8) * 255, "L")
-        if size and m.size != (size, size):
-            m = m.resize((size, size), Image.NEAREST)
-        return np.asarray(m) > 127, source
-    if size and image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR)
-    return image, source
+    image, source = budget(ctx).decode_sized(blob, field)
+    m = Image.fromarray(mask_from_image(image).astype(np.uint8) * 255, "L")
+    if size and m.size != (size, size):
+        m = m.resize((size, size), Image.NEAREST)
+    return np.asarray(m) > 127, source
 
 
-def _load(ctx: "JobContext", ids: list[str], field: str, size: int | None = None,
-          mask: bool = False) -> tuple[list, list]:
+def _load(ctx: "JobContext", ids: list[str], field: str, size: int | None = None) -> tuple[list, list]:
     """Decode the uploads one at a time (see `_decode`): the images and their sizes before resizing."""
     images, sizes = [], []
     for i, upload_id in enumerate(ids):
-        image, source = _decode(ctx, ctx.read_upload(upload_id, f"{field}.{i}"), f"{field}.{i}", size, mask)
+        image, source = _decode(ctx, ctx.read_upload(upload_id, f"{field}.{i}"), f"{field}.{i}", size)
         images.append(image)
         sizes.append(source)
         ctx.control.check()
@@ -102,33 +95,35 @@ class Dataset:
 
 def _load_archive(ctx: "JobContext", upload_id: str, size: int) -> Dataset:
     """A ZIP: flat (every entry a normal image) or labelled (normal/, abnormal/, mask/; see
-    models.anomaly.folder.group_folder_entries), decoded one entry at a time."""
+    models.anomaly.folder.group_folder_entries), inflated and decoded one entry at a time."""
     from models.anomaly.folder import group_folder_entries, is_folder_layout
-    from service.archives import ArchiveError, read_images
+    from service.archives import ArchiveError, image_entries, iter_images
+    from worker.jobs.inputs import budget
 
+    b = budget(ctx)
+    data = ctx.read_upload(upload_id, "archive")
     try:
-        entries = read_images(ctx.read_upload(upload_id, "archive"), ctx.runner.settings.max_image_pixels)
+        names = [e.name for e in image_entries(data, b.limits, b.max_job_pixels)]
+        layout = group_folder_entries(names) if is_folder_layout(names) else None
+        # entry index -> (what it is, its place there)
+        role = {i: ("normal", k) for k, i in enumerate(layout.normal if layout else range(len(names)))}
+        if layout:
+            role.update({i: ("abnormal", k) for k, i in enumerate(layout.abnormal)})
+            role.update({i: ("mask", k) for k, i in enumerate(layout.abnormal_masks) if i is not None})
+        out: dict[str, dict[int, tuple]] = {"normal": {}, "abnormal": {}, "mask": {}}
+        for i, (name, blob) in enumerate(iter_images(data, b.limits, b.max_job_pixels)):
+            what, k = role[i]
+            out[what][k] = _decode(ctx, blob, f"archive: {name}", size, mask=what == "mask")
+            ctx.control.check()
     except ArchiveError as exc:
         raise InvalidInput(f"archive: {exc}") from exc
-    names = [name for name, _ in entries]
-    if is_folder_layout(names):
-        try:
-            layout = group_folder_entries(names)
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from exc
-    else:
-        layout = None
-
-    def decode(i: int, mask: bool = False):
-        out = _decode(ctx, entries[i][1], f"archive: {names[i]}", size, mask)
-        ctx.control.check()
-        return out
-
-    normal = [decode(i) for i in (layout.normal if layout else range(len(entries)))]
-    abnormal = [decode(i)[0] for i in layout.abnormal] if layout else []
+    except ValueError as exc:  # the folder layout (group_folder_entries)
+        raise InvalidInput(str(exc)) from exc
+    normal = [out["normal"][k] for k in range(len(out["normal"]))]
+    abnormal = [out["abnormal"][k][0] for k in range(len(out["abnormal"]))]
     masks = None
-    if layout and any(m is not None for m in layout.abnormal_masks):
-        masks = [None if m is None else decode(m, mask=True)[0] for m in layout.abnormal_masks]
+    if out["mask"]:
+        masks = [out["mask"][k][0] if k in out["mask"] else None for k in range(len(abnormal))]
     return Dataset([im for im, _ in normal], abnormal, masks, [s for _, s in normal])
 
 
@@ -277,14 +272,16 @@ def score(ctx: "JobContext") -> dict:
     ctx.model_profile = model.model_profile
     t = doc["thresholds"]
     model.set_thresholds(image=t["image"], pixel=t["pixel"])  # PATCHed values, no refit
-    images, _ = _load(ctx, p["images"], "images")
-    ctx.control.report(0.1, "scoring", force=True)
-    items = model.score(images, progress=_progress(ctx, 0.1, 0.8))
-    out = []
-    for k, (upload_id, image, item) in enumerate(zip(p["images"], images, items)):
-        ctx.control.report(0.8 + 0.19 * k / len(items), f"rendering {k + 1}/{len(items)}")
+    # One image at a time: decode, score, render, write, drop (maps and renders are at each
+    # image's own size, so a job of 64 max-size images never holds more than one of them).
+    ids, out = p["images"], []
+    for k, upload_id in enumerate(ids):
+        ctx.control.report(0.1 + 0.89 * k / len(ids), f"scoring {k + 1}/{len(ids)}", force=k == 0)
+        image, _ = _decode(ctx, ctx.read_upload(upload_id, f"images.{k}"), f"images.{k}")
+        (item,) = model.score([image])
         files = model.render(image, item, segmentation=True)
         keys = {name.split(".")[0] + "_key": ctx.write_output(f"item_{k}_{name}", blob, "image/png")
                 for name, blob in files.items()}
         out.append({"image": upload_id, **item.to_dict(), **keys})
+        del image, item, files
     return {"model_id": p["model_id"], "model": doc.get("model", PATCHCORE), "items": out}

@@ -21,13 +21,14 @@ class _AllStopped(Exception):
 def _image(ctx: "JobContext", field: str, *, rgba: bool = False):
     from PIL import Image, ImageOps
 
-    from models.media import load_image
+    from worker.jobs.inputs import budget
 
     data = ctx.read_upload(ctx.params[field], field)
-    try:
-        if rgba:  # stroke images keep their alpha: it marks the stroke pixels
-            return ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGBA")
-        return load_image(data)
+    if not rgba:
+        return budget(ctx).decode(data, field)
+    budget(ctx).check(data, field)
+    try:  # stroke images keep their alpha: it marks the stroke pixels
+        return ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGBA")
     except Exception as exc:
         raise InvalidInput(f"{field}: cannot decode the upload ({exc})") from exc
 
@@ -36,7 +37,7 @@ def shared_settings(params: dict) -> dict:
     """The per-step settings every job of one batch must share (see the pipeline's batch_key)."""
     return dict(num_inference_steps=params["steps"], guidance=params.get("guidance"),
                 sag_scale=params.get("sag_scale", 0.05), sag_threshold=params.get("sag_threshold", 600),
-                deformable_decoder=params.get("deformable_decoder", False))
+                deformable_decoder=params.get("deformable_decoder", False), parity=params.get("parity"))
 
 
 def _request(ctx: "JobContext") -> dict:
@@ -47,6 +48,7 @@ def _request(ctx: "JobContext") -> dict:
                 num_images=p["num_outputs"], strokes=p.get("strokes") or None,
                 stroke_image=_image(ctx, "stroke_image", rgba=True) if p.get("stroke_image") else None,
                 exemplar=_image(ctx, "exemplar") if p.get("exemplar") else None,
+                auto_caption=p.get("auto_caption"),  # absent (older jobs): caption when a captioner is loaded
                 # CPU generator: the same seed gives the same noise on any device.
                 generator=torch.Generator("cpu").manual_seed(int(p["seed"])))
 
@@ -61,7 +63,8 @@ def _write(ctx: "JobContext", out) -> dict:
         data, content_type = encode_image(img, fmt)
         key = ctx.write_output(f"output_{i}.{EXTENSIONS[fmt]}", data, content_type)
         images.append({"key": key, "width": img.width, "height": img.height, "content_type": content_type})
-    return {"images": images, "seed": int(ctx.params["seed"])}
+    return {"images": images, "seed": int(ctx.params["seed"]), "caption": out.caption, "prompt": out.prompt,
+            "denoising_steps": out.denoising_steps, "precision": out.precision}
 
 
 def run_batch(ctxs: list["JobContext"]) -> list[dict | BaseException]:
@@ -78,7 +81,8 @@ def run_batch(ctxs: list["JobContext"]) -> list[dict | BaseException]:
     alive = list(loaded)
     if not alive:
         return outcomes
-    steps = ctxs[alive[0]].params["steps"]
+    settings = shared_settings(ctxs[alive[0]].params)
+    steps = settings["num_inference_steps"]  # the DDIM steps that run: see pipe.timesteps_for below
 
     def callback(pipe, step_index, timestep, callback_kwargs):
         done = step_index + 1
@@ -94,10 +98,11 @@ def run_batch(ctxs: list["JobContext"]) -> list[dict | BaseException]:
 
     try:
         pipe = ctxs[alive[0]].pipeline("colorize")
+        steps = len(pipe.timesteps_for(steps, settings["parity"]))  # parity timesteps "uniform": 30 -> 31
         for i in alive:
             ctxs[i].control.report(0.05, "preparing" if len(ctxs) == 1 else f"preparing (batch of {len(ctxs)})",
                                    force=True)
-        outs = pipe.run_batch(requests, callback_on_step_end=callback, **shared_settings(ctxs[alive[0]].params))
+        outs = pipe.run_batch(requests, callback_on_step_end=callback, **settings)
     except _AllStopped:
         return outcomes
     except ValueError as exc:  # the pipeline's check_inputs: names the argument and the fix
@@ -133,7 +138,8 @@ def batch_key(rt, job) -> tuple | None:
     s = shared_settings(job.params)
     return pipe.batch_key(upload.width, upload.height, steps=s["num_inference_steps"], guidance=s["guidance"],
                           sag_scale=s["sag_scale"], sag_threshold=s["sag_threshold"],
-                          deformable_decoder=s["deformable_decoder"], exemplar=bool(job.params.get("exemplar")))
+                          deformable_decoder=s["deformable_decoder"], exemplar=bool(job.params.get("exemplar")),
+                          parity=s["parity"])
 
 
 def warmup(pipe) -> None:

@@ -27,14 +27,25 @@ def _gif(frames, fps: int) -> bytes:
     return buf.getvalue()
 
 
+def _check_decode_work(info: dict, max_frame_pixels: int) -> None:
+    """Reading a clip decodes every source frame: refuse one whose frames x pixels exceed the budget."""
+    work = info["frames"] * info["width"] * info["height"]
+    if work > max_frame_pixels:
+        raise ValueError(f"{info['frames']} frames of {info['width']}x{info['height']} = {work} pixels to decode; "
+                         f"the limit is {max_frame_pixels} (VISIONJOBS_MAX_FRAME_PIXELS)")
+
+
 def _tune(ctx: "JobContext", pipe, generator) -> tuple[dict, object, float]:
     from models.video.tuneavideo.artifact import tensor_to_bytes
-    from models.video.tuneavideo.clip import read_clip
+    from models.video.tuneavideo.clip import probe, read_clip
 
     p, job, objects = ctx.params, ctx.job, ctx.runner.objects
+    data = ctx.read_upload(p["video"], "video")
     try:
-        clip = read_clip(ctx.read_upload(p["video"], "video"), p.get("frames") or pipe.config.default_frames,
-                         p.get("width") or pipe.config.default_width, p.get("height") or pipe.config.default_height)
+        _check_decode_work(probe(data), ctx.runner.settings.max_frame_pixels)  # demuxed, not decoded
+        clip = read_clip(data, p.get("frames") or pipe.config.default_frames,
+                         p.get("width") or pipe.config.default_width, p.get("height") or pipe.config.default_height,
+                         frame_stride=p.get("frame_stride", 2), start_frame=p.get("start_frame", 0))
     except ValueError as exc:  # VideoDecodeError / VideoLimitError
         raise InvalidInput(f"video: {exc}") from exc
     began = time.monotonic()

@@ -182,8 +182,13 @@ class DiTCtrlPipeline(DiffusionPipeline):
 
         `segments`: single prompt only, the number of 13-latent-frame segments. `kv_sharing`:
         see `KVSharing` (None = on with the paper's windows). `sampler`: "dpm" (the official
-        VPSDEDPMPP2M = CogVideoXDPMScheduler) or "ddim" (CogVideoXDDIMScheduler). `prompt_embeds`:
-        precomputed (1, n, D) T5 states per prompt (skips the text encoder).
+        VPSDEDPMPP2M = CogVideoXDPMScheduler) or "ddim" (CogVideoXDDIMScheduler). `eta`: only 0
+        (refused otherwise, rather than ignored): neither sampler has one -- the official
+        DPM++ 2M SDE's noise is part of its SDE, and CogVideoX's DDIM step is deterministic.
+        `guidance_scale` <= 1 turns CFG off (one conditional pass, diffusers' CogVideoX
+        convention); the official guider would still mix in the unconditional prediction at
+        dynamic scales 1 + s (1 - cos) / 2. `prompt_embeds`: precomputed (1, n, D) T5 states per
+        prompt (skips the text encoder).
 
         `callback_on_pair_end(pipe, step_index, pair_index, timestep, info)` runs after every
         transformer call, info = {pair_index, num_pairs, num_steps, calls_done, total_calls};
@@ -203,6 +208,11 @@ class DiTCtrlPipeline(DiffusionPipeline):
             raise ValueError(f"`guidance_scale` has to be a finite number >= 0, got {guidance_scale!r}")
         if sampler not in ("dpm", "ddim"):
             raise ValueError(f"`sampler` has to be 'dpm' or 'ddim', got {sampler!r}")
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta != 0:
+            # the official VPSDEDPMPP2MSampler (sgm/modules/diffusionmodules/sampling.py) has no eta; diffusers'
+            # CogVideoXDPMScheduler.step and CogVideoXDDIMScheduler.step accept one and never read it
+            raise ValueError(f"`eta` {eta!r} would have no effect: neither sampler has one (the official DPM++ 2M SDE "
+                             "injects its own noise, CogVideoX's DDIM step is deterministic); pass eta=0")
         if output_type not in ("np", "latent"):
             raise ValueError(f"`output_type` has to be 'np' or 'latent', got {output_type!r}")
         kv = parse_kv_sharing(kv_sharing)
@@ -286,7 +296,7 @@ class DiTCtrlPipeline(DiffusionPipeline):
                     latents, old_x0 = sched.step(model_output, old_x0, t, timesteps[i - 1] if i > 0 else None, latents,
                                                  generator=generator, return_dict=False)
                 else:
-                    latents = sched.step(model_output, t, latents, eta=eta, generator=generator, return_dict=False)[0]
+                    latents = sched.step(model_output, t, latents, generator=generator, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     ret = callback_on_step_end(self, i, t, {"latents": latents})
                     if ret:

@@ -12,6 +12,12 @@ so a warm pipeline reused across jobs never carries one job's tuning into the ne
 
 Every loop calls `callback_on_step_end(pipe, step_index, timestep, kwargs)` after each step;
 an exception raised there propagates (that is how a job is canceled within one step).
+
+Prediction types: epsilon (SD 1.x, SD 2.x-base) and v_prediction (SD 2.x-768) follow the
+scheduler's `prediction_type` in tuning (the official train_tuneavideo.py target: noise, or
+`get_velocity(latents, noise, t)`), inversion and sampling; "sample" models are refused.
+`compile_denoiser()` torch.compiles the inflated UNet that inversion and sampling run; tuning
+keeps the eager module (same parameters), so a tuning job works with compile on.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ INVERSION_STEPS = 50
 SAMPLING_STEPS = 50
 GUIDANCE_SCALE = 12.5
 VAE_CHUNK = 8  # frames per VAE call; the VAE is per image, so chunking changes nothing but memory
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 @dataclass
@@ -92,8 +99,13 @@ class TuneAVideoPipeline(DiffusionPipeline):
         inflate_seed: int = 0,
     ):
         super().__init__()
+        prediction = scheduler.config.get("prediction_type", "epsilon")
+        if prediction not in PREDICTION_TYPES:
+            raise ValueError(f"scheduler `prediction_type` {prediction!r} is not supported: Tune-A-Video here tunes, "
+                             f"inverts and samples {' and '.join(PREDICTION_TYPES)} models (SD 1.x / 2.x)")
         # Inflates `unet` in place (no-op when it already is); `video_unet` runs it on clips.
         self.video_unet = VideoUNet(unet, seed=inflate_seed)
+        self.compiled_unet = None  # set by compile_denoiser(): what inversion and sampling run
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
         self.register_to_config(base_model_id=base_model_id, default_frames=default_frames,
                                 default_width=default_width, default_height=default_height)
@@ -106,6 +118,17 @@ class TuneAVideoPipeline(DiffusionPipeline):
     @property
     def base_model_id(self) -> str:
         return self.config.base_model_id
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.get("prediction_type", "epsilon")
+
+    def compile_denoiser(self, **compile_kwargs) -> str:
+        """torch.compile the inflated UNet for inversion and sampling (`predict_noise`); tuning
+        keeps running the eager `video_unet` (the compiled module shares its parameters, so
+        tuned weights are what it computes with). Returns the name of what was compiled."""
+        self.compiled_unet = torch.compile(self.video_unet, **compile_kwargs)
+        return "video_unet"
 
     # ------------------------------------------------------------------ inputs
 
@@ -199,15 +222,23 @@ class TuneAVideoPipeline(DiffusionPipeline):
         """Load a tuned artifact (made on this base model) into the UNet."""
         apply_tuned(self.unet, artifact, base_model=self.base_model_id)
 
+    def training_target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the UNet regresses, by the scheduler's prediction type (train_tuneavideo.py:
+        `noise` for epsilon, `noise_scheduler.get_velocity(latents, noise, timesteps)` for
+        v_prediction)."""
+        if self.prediction_type == "v_prediction":
+            return self.scheduler.get_velocity(latents, noise, timesteps)
+        return noise
+
     def denoising_loss(self, latents, text, timesteps, noise) -> torch.Tensor:
-        """The training objective: MSE between the UNet's epsilon prediction on
-        add_noise(latents, noise, t) and `noise`, averaged over the given timesteps."""
+        """The training objective: MSE between the UNet's prediction on add_noise(latents,
+        noise, t) and `training_target` (epsilon or v), averaged over the given timesteps."""
         losses = []
         for t, n in zip(timesteps, noise):
             t = torch.as_tensor(t, device=latents.device).reshape(1)
             noisy = self.scheduler.add_noise(latents, n, t)
             pred = self.video_unet(noisy.to(self.unet.dtype), t, text)
-            losses.append(F.mse_loss(pred.float(), n.float()))
+            losses.append(F.mse_loss(pred.float(), self.training_target(latents, n, t).float()))
         return torch.stack(losses).mean()
 
     def tune(
@@ -228,7 +259,7 @@ class TuneAVideoPipeline(DiffusionPipeline):
         Each step: a fresh VAE posterior sample of the clip (x 0.18215; the official code
         re-runs the encoder every step for it, here the posterior is encoded once and only
         sampled per step: the same distribution, without 500 encoder passes), noise, a timestep
-        uniform in [0, 1000), epsilon MSE, AdamW on the trainable parameters only, gradient
+        uniform in [0, 1000), MSE to the epsilon or v target, AdamW on the trainable parameters only, gradient
         norm clipped to 1. `mixed_precision` / `gradient_checkpointing` default to on for
         CUDA (the official fp16 + checkpointing), off elsewhere. Starts from the base weights.
         `callback_on_step_end(pipe, step, timestep, {"loss": tensor})` after every update."""
@@ -283,7 +314,7 @@ class TuneAVideoPipeline(DiffusionPipeline):
                     noisy = self.scheduler.add_noise(latents, noise, t)
                     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                         pred = self.video_unet(noisy if amp_dtype else noisy.to(model_dtype), t, text)
-                    loss = F.mse_loss(pred.float(), noise)
+                    loss = F.mse_loss(pred.float(), self.training_target(latents, noise, t).float())
                     scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(list(params.values()), max_grad_norm)
@@ -332,7 +363,7 @@ class TuneAVideoPipeline(DiffusionPipeline):
         timesteps = self.scheduler.timesteps.flip(0)
         with self.progress_bar(total=len(timesteps)) as bar:
             for i, t in enumerate(timesteps):
-                eps = self.video_unet(x.to(self.unet.dtype), t, text).float()
+                eps = self.epsilon(self.predict_noise(x, t, text), x, t)
                 x = ddim_inversion_step(eps, t, x, self.scheduler)
                 if callback_on_step_end is not None:
                     out = callback_on_step_end(self, i, t, {"latents": x})
@@ -341,12 +372,27 @@ class TuneAVideoPipeline(DiffusionPipeline):
                 bar.update()
         return x
 
+    def epsilon(self, model_output: torch.Tensor, sample: torch.Tensor, t) -> torch.Tensor:
+        """The model output as epsilon. v_prediction: eps = sqrt(a_t) v + sqrt(1 - a_t) x with
+        a_t of the timestep the UNet was given, so a v model inverts exactly as the epsilon model
+        it is equivalent to. (The official util.py `next_step` takes the output as epsilon as is;
+        diffusers' DDIMInverseScheduler converts with the alpha of the sample's level instead.)"""
+        if self.prediction_type != "v_prediction":
+            return model_output
+        a = self.scheduler.alphas_cumprod[int(t)].to(device=sample.device, dtype=sample.dtype)
+        return a.sqrt() * model_output + (1 - a).sqrt() * sample
+
     def predict_noise(self, latents, t, text, unet: VideoUNet | None = None) -> torch.Tensor:
-        unet = unet or self.video_unet
-        return unet(latents.to(unet.dtype), t, text.to(unet.dtype)).float()
+        """The UNet's output (epsilon or v, see `prediction_type`); by default the compiled
+        inflated UNet when `compile_denoiser` ran, else the eager one."""
+        if unet is None:
+            unet = self.compiled_unet if self.compiled_unet is not None else self.video_unet
+        dtype = self.video_unet.dtype if unet is self.compiled_unet else unet.dtype
+        return unet(latents.to(dtype), t, text.to(dtype)).float()
 
     def guided_noise(self, latents, t, text, guidance_scale: float, guide_unet: VideoUNet | None = None) -> torch.Tensor:
-        """Guided epsilon. CFG (models.guidance): `text` holds [negative, prompt] and both run
+        """Guided prediction (epsilon or v: both are linear in the model, so the guidance
+        arithmetic is the same). CFG (models.guidance): `text` holds [negative, prompt] and both run
         as one batch of 2. Autoguidance (Karras et al., 2024), with `guide_unet`: the same
         arithmetic with the guide model's conditional epsilon in the place of the
         unconditional one (`text` then holds the prompt only). Scale 1: the prompt's epsilon."""

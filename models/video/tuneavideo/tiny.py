@@ -24,14 +24,19 @@ def tiny_video_unet(seed: int = 0) -> UNet2DConditionModel:
         return UNet2DConditionModel.from_config(config)
 
 
-def tiny_components(seed: int = 0) -> dict:
+def tiny_components(seed: int = 0, prediction_type: str = "epsilon") -> dict:
     """vae, text_encoder, tokenizer, unet (2D, not yet inflated), scheduler: the same seed
-    gives bit-identical weights."""
+    gives bit-identical weights. prediction_type "v_prediction" is the SD 2.x-768 flavour."""
+    from diffusers import DDIMScheduler
+
     tokenizer = base.tiny_tokenizer()
+    scheduler = base.tiny_scheduler()
+    if prediction_type != scheduler.config.prediction_type:
+        scheduler = DDIMScheduler.from_config(scheduler.config, prediction_type=prediction_type)
     return dict(
         vae=base.tiny_vae(seed + 2).eval(),
         text_encoder=base.tiny_text_encoder(tokenizer, seed + 3),
         tokenizer=tokenizer,
         unet=tiny_video_unet(seed).eval(),
-        scheduler=base.tiny_scheduler(),
+        scheduler=scheduler,
     )

@@ -7,26 +7,26 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 
 from service.api.deps import BaseUrl, Ctx, Tenant
-from service.archives import ArchiveError, folder_counts, image_entries
+from service.archives import ArchiveError, check_archive, folder_counts
 from service.core.errors import field_error, not_found
 from service.jobs import accept
 from service.schemas import (
     AnomalyFitRequest, AnomalyModel, AnomalyModelList, AnomalyScoreRequest, Job, ThresholdsPatch,
 )
 from service.schemas.anomaly import MAX_ABNORMAL_IMAGES, MAX_TRAIN_IMAGES, training_work
-from service.uploads import IMAGE_TYPES
+from service.uploads import IMAGE_TYPES, check_job_pixels
 
 router = APIRouter(prefix="/v1", tags=["anomaly"])
 ANOMALY_MODEL = "anomaly_model"  # resource kind in the job store
 _ACCEPTED = {202: {"headers": {"Location": {"schema": {"type": "string"}}}}}
 
 
-def _images(ctx, tenant: str, ids: list[str], field: str, same_size: bool = False):
+async def _images(ctx, tenant: str, ids: list[str], field: str, same_size: bool = False):
     size = None
     for i, upload_id in enumerate(ids):
         if upload_id is None:  # (an abnormal image without a mask)
             continue
-        rec = ctx.store.get_upload(upload_id) if upload_id.startswith("upl_") else None
+        rec = await ctx.astore.get_upload(upload_id) if upload_id.startswith("upl_") else None
         if rec is None or rec.tenant != tenant:
             raise field_error(f"{field}.{i}", f"no upload {upload_id}")
         if rec.content_type not in IMAGE_TYPES:
@@ -58,40 +58,46 @@ def _check_dataset(ctx, body: AnomalyFitRequest, archive_counts: dict | None) ->
 @router.post("/anomaly-models", status_code=202, response_model=Job, responses=_ACCEPTED,
              summary="Fit (PatchCore) or train (Reverse Distillation) an anomaly model on a folder dataset "
                      "(job kind anomaly.fit)")
-def fit_model(body: AnomalyFitRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl, response: Response,
-              idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Job:
-    archive_counts = None
+async def fit_model(body: AnomalyFitRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
+                    idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
+    archive_pixels, archive_counts = 0, None
     if body.archive:
-        rec = ctx.store.get_upload(body.archive)
+        rec = await ctx.astore.get_upload(body.archive)
         if rec is None or rec.tenant != tenant:
             raise field_error("archive", f"no upload {body.archive}")
         if rec.content_type != "application/zip":
             raise field_error("archive", f"upload {body.archive} is {rec.content_type}, not a ZIP archive")
+        data = await ctx.offload("storage", ctx.objects.get, rec.key)
+        archive_pixels, names = await ctx.offload("cpu", check_archive, ctx, data)  # every entry's header: CPU work
         try:
-            entries = image_entries(ctx.objects.get(rec.key), ctx.settings.max_image_pixels)
-            archive_counts = folder_counts([e.name for e in entries])
+            archive_counts = folder_counts(names)
         except ArchiveError as exc:
             raise field_error("archive", str(exc))
-    _images(ctx, tenant, body.images, "images", same_size=True)
-    _images(ctx, tenant, body.abnormal, "abnormal")
-    _images(ctx, tenant, body.abnormal_masks or [], "abnormal_masks")
+    await _images(ctx, tenant, body.images, "images", same_size=True)
+    await _images(ctx, tenant, body.abnormal, "abnormal")
+    await _images(ctx, tenant, body.abnormal_masks or [], "abnormal_masks")
     _check_dataset(ctx, body, archive_counts)
     if body.validation:
-        _images(ctx, tenant, body.validation.normal, "validation.normal")
-        _images(ctx, tenant, body.validation.abnormal, "validation.abnormal")
-    return accept(ctx, response, tenant=tenant, base_url=base, kind="anomaly.fit", params=body.model_dump(),
+        await _images(ctx, tenant, body.validation.normal, "validation.normal")
+        await _images(ctx, tenant, body.validation.abnormal, "validation.abnormal")
+    validation = body.validation.normal + body.validation.abnormal if body.validation else []
+    masks = [m for m in body.abnormal_masks or [] if m is not None]
+    await check_job_pixels(ctx, [*body.images, *body.abnormal, *masks, *validation],
+                           "archive" if body.archive else "images", archive_pixels)
+    return await accept(ctx, tenant=tenant, base_url=base, kind="anomaly.fit", params=body.model_dump(),
                   idempotency_key=idempotency_key)
 
 
 @router.post("/anomaly-scores", status_code=202, response_model=Job, responses=_ACCEPTED,
              summary="Score images with a fitted anomaly model (job kind anomaly.score)")
-def score(body: AnomalyScoreRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl, response: Response,
-          idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Job:
-    model = ctx.store.get_resource(ANOMALY_MODEL, body.model_id)
+async def score(body: AnomalyScoreRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
+                idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
+    model = await ctx.astore.get_resource(ANOMALY_MODEL, body.model_id)
     if model is None or model["tenant"] != tenant:
         raise field_error("model_id", f"no anomaly model {body.model_id}")
-    _images(ctx, tenant, body.images, "images")
-    return accept(ctx, response, tenant=tenant, base_url=base, kind="anomaly.score", params=body.model_dump(),
+    await _images(ctx, tenant, body.images, "images")
+    await check_job_pixels(ctx, body.images, "images")
+    return await accept(ctx, tenant=tenant, base_url=base, kind="anomaly.score", params=body.model_dump(),
                   idempotency_key=idempotency_key)
 
 
@@ -105,39 +111,39 @@ def _as_schema(doc: dict) -> AnomalyModel:
                         created_at=ts(doc["created_at"]), updated_at=ts(doc.get("updated_at", doc["created_at"])))
 
 
-def _owned(ctx, tenant: str, model_id: str) -> dict:
-    doc = ctx.store.get_resource(ANOMALY_MODEL, model_id) if model_id.startswith("anm_") else None
+async def _owned(ctx, tenant: str, model_id: str) -> dict:
+    doc = await ctx.astore.get_resource(ANOMALY_MODEL, model_id) if model_id.startswith("anm_") else None
     if doc is None or doc["tenant"] != tenant:
         raise not_found("anomaly model")
     return doc
 
 
 @router.get("/anomaly-models", response_model=AnomalyModelList, summary="This tenant's anomaly models")
-def list_models(ctx: Ctx, tenant: Tenant) -> AnomalyModelList:
-    return AnomalyModelList(items=[_as_schema(d) for d in ctx.store.list_resources(ANOMALY_MODEL, tenant)])
+async def list_models(ctx: Ctx, tenant: Tenant) -> AnomalyModelList:
+    return AnomalyModelList(items=[_as_schema(d) for d in await ctx.astore.list_resources(ANOMALY_MODEL, tenant)])
 
 
 @router.get("/anomaly-models/{model_id}", response_model=AnomalyModel, summary="One anomaly model")
-def get_model(model_id: str, ctx: Ctx, tenant: Tenant) -> AnomalyModel:
-    return _as_schema(_owned(ctx, tenant, model_id))
+async def get_model(model_id: str, ctx: Ctx, tenant: Tenant) -> AnomalyModel:
+    return _as_schema(await _owned(ctx, tenant, model_id))
 
 
 @router.patch("/anomaly-models/{model_id}", response_model=AnomalyModel,
               summary="Change thresholds without refitting (raw units; the normalisation maps them to 0.5)")
-def patch_model(model_id: str, body: ThresholdsPatch, ctx: Ctx, tenant: Tenant) -> AnomalyModel:
-    doc = _owned(ctx, tenant, model_id)
+async def patch_model(model_id: str, body: ThresholdsPatch, ctx: Ctx, tenant: Tenant) -> AnomalyModel:
+    doc = await _owned(ctx, tenant, model_id)
     thresholds = dict(doc["thresholds"])
     for name, value in (("image", body.image_threshold), ("pixel", body.pixel_threshold)):
         if value is not None:
             thresholds[name], thresholds[f"{name}_method"] = float(value), "manual"
     doc = {**doc, "thresholds": thresholds, "updated_at": time.time()}
-    ctx.store.put_resource(ANOMALY_MODEL, model_id, tenant, {k: v for k, v in doc.items() if k not in ("id", "tenant")})
+    await ctx.astore.put_resource(ANOMALY_MODEL, model_id, tenant, {k: v for k, v in doc.items() if k not in ("id", "tenant")})
     return _as_schema(doc)
 
 
 @router.delete("/anomaly-models/{model_id}", status_code=204, summary="Delete an anomaly model and its files")
-def delete_model(model_id: str, ctx: Ctx, tenant: Tenant) -> Response:
-    doc = _owned(ctx, tenant, model_id)
-    ctx.store.delete_resource(ANOMALY_MODEL, model_id)
-    ctx.objects.delete_prefix(doc["prefix"])
+async def delete_model(model_id: str, ctx: Ctx, tenant: Tenant) -> Response:
+    doc = await _owned(ctx, tenant, model_id)
+    await ctx.astore.delete_resource(ANOMALY_MODEL, model_id)
+    await ctx.offload("storage", ctx.objects.delete_prefix, doc["prefix"])
     return Response(status_code=204)

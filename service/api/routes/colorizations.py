@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header
 
 from service.api.deps import BaseUrl, Ctx, Tenant
 from service.core.errors import field_error
 from service.jobs import accept
 from service.schemas import ColorizationRequest, Job
 from service.schemas.common import MAX_TOTAL_POINTS
-from service.uploads import IMAGE_TYPES
+from service.uploads import IMAGE_TYPES, check_job_pixels
 
 router = APIRouter(prefix="/v1/colorizations", tags=["colorization"])
 
@@ -26,17 +26,17 @@ def check_strokes(body: ColorizationRequest, width: int, height: int) -> None:
         raise field_error("strokes", f"{total} points in all; the limit is {MAX_TOTAL_POINTS}", limit=MAX_TOTAL_POINTS)
 
 
-def unsupported(ctx, feature: str) -> str | None:
+async def unsupported(ctx, feature: str) -> str | None:
     """Refuse an optional feature only when live colorize workers have reported and none can
     use it (their pretrained weights lack it); the message names what is missing."""
-    caps = ctx.store.get_capabilities("colorize")
+    caps = await ctx.astore.get_capabilities("colorize")
     if not caps or any(c.get(feature) for c in caps):
         return None
     return caps[0].get(f"{feature}_missing") or f"{feature} weights"
 
 
-def image_upload(ctx, tenant: str, upload_id: str, field: str):
-    rec = ctx.store.get_upload(upload_id)
+async def image_upload(ctx, tenant: str, upload_id: str, field: str):
+    rec = await ctx.astore.get_upload(upload_id)
     if rec is None or rec.tenant != tenant:
         raise field_error(field, f"no upload {upload_id} (upload the file first with POST /v1/uploads)")
     if rec.content_type not in IMAGE_TYPES:
@@ -46,29 +46,30 @@ def image_upload(ctx, tenant: str, upload_id: str, field: str):
 
 @router.post("", status_code=202, response_model=Job, summary="Colorize a photo (Control Color)",
              responses={202: {"headers": {"Location": {"schema": {"type": "string"}}}}})
-def create_colorization(body: ColorizationRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl, response: Response,
-                        idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Job:
+async def create_colorization(body: ColorizationRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
+                              idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
     s = ctx.settings
-    image = image_upload(ctx, tenant, body.image, "image")
+    image = await image_upload(ctx, tenant, body.image, "image")
     check_strokes(body, image.width, image.height)
     if body.stroke_image:
-        strokes = image_upload(ctx, tenant, body.stroke_image, "stroke_image")
+        strokes = await image_upload(ctx, tenant, body.stroke_image, "stroke_image")
         if (strokes.width, strokes.height) != (image.width, image.height):
             raise field_error("stroke_image", f"is {strokes.width}x{strokes.height}; it must match the image's "
                                               f"{image.width}x{image.height}")
     if body.exemplar:
-        image_upload(ctx, tenant, body.exemplar, "exemplar")
+        await image_upload(ctx, tenant, body.exemplar, "exemplar")
     for field, feature, wanted in (("exemplar", "exemplar", body.exemplar),
                                    ("deformable_decoder", "deformable_decoder", body.deformable_decoder),
                                    ("guidance.mode", "autoguidance", body.guidance.mode == "autoguidance")):
-        missing = unsupported(ctx, feature) if wanted else None
+        missing = await unsupported(ctx, feature) if wanted else None
         if missing:
             raise field_error(field, f"no worker can run this: missing under VISIONJOBS_MODEL_DIR: {missing}")
+    await check_job_pixels(ctx, [u for u in (body.image, body.stroke_image, body.exemplar) if u], "image")
     if body.steps > s.max_steps:
         raise field_error("steps", f"at most {s.max_steps} steps", limit=s.max_steps)
     if body.num_outputs > s.max_outputs:
         raise field_error("num_outputs", f"at most {s.max_outputs} outputs", limit=s.max_outputs)
     if len(body.prompt) > s.max_prompt_chars:
         raise field_error("prompt", f"at most {s.max_prompt_chars} characters", limit=s.max_prompt_chars)
-    return accept(ctx, response, tenant=tenant, base_url=base, kind="colorize", params=body.model_dump(),
+    return await accept(ctx, tenant=tenant, base_url=base, kind="colorize", params=body.model_dump(),
                   idempotency_key=idempotency_key)

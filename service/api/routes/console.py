@@ -55,15 +55,15 @@ def _serve(name: str) -> FileResponse:
 
 
 @router.api_route("/console", methods=["GET", "HEAD"])
-def console_root() -> RedirectResponse:
+async def console_root() -> RedirectResponse:
     return RedirectResponse("console/", status_code=308)  # relative: works behind a path prefix
 
 
 @router.api_route("/console/", methods=["GET", "HEAD"])
-def console_index() -> FileResponse:
+async def console_index() -> FileResponse:
     return _serve("index.html")
 
 
 @router.api_route("/console/{name:path}", methods=["GET", "HEAD"])
-def console_file(name: str) -> FileResponse:
+async def console_file(name: str) -> FileResponse:
     return _serve(name)

@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1/files", tags=["files"])
 
 @router.get("/{key:path}", response_class=FileResponse, summary="Download a result by its signed, expiring URL",
             responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
-def get_file(key: str, ctx: Ctx, expires: Annotated[int, Query()], tenant: Annotated[str, Query(max_length=64)],
+async def get_file(key: str, ctx: Ctx, expires: Annotated[int, Query()], tenant: Annotated[str, Query(max_length=64)],
              signature: Annotated[str, Query(max_length=128)],
              creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None) -> FileResponse:
     """The signature is the credential (like a presigned S3 URL), bound to the key, its expiry and the
@@ -31,11 +31,14 @@ def get_file(key: str, ctx: Ctx, expires: Annotated[int, Query()], tenant: Annot
         raise not_found("file")
     if creds is not None and not ctx.keyring.anonymous and ctx.keyring.tenant_for(creds.credentials) != tenant:
         raise not_found("file")
-    try:
+    def locate():  # file system calls: off the event loop (FileResponse streams in threads too)
         path = ctx.objects.open_path(key)
+        return path, path.is_file(), ctx.objects.content_type(key)
+
+    try:
+        path, is_file, media_type = await ctx.offload("storage", locate)
     except (InvalidKey, ObjectNotFound, FileNotFoundError):
         raise not_found("file")
-    if not path.is_file():
+    if not is_file:
         raise not_found("file")
-    media_type = ctx.objects.content_type(key)
     return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, max-age=300"})

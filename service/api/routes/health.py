@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
@@ -10,32 +12,36 @@ from service.kinds import KINDS
 from service.metrics import render_metrics
 
 router = APIRouter(tags=["health"])
+READY_TIMEOUT_S = 5.0  # a stalled dependency makes /readyz answer 503, not hang
 
 
 @router.get("/healthz", summary="Alive")
-def healthz() -> dict:
+async def healthz() -> dict:
+    """No dependency, no store, no thread: answers while the loop runs, whatever else is busy."""
     return {"status": "ok"}
 
 
 @router.get("/readyz", summary="Job store and object storage reachable; live workers per kind")
-def readyz(ctx: Ctx) -> dict:
+async def readyz(ctx: Ctx) -> dict:
     """`kinds`: per job kind, the live workers serving it and how many of them can run it
     (its weights present); the API itself is ready without them."""
     checks = {}
-    for name, target in (("store", ctx.store), ("storage", ctx.objects)):
+    for name, probe in (("store", ctx.astore.ping), ("storage", lambda: ctx.offload("storage", ctx.objects.ping))):
         try:
-            target.ping()
+            await asyncio.wait_for(probe(), READY_TIMEOUT_S)
             checks[name] = "ok"
         except Exception as exc:
-            raise ApiError(503, "Not ready", f"{name}: {exc}", code="not_ready", headers={"Retry-After": "5"})
+            detail = str(exc) or f"no answer within {READY_TIMEOUT_S:g} s"
+            raise ApiError(503, "Not ready", f"{name}: {detail}", code="not_ready", headers={"Retry-After": "5"})
     kinds = {}
     for kind in KINDS:
-        caps, ready = live_workers(ctx.store, kind)
+        caps, ready = await live_workers(ctx.astore, kind)
         kinds[kind] = {"workers": len(caps), "ready": len(ready)}
     return {"status": "ready", "checks": checks, "kinds": kinds}
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
-def metrics(request: Request) -> PlainTextResponse:
-    return PlainTextResponse(render_metrics(request.app.state.registry),
-                             media_type="text/plain; version=0.0.4; charset=utf-8")
+async def metrics(request: Request, ctx: Ctx) -> PlainTextResponse:
+    # the collectors read the store with the sync client: in a pool thread, never on the loop
+    body = await ctx.offload("cpu", render_metrics, request.app.state.registry)
+    return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")

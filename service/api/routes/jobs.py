@@ -1,90 +1,176 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from service.api.deps import BaseUrl, Ctx, OwnedJob, Tenant
-from service.jobs import render
+from service.api.deps import BEARER, authenticate, find_job
+from service.api.streaming import EventStreamResponse, client_gone
+from service.core.errors import ApiError
+from service.jobs import job_response, page_response, render_json
 from service.kinds import KINDS
 from service.schemas import Job, JobPage, JobStatus
 from service.schemas.common import JOB_ID
-from service.store.base import StoreUnavailable
+from service.store.base import JobRecord, StoreUnavailable
+from service.waiters import TooManyWaiters
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 KindName = Literal[tuple(sorted(KINDS))]  # type: ignore[valid-type]
 MAX_WAIT_S = 60
 SSE_KEEPALIVE_S = 15.0
-STOP_CHECK_S = 1.0  # waiting clients notice a stopping server within this
 
 
-@router.get("", response_model=JobPage, summary="List this tenant's jobs, newest first")
-def list_jobs(ctx: Ctx, tenant: Tenant, base: BaseUrl,
-              kind: KindName | None = None,
-              status: JobStatus | None = None,
-              cursor: Annotated[str | None, Query(pattern=JOB_ID)] = None,
-              limit: Annotated[int, Query(ge=1, le=100)] = 20) -> JobPage:
-    jobs, next_cursor = ctx.store.list_jobs(tenant, kind=kind, status=status.value if status else None,
-                                            cursor=cursor, limit=limit)
-    return JobPage(items=[render(j, ctx.store, ctx.objects, base, ctx.settings.url_ttl_s) for j in jobs],
-                   next_cursor=next_cursor)
+class SharedReads:
+    """Waiters woken by the same change share one read and one render of the job: a thousand
+    long-polls on one job cost one store read when it finishes, not a thousand. Nothing is
+    cached: a call that finds no read in flight starts its own. The read runs in a task of its
+    own, so a client that hangs up (its request cancelled) takes nothing from the others."""
+
+    def __init__(self):
+        self._inflight: dict[tuple[str, str], asyncio.Task] = {}
+
+    async def get(self, ctx, job_id: str, base: str) -> tuple[JobRecord | None, str | None]:
+        key = (job_id, base)
+        task = self._inflight.get(key)
+        if task is None:
+            task = self._inflight[key] = asyncio.ensure_future(self._read(ctx, job_id, base))
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    @staticmethod
+    async def _read(ctx, job_id: str, base: str) -> tuple[JobRecord | None, str | None]:
+        job = await ctx.astore.read_job(job_id)
+        return job, (await render_json(ctx, job, base) if job is not None else None)
 
 
-@router.get("/{job_id}", response_model=Job, summary="A job; `wait` long-polls until it is final")
-def get_job(job: OwnedJob, ctx: Ctx, base: BaseUrl,
-            wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for a final state.")] = 0) -> Job:
-    deadline = time.monotonic() + wait
-    # in slices, so a stopping server answers with the current state at once
-    while not job.final and not ctx.stopping.is_set() and (remaining := deadline - time.monotonic()) > 0:
-        job = ctx.store.wait_for_change(job.id, job.version, min(remaining, STOP_CHECK_S)) or job
-    return render(job, ctx.store, ctx.objects, base, ctx.settings.url_ttl_s)
+shared = SharedReads()
 
 
-@router.post("/{job_id}/cancel", response_model=Job,
+def too_many_waiters(exc: TooManyWaiters) -> ApiError:
+    return ApiError(429, "Too many requests",
+                    f"this key already has {exc.limit} open long-polls and event streams on this server "
+                    "(VISIONJOBS_MAX_WAITERS_PER_KEY); close some or poll without `wait`",
+                    code="too_many_waiters", headers={"Retry-After": "5"},
+                    errors=[{"field": "wait", "message": "too many concurrent waits for this key", "limit": exc.limit}])
+
+
+@router.get("", response_model=JobPage, summary="List this tenant's jobs, newest first", openapi_extra=BEARER,
+            description="Bulky params (long arrays such as strokes and points, long strings) are elided in list "
+                        "items as `{\"elided\": ...}`; GET /v1/jobs/{id} has the full job.")
+async def list_jobs(request: Request,
+                    kind: KindName | None = None,
+                    status: JobStatus | None = None,
+                    cursor: Annotated[str | None, Query(pattern=JOB_ID)] = None,
+                    limit: Annotated[int, Query(ge=1, le=100)] = 20):
+    ctx, tenant, base = await authenticate(request)
+    jobs, next_cursor = await ctx.astore.list_jobs(tenant, kind=kind, status=status.value if status else None,
+                                                   cursor=cursor, limit=limit)
+    return await page_response(ctx, jobs, next_cursor, base)
+
+
+async def wait_final(ctx, request: Request, tenant: str, job: JobRecord, wait: float,
+                     base: str) -> tuple[JobRecord, str | None]:
+    """Sleep on the hub (no thread, no connection) until the job is final, the time is up, the
+    client hangs up or the server stops; returns the latest state read (and its rendering when
+    a shared read made one)."""
+    try:
+        waiter = ctx.hub.watch(tenant, job.id, job.version, final_only=True)
+    except TooManyWaiters as exc:
+        raise too_many_waiters(exc)
+    deadline, body = time.monotonic() + wait, None
+    with waiter:
+        async with client_gone(request, waiter):
+            while not job.final and (remaining := deadline - time.monotonic()) > 0:
+                reason = await waiter.wait(remaining)
+                if reason == "unavailable":
+                    raise StoreUnavailable("the job store went away during the wait")
+                if reason != "changed":  # timeout, gone, stopping
+                    break
+                latest, latest_body = await shared.get(ctx, job.id, base)
+                if latest is None:  # expired meanwhile: answer with the last state seen
+                    break
+                job, body = latest, latest_body
+                waiter.seen(job.version)
+    return job, body
+
+
+@router.get("/{job_id}", response_model=Job, summary="A job; `wait` long-polls until it is final",
+            openapi_extra=BEARER)
+async def get_job(job_id: str, request: Request,
+                  wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S,
+                                               description="Seconds to wait for a final state.")] = 0):
+    ctx, tenant, base = await authenticate(request)
+    job = await find_job(ctx, tenant, job_id)
+    if wait > 0 and not job.final and not ctx.stopping.is_set():
+        job, body = await wait_final(ctx, request, tenant, job, wait, base)
+        if body is not None and job.final:
+            return Response(body, media_type="application/json")
+    return await job_response(ctx, job, base)
+
+
+@router.post("/{job_id}/cancel", response_model=Job, openapi_extra=BEARER,
              summary="Cancel: queued jobs at once, running ones within one step; final jobs are returned unchanged")
-def cancel_job(job: OwnedJob, ctx: Ctx, base: BaseUrl) -> Job:
-    job = ctx.store.request_cancel(job.id) or job
-    return render(job, ctx.store, ctx.objects, base, ctx.settings.url_ttl_s)
+async def cancel_job(job_id: str, request: Request):
+    ctx, tenant, base = await authenticate(request)
+    job = await find_job(ctx, tenant, job_id)
+    job = await ctx.astore.request_cancel(job.id) or job
+    return await job_response(ctx, job, base)
 
 
 @router.get("/{job_id}/events", summary="Server-sent events of the job's state until it is final",
             response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                             "description": "`event: job` frames whose data is the Job JSON; ends after a final state."}})
-def job_events(job: OwnedJob, ctx: Ctx, base: BaseUrl,
-               last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
+                             "description": "`event: job` frames whose data is the Job JSON; ends after a final state."}},
+            openapi_extra=BEARER)
+async def job_events(job_id: str, request: Request,
+                     last_event_id: Annotated[str | None, Header()] = None) -> EventStreamResponse:
+    ctx, tenant, base = await authenticate(request)
+    job = await find_job(ctx, tenant, job_id)
     sent = int(last_event_id) if last_event_id and last_event_id.isdigit() else -1
+    try:
+        waiter = ctx.hub.watch(tenant, job.id, job.version)
+    except TooManyWaiters as exc:
+        raise too_many_waiters(exc)
 
-    def frames():
+    async def frames():
         nonlocal job, sent
-        quiet_since = time.monotonic()
-        while True:
-            if job.version > sent:
-                body = render(job, ctx.store, ctx.objects, base, ctx.settings.url_ttl_s).model_dump_json()
-                yield f"id: {job.version}\nevent: job\ndata: {body}\n\n"
-                sent, quiet_since = job.version, time.monotonic()
-            if job.final:
-                return
-            if ctx.stopping.is_set():  # end cleanly; the client reconnects with Last-Event-ID
-                yield "retry: 1000\n\n"
-                return
-            changed = ctx.store.wait_for_change(job.id, sent, STOP_CHECK_S)
-            if changed is None:  # expired by retention while streaming
-                yield f"event: gone\ndata: {json.dumps({'id': job.id})}\n\n"
-                return
-            if changed.version <= sent and time.monotonic() - quiet_since >= SSE_KEEPALIVE_S:
-                yield ": keep-alive\n\n"
-                quiet_since = time.monotonic()
-            job = changed
+        body = None
+        with waiter:
+            while True:
+                if job.version > sent:
+                    body = body or await render_json(ctx, job, base)
+                    yield f"id: {job.version}\nevent: job\ndata: {body}\n\n"
+                    sent, body = job.version, None
+                if job.final:
+                    return
+                reason = await waiter.wait(SSE_KEEPALIVE_S)
+                if reason == "stopping":  # end cleanly; the client reconnects with Last-Event-ID
+                    yield "retry: 1000\n\n"
+                    return
+                if reason == "gone":
+                    return
+                if reason == "unavailable":  # ends like a failed read: the client reconnects
+                    raise StoreUnavailable("the job store went away during the stream")
+                if reason == "timeout":
+                    yield ": keep-alive\n\n"
+                    continue
+                changed, body = await shared.get(ctx, job.id, base)  # one read per change for all its streams
+                if changed is None:  # expired by retention while streaming
+                    yield f"event: gone\ndata: {json.dumps({'id': job.id})}\n\n"
+                    return
+                job = changed
+                waiter.seen(job.version)
 
-    def frames_or_retry():
+    async def frames_or_retry():
         try:
-            yield from frames()
+            async for frame in frames():
+                yield frame
         except StoreUnavailable:  # the store went away mid-stream: end cleanly, the client reconnects
             yield "retry: 5000\n\n"
 
-    return StreamingResponse(frames_or_retry(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return EventStreamResponse(frames_or_retry(), on_close=waiter.close,
+                               headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

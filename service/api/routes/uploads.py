@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, UploadFile
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from service.api.deps import Ctx, Tenant
 from service.core.errors import ApiError, field_error, not_found
 from service.jobs import _ts
 from service.schemas import Upload
-from service.uploads import build_upload
+from service.uploads import check_upload
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 _CHUNK = 1 << 20
@@ -48,16 +47,15 @@ async def create_upload(request: Request, ctx: Ctx, tenant: Tenant) -> Upload:
                            code="payload_too_large", errors=[{"field": "file", "message": "too large", "limit": limit}])
         chunks.append(chunk)
     data = b"".join(chunks)
-    # decoding the image (up to max_image_pixels) is CPU work: off the event loop
-    rec = await run_in_threadpool(build_upload, tenant, file.filename, data, ctx.settings.max_image_pixels)
-    ctx.objects.put(rec.key, data, rec.content_type)
-    ctx.store.put_upload(rec)
+    rec = await check_upload(ctx, tenant, file.filename, data)  # work budget, bounded decodes, off the loop
+    await ctx.offload("storage", ctx.objects.put, rec.key, data, rec.content_type)  # boto3 or files: off the loop
+    await ctx.astore.put_upload(rec)
     return _to_schema(rec)
 
 
 @router.get("/{upload_id}", response_model=Upload, summary="An upload's metadata")
-def get_upload(upload_id: str, ctx: Ctx, tenant: Tenant) -> Upload:
-    rec = ctx.store.get_upload(upload_id) if upload_id.startswith("upl_") else None
+async def get_upload(upload_id: str, ctx: Ctx, tenant: Tenant) -> Upload:
+    rec = await ctx.astore.get_upload(upload_id) if upload_id.startswith("upl_") else None
     if rec is None or rec.tenant != tenant:
         raise not_found("upload")
     return _to_schema(rec)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header
 
 from service.api.deps import BaseUrl, Ctx, Tenant
 from service.core.errors import field_error
@@ -15,8 +15,8 @@ router = APIRouter(prefix="/v1", tags=["video"])
 @router.post("/video-generations", status_code=202, response_model=Job,
              summary="Generate a long multi-prompt video (DiTCtrl on CogVideoX)",
              responses={202: {"headers": {"Location": {"schema": {"type": "string"}}}}})
-def create_video_generation(body: VideoGenerationRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl, response: Response,
-                            idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Job:
+async def create_video_generation(body: VideoGenerationRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
+                                  idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
     s = ctx.settings
     segments, latent, frames = video_frame_count(len(body.prompts), body.overlap, body.transition_segments, body.segments)
     if frames > s.max_video_frames:
@@ -30,7 +30,7 @@ def create_video_generation(body: VideoGenerationRequest, ctx: Ctx, tenant: Tena
         raise field_error("steps", f"at most {s.max_steps} steps", limit=s.max_steps)
     params = body.model_dump()
     params.update(expected_frames=frames, expected_segments=segments, expected_latent_frames=latent)
-    return accept(ctx, response, tenant=tenant, base_url=base, kind="video.generate", params=params,
+    return await accept(ctx, tenant=tenant, base_url=base, kind="video.generate", params=params,
                   idempotency_key=idempotency_key)
 
 
@@ -41,20 +41,20 @@ TUNED_VIDEO_MODEL = "tuned_video_model"  # resource kind in the job store
 @router.post("/video-edits", status_code=202, response_model=Job,
              summary="Edit a video with text (Tune-A-Video), or re-edit with a tuned model",
              responses={202: {"headers": {"Location": {"schema": {"type": "string"}}}}})
-def create_video_edit(body: VideoEditRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl, response: Response,
-                      idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Job:
+async def create_video_edit(body: VideoEditRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
+                            idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
     s = ctx.settings
     if body.video:
-        rec = ctx.store.get_upload(body.video)
+        rec = await ctx.astore.get_upload(body.video)
         if rec is None or rec.tenant != tenant:
             raise field_error("video", f"no upload {body.video} (upload the file first with POST /v1/uploads)")
         if rec.content_type not in VIDEO_TYPES:
             raise field_error("video", f"upload {body.video} is {rec.content_type}, not a video (MP4, WebM, MOV, GIF)")
     else:
-        model = ctx.store.get_resource(TUNED_VIDEO_MODEL, body.tuned_model)
+        model = await ctx.astore.get_resource(TUNED_VIDEO_MODEL, body.tuned_model)
         if model is None or model["tenant"] != tenant:
             raise field_error("tuned_model", f"no tuned model {body.tuned_model}")
     if body.steps > s.max_steps:
         raise field_error("steps", f"at most {s.max_steps} steps", limit=s.max_steps)
-    return accept(ctx, response, tenant=tenant, base_url=base, kind="video.edit", params=body.model_dump(),
+    return await accept(ctx, tenant=tenant, base_url=base, kind="video.edit", params=body.model_dump(),
                   idempotency_key=idempotency_key)

@@ -1,0 +1,356 @@
+"""Every Redis job-store operation, written once without I/O, run by a sync and an async driver.
+
+An operation is a generator. It yields what it needs and receives the answer:
+
+    Call("hgetall", key)          one command: a redis-py client method and its arguments
+    Batch([Call, ...])            several commands in one round trip (a pipeline without MULTI)
+    Script("CLAIM", (prefix, ...)) a transition script of redis_lua.py; every state change is one
+    Compute(fn, (args...), heavy) CPU work on the answers; `heavy` work runs off the event loop
+
+and returns the operation's result. RedisJobStore (redis-py, for workers, the reaper and the
+webhook deliverer) and AsyncRedisJobStore (redis.asyncio, the API's request path) drive the same
+generators, so both send the same commands and run the same registered scripts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from service.store.base import ALL_STATES, QUEUED, Claim, JobRecord, UploadRecord
+from service.store.summary import summarize_params
+
+WORKER_LOST = json.dumps({"code": "worker_lost",
+                          "message": "the worker running this job stopped answering on every attempt"})
+_JSON_FIELDS = ("params", "result", "error", "webhook_deliveries")
+_FLOAT_FIELDS = ("progress", "created_at", "started_at", "finished_at")
+_INT_FIELDS = ("attempt", "max_attempts", "version")
+_RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord))
+# a list page reads every field but the params, and the summary written next to them
+LIST_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord) if f.name != "params") + ("params_summary",)
+# what clients see of a job (status reads, waits): the worker-side fields keep their defaults
+VIEW_FIELDS = ("id", "tenant", "kind", "params", "status", "progress", "stage", "attempt", "created_at", "started_at",
+               "finished_at", "error", "result", "model_profile", "version", "webhook_deliveries")
+HEAVY_BYTES = 64 * 1024  # decoding more than this runs off the event loop (async driver)
+VERSIONS_CHUNK = 500     # versions(): job ids per pipeline
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    name: str
+    args: tuple = ()
+    kwargs: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    calls: tuple[Call, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    args: tuple = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Compute:
+    fn: Callable
+    args: tuple = ()
+    heavy: bool = False
+
+
+def call(name: str, *args, **kwargs) -> Call:
+    return Call(name, args, kwargs or None)
+
+
+def encode(job: JobRecord) -> list[str]:
+    flat: list[str] = []
+    for name, value in job.to_dict().items():
+        if value is None:
+            continue
+        if name in _JSON_FIELDS:
+            value = json.dumps(value)
+        elif isinstance(value, bool):
+            value = int(value)
+        flat += [name, str(value)]
+    return flat
+
+
+def decode(raw: dict[str, str], wire: int | None = None) -> JobRecord:
+    data: dict = {}
+    for name, value in raw.items():
+        if name not in _RECORD_FIELDS:
+            continue  # lease_until, params_summary
+        if name in _JSON_FIELDS:
+            data[name] = json.loads(value) if value else None
+        elif name in _FLOAT_FIELDS:
+            data[name] = float(value)
+        elif name in _INT_FIELDS:
+            data[name] = int(value)
+        elif name == "cancel_requested":
+            data[name] = value == "1"
+        else:
+            data[name] = value or None
+    job = JobRecord(**data)
+    job._wire_bytes = _wire(raw) if wire is None else wire  # a size hint for the API (see base.wire_bytes)
+    return job
+
+
+def _wire(raw: dict[str, str]) -> int:
+    return sum(map(len, raw.values()))
+
+
+def _decode_listed(rows: list[dict[str, str]]) -> list[JobRecord]:
+    out = []
+    for raw in rows:
+        raw = dict(raw)
+        raw["params"] = raw.pop("params_summary", None) or "{}"
+        out.append(decode(raw))
+    return out
+
+
+class RedisOps:
+    """Key layout under `prefix`: job:<id> (hash), events:<id> (stream), queue:<kind> (zset by
+    creation), leases (zset by lease end), tenant:<t> (zset, lex by id) and its listing indexes
+    tenant:<t>:k:<kind>, :s:<status>, :ks:<kind>:<status>, active:<t> (set), counts (hash),
+    upload:<id>, res:<kind>:<id>, caps:<kind>, webhooks (zset by due time), channel `changes`."""
+
+    def __init__(self, prefix: str = "vj:", retention_s: int = 7 * 86400):
+        self.p, self.retention_s = prefix, retention_s
+        self.changes_channel = f"{prefix}changes"
+
+    def job_key(self, job_id: str) -> str:
+        return f"{self.p}job:{job_id}"
+
+    def index_key(self, tenant: str, kind: str | None, status: str | None) -> str:
+        base = f"{self.p}tenant:{tenant}"
+        if kind and status:
+            return f"{base}:ks:{kind}:{status}"
+        if status:
+            return f"{base}:s:{status}"
+        if kind:
+            return f"{base}:k:{kind}"
+        return base
+
+    # --- API side ---
+    def create_job(self, job: JobRecord, idempotency_key: str | None = None):
+        fields = encode(job) + ["params_summary", json.dumps(summarize_params(job.params))]
+        created, job_id = yield Script("CREATE", (self.p, job.id, job.tenant, job.kind, int(job.created_at * 1000),
+                                                  idempotency_key or "", self.retention_s, *fields))
+        return (yield from self.get_job(job_id)), bool(created)
+
+    def get_job(self, job_id: str):
+        raw = yield call("hgetall", self.job_key(job_id))
+        if not raw:
+            return None
+        wire = _wire(raw)
+        return (yield Compute(decode, (raw, wire), heavy=wire > HEAVY_BYTES))
+
+    def read_job(self, job_id: str):
+        """The job as clients see it (VIEW_FIELDS; the worker-side fields keep their defaults):
+        status reads and waits, about a third fewer bytes to parse than get_job."""
+        values = yield call("hmget", self.job_key(job_id), VIEW_FIELDS)
+        if values[0] is None:
+            return None
+        raw = {k: v for k, v in zip(VIEW_FIELDS, values) if v is not None}
+        wire = _wire(raw)
+        return (yield Compute(decode, (raw, wire), heavy=wire > HEAVY_BYTES))
+
+    def list_jobs(self, tenant: str, *, kind: str | None = None, status: str | None = None,
+                  cursor: str | None = None, limit: int = 20):
+        """One index read and one pipelined read of `limit` hashes per page (more only where
+        retention expired entries the index still holds): the cost does not grow with history."""
+        index, everything = self.index_key(tenant, kind, status), self.index_key(tenant, None, None)
+        out: list[JobRecord] = []
+        upper = f"({cursor}" if cursor else "+"
+        while True:
+            want = limit - len(out)
+            ids = yield call("zrevrangebylex", index, upper, "-", start=0, num=want + 1)
+            page, more = ids[:want], len(ids) > want
+            if not page:
+                return out, None
+            rows = yield Batch(tuple(call("hmget", self.job_key(i), LIST_FIELDS) for i in page))
+            listed, legacy, gone = [], [], []
+            for job_id, values in zip(page, rows):
+                raw = {k: v for k, v in zip(LIST_FIELDS, values) if v is not None}
+                if "id" not in raw:
+                    gone.append(job_id)  # expired by retention: drop from the indexes lazily
+                    continue
+                if "params_summary" not in raw:
+                    legacy.append(len(listed))  # written before summaries existed
+                listed.append(raw)
+            if legacy:
+                full = yield Batch(tuple(call("hget", self.job_key(listed[i]["id"]), "params") for i in legacy))
+                for i, params in zip(legacy, full):
+                    listed[i]["params_summary"] = json.dumps(summarize_params(json.loads(params or "{}")))
+            if gone:
+                yield Batch(tuple(call("zrem", key, *gone) for key in {index, everything}))
+            jobs = yield Compute(_decode_listed, (listed,), heavy=sum(map(_wire, listed)) > HEAVY_BYTES)
+            # the indexes move inside the transition scripts, so these match; the check only guards
+            # entries made before the indexes existed
+            out += [j for j in jobs if (not kind or j.kind == kind) and (not status or j.status == status)]
+            upper = f"({page[-1]}"
+            if len(out) >= limit or not more:
+                return out, (out[-1].id if more and out else None)
+
+    def queue_position(self, job: JobRecord):
+        if job.status != QUEUED:
+            return None
+        rank = yield call("zrank", f"{self.p}queue:{job.kind}", job.id)
+        return None if rank is None else rank + 1
+
+    def queue_positions(self, jobs: list[JobRecord]):
+        queued = [j for j in jobs if j.status == QUEUED]
+        ranks = (yield Batch(tuple(call("zrank", f"{self.p}queue:{j.kind}", j.id) for j in queued))) if queued else []
+        by_id = {j.id: (None if r is None else r + 1) for j, r in zip(queued, ranks)}
+        return [by_id.get(j.id) for j in jobs]
+
+    def request_cancel(self, job_id: str):
+        status = yield Script("CANCEL", (self.p, job_id, self.retention_s))
+        if not status:
+            return None
+        return (yield from self.get_job(job_id))
+
+    def versions(self, job_ids: list[str]):
+        """{id: (version, status)} for the ids that still exist (the waiters' re-check)."""
+        out: dict[str, tuple[int, str]] = {}
+        for start in range(0, len(job_ids), VERSIONS_CHUNK):
+            chunk = job_ids[start:start + VERSIONS_CHUNK]
+            rows = yield Batch(tuple(call("hmget", self.job_key(i), ("version", "status")) for i in chunk))
+            for job_id, (version, status) in zip(chunk, rows):
+                if version is not None:
+                    out[job_id] = (int(version), status or "")
+        return out
+
+    def put_upload(self, upload: UploadRecord):
+        yield call("set", f"{self.p}upload:{upload.id}", json.dumps(upload.to_dict()), ex=self.retention_s)
+
+    def get_upload(self, upload_id: str):
+        raw = yield call("get", f"{self.p}upload:{upload_id}")
+        return UploadRecord(**json.loads(raw)) if raw else None
+
+    def active_jobs(self, tenant: str):
+        return (yield call("scard", f"{self.p}active:{tenant}"))
+
+    def mark_dispatched(self, job_id: str, ttl_s: float):
+        yield call("set", f"{self.p}sent:{job_id}", 1, ex=max(1, int(ttl_s)))
+
+    # --- worker side ---
+    def claim(self, job_id: str, worker: str, lease_s: float):
+        reason = yield Script("CLAIM", (self.p, job_id, worker, lease_s))
+        return Claim((yield from self.get_job(job_id)) if reason == "claimed" else None, reason)
+
+    def heartbeat(self, job_id: str, attempt: int, lease_s: float, *, progress=None, stage=None, result=None):
+        stop = yield Script("HEARTBEAT", (self.p, job_id, attempt, lease_s,
+                                          "" if progress is None else repr(float(progress)), stage or "",
+                                          "" if result is None else json.dumps(result)))
+        return bool(stop)
+
+    def should_stop(self, job_id: str, attempt: int):
+        status, current, cancel = yield call("hmget", self.job_key(job_id), ("status", "attempt", "cancel_requested"))
+        return status != "running" or current != str(attempt) or cancel == "1"
+
+    def finish(self, job_id: str, attempt: int, status: str, *, result=None, error=None, model_profile=None):
+        done = yield Script("FINISH", (self.p, job_id, attempt, status, json.dumps(result) if result is not None else "",
+                                       json.dumps(error) if error is not None else "", self.retention_s,
+                                       model_profile or ""))
+        if not done:
+            return None
+        return (yield from self.get_job(job_id))
+
+    def reap_expired(self, limit: int = 100):
+        return list((yield Script("REAP", (self.p, self.retention_s, limit, WORKER_LOST))))
+
+    def next_queued(self, kinds: list[str] | None = None):
+        kinds = list(kinds or [])
+        if not kinds:
+            return None
+        heads = yield Batch(tuple(call("zrange", f"{self.p}queue:{k}", 0, 0, withscores=True) for k in kinds))
+        firsts = [(head[0][1], head[0][0]) for head in heads if head]
+        return min(firsts)[1] if firsts else None
+
+    def unsent_queued(self, kind: str, older_than_s: float, limit: int = 50):
+        cutoff = time.time() - older_than_s
+        out = []
+        queued = yield call("zrange", f"{self.p}queue:{kind}", 0, limit - 1, withscores=True)
+        for job_id, created_ms in queued:
+            if created_ms / 1000 > cutoff:
+                break  # the queue is ordered by creation: the rest are younger
+            # SET NX: one reaper per period wins each job, so one message is re-sent, not one per process
+            if (yield call("set", f"{self.p}sent:{job_id}", 1, nx=True, ex=max(1, int(older_than_s)))):
+                out.append(job_id)
+        return out
+
+    def queued_ids(self, kind: str, limit: int):
+        return (yield call("zrange", f"{self.p}queue:{kind}", 0, limit - 1))
+
+    def queue_depth(self, kind: str):
+        return (yield call("zcard", f"{self.p}queue:{kind}"))
+
+    def claim_due_webhooks(self, limit: int = 20):
+        due = yield call("zrangebyscore", f"{self.p}webhooks", "-inf", time.time(), start=0, num=limit)
+        if not due:
+            return []
+        won = yield Batch(tuple(call("zrem", f"{self.p}webhooks", m) for m in due))  # ZREM decides who delivers
+        return [tuple(m.rsplit("|", 1)) for m, mine in zip(due, won) if mine]
+
+    def schedule_webhook(self, job_id: str, event: str, delay_s: float):
+        yield call("zadd", f"{self.p}webhooks", {f"{job_id}|{event}": time.time() + delay_s})
+
+    def record_webhook(self, job_id: str, event: str, state: dict[str, Any]):
+        key = self.job_key(job_id)
+        raw = yield call("hget", key, "webhook_deliveries")
+        deliveries = json.loads(raw) if raw else {}
+        deliveries[event] = state
+        if (yield call("exists", key)):
+            yield call("hset", key, "webhook_deliveries", json.dumps(deliveries))
+
+    # --- tenant-owned resources ---
+    def put_resource(self, kind: str, resource_id: str, tenant: str, doc: dict[str, Any]):
+        yield Batch((call("set", f"{self.p}res:{kind}:{resource_id}",
+                          json.dumps({**doc, "id": resource_id, "tenant": tenant})),
+                     call("zadd", f"{self.p}res:{kind}:tenant:{tenant}", {resource_id: 0})))
+
+    def get_resource(self, kind: str, resource_id: str):
+        raw = yield call("get", f"{self.p}res:{kind}:{resource_id}")
+        return json.loads(raw) if raw else None
+
+    def list_resources(self, kind: str, tenant: str):
+        ids = yield call("zrevrangebylex", f"{self.p}res:{kind}:tenant:{tenant}", "+", "-")
+        if not ids:
+            return []
+        docs = yield Batch(tuple(call("get", f"{self.p}res:{kind}:{i}") for i in ids))
+        return [json.loads(d) for d in docs if d is not None]
+
+    def delete_resource(self, kind: str, resource_id: str):
+        doc = yield from self.get_resource(kind, resource_id)
+        if doc is None:
+            return False
+        yield Batch((call("delete", f"{self.p}res:{kind}:{resource_id}"),
+                     call("zrem", f"{self.p}res:{kind}:tenant:{doc['tenant']}", resource_id)))
+        return True
+
+    # --- capabilities ---
+    def put_capabilities(self, kind: str, worker: str, caps: dict[str, Any]):
+        yield call("hset", f"{self.p}caps:{kind}", worker, json.dumps({**caps, "seen_at": time.time()}))
+
+    def get_capabilities(self, kind: str, max_age_s: float = 120.0):
+        raw = yield call("hgetall", f"{self.p}caps:{kind}")
+        fresh = [json.loads(v) for v in raw.values()]
+        return [c for c in fresh if c.get("seen_at", 0) > time.time() - max_age_s]
+
+    # --- operations ---
+    def ping(self):
+        yield call("ping")
+
+    def counts(self):
+        raw = yield call("hgetall", f"{self.p}counts")
+        out = {}
+        for name, value in raw.items():
+            kind, _, status = name.rpartition("|")
+            if status in ALL_STATES:
+                out[(kind, status)] = int(value)
+        return out
