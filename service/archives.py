@@ -5,6 +5,7 @@ headers, nothing decoded). Shared by the API (validation at submission) and the 
 from __future__ import annotations
 
 import io
+import posixpath
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -134,9 +135,9 @@ def iter_images(data: bytes, limits: StructureLimits | None = None,
         yield entry.name, blob
 
 
-def check_archive(ctx, data: bytes) -> int:
+def check_archive(ctx, data: bytes) -> tuple[int, list[str]]:
     """The submission check of an archive upload: 422 naming `archive` (and the limit), else
-    the sum of its entries' pixels (for the job's pixel budget)."""
+    the sum of its entries' pixels (for the job's pixel budget) and their names."""
     from service.core.errors import field_error
 
     settings = ctx.settings
@@ -144,4 +145,34 @@ def check_archive(ctx, data: bytes) -> int:
         entries = image_entries(data, StructureLimits.from_settings(settings), settings.max_job_pixels)
     except ArchiveError as exc:
         raise field_error("archive", str(exc), **({"limit": exc.limit} if exc.limit is not None else {}))
-    return sum(e.width * e.height for e in entries)
+    return sum(e.width * e.height for e in entries), [e.name for e in entries]
+
+
+# The folders of a labelled archive (anomaly datasets as anomalib's Folder reads them); the
+# worker groups the entries with models/anomaly/folder.py, which reads the same names (a test
+# checks that the two agree).
+FOLDERS = {"normal": "normal", "good": "normal", "abnormal": "abnormal", "mask": "mask", "masks": "mask",
+           "ground_truth": "mask"}
+
+
+def folder_counts(names: list[str]) -> dict[str, int]:
+    """Images per folder of an archive: ``{"normal", "abnormal", "mask"}``. An archive with no
+    entry in one of ``FOLDERS`` is flat: every entry is a normal image. In a labelled archive
+    (one common top folder is ignored) every entry must sit under ``normal/`` (or ``good/``),
+    ``abnormal/`` or ``mask/``; ArchiveError names the first that does not."""
+    parts = [posixpath.normpath(n).split("/") for n in names]
+    if not any(part.lower() in FOLDERS for p in parts for part in p[:-1]):
+        return {"normal": len(names), "abnormal": 0, "mask": 0}
+    if all(len(p) > 2 for p in parts) and len({p[0] for p in parts}) == 1 and parts[0][0].lower() not in FOLDERS:
+        parts = [p[1:] for p in parts]
+    counts = {"normal": 0, "abnormal": 0, "mask": 0}
+    for name, p in zip(names, parts):
+        kind = FOLDERS.get(p[0].lower()) if len(p) > 1 else None
+        if kind is None:
+            raise ArchiveError(f"{name!r} is not under normal/, abnormal/ or mask/ (the folders of a labelled archive)")
+        counts[kind] += 1
+    if not counts["normal"]:
+        raise ArchiveError("no images under normal/")
+    if counts["mask"] > counts["abnormal"]:
+        raise ArchiveError(f"{counts['mask']} masks for {counts['abnormal']} abnormal images")
+    return counts

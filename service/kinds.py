@@ -127,11 +127,11 @@ def _anomaly_fit_wants(params: dict) -> dict[str, str]:
 
 
 declare(JobKind(
-    "anomaly.fit", "PatchCore fit on normal images",
+    "anomaly.fit", "anomaly model fit: PatchCore (fitted) or Reverse Distillation (trained, resumable)",
     handler="worker.jobs.anomaly:fit", models=("anomaly",), warmup="worker.jobs.anomaly:warmup",
     capabilities="worker.jobs.anomaly:capabilities", wants=_anomaly_fit_wants))
 declare(JobKind(
-    "anomaly.score", "PatchCore scoring: score, label, maps, boxes",
+    "anomaly.score", "anomaly scoring (either model): score, label, maps, segmentation, boxes",
     handler="worker.jobs.anomaly:score", models=("anomaly",), warmup="worker.jobs.anomaly:warmup"))
 declare(JobKind(
     "colorize", "Control Color image colorization",

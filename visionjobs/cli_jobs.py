@@ -451,19 +451,52 @@ def submit_video_edit(video, source_prompt, edits, tuned_model, tune_steps, fram
     _submit("video.edit", build, **common)
 
 
+def _archive_ref(client, value: Optional[str]) -> Optional[str]:
+    """`_upload_ref`, and a directory (a folder dataset: normal/, abnormal/, mask/) zipped in memory."""
+    if value is None or not Path(value).is_dir():
+        return _upload_ref(client, value)
+    import io
+    import zipfile
+
+    root = Path(value)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise click.BadParameter(f"{value}: no image files under this directory")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:  # images are compressed already
+        for p in files:
+            zf.write(p, p.relative_to(root).as_posix())
+    return client.upload(buf.getvalue(), filename=f"{root.name or 'dataset'}.zip", content_type="application/zip").id
+
+
 @submit.command("anomaly-fit")
 @click.argument("images", nargs=-1)
 @click.option("--name", required=True, help="A name for the model.")
-@click.option("--archive", default=None, help="A zip of normal images (path or upload id) instead of IMAGES.")
-@click.option("--normal", "val_normal", multiple=True, help="Validation: a normal image (or a directory). Repeatable.")
-@click.option("--abnormal", "val_abnormal", multiple=True, help="Validation: an abnormal image (or a directory). Repeatable.")
+@click.option("--model", type=click.Choice(["patchcore", "reverse_distillation"]), default=None,
+              help="patchcore (the default: fitted, no training) or reverse_distillation (trained).")
+@click.option("--archive", default=None, help="Instead of IMAGES: a zip (path or upload id) of normal images or with "
+                                              "normal/, abnormal/ and mask/ folders, or such a directory (zipped).")
+@click.option("--abnormal-image", "abnormal_images", multiple=True,
+              help="Dataset: an abnormal image (or a directory of them), with IMAGES. Repeatable.")
+@click.option("--normal", "val_normal", multiple=True,
+              help="PatchCore validation: a normal image (or a directory). Repeatable.")
+@click.option("--abnormal", "val_abnormal", multiple=True,
+              help="PatchCore validation: an abnormal image (or a directory). Repeatable.")
 @click.option("--backbone", default=None, help="e.g. wide_resnet50_2, resnet18.")
-@click.option("--coreset-ratio", type=float, default=None)
+@click.option("--coreset-ratio", type=float, default=None, help="PatchCore.")
 @click.option("--image-size", type=int, default=None)
+@click.option("--seed", type=int, default=None, help="Seeds the dataset split and the training.")
+@click.option("--max-epochs", type=int, default=None, help="Reverse Distillation (default 200).")
+@click.option("--patience", type=int, default=None, help="Reverse Distillation: epochs without improvement "
+                                                         "before stopping early (0: never; default 3).")
+@click.option("--batch-size", type=int, default=None, help="Reverse Distillation (default 16).")
+@click.option("--learning-rate", type=float, default=None, help="Reverse Distillation (default 0.005).")
 @submit_options
-def submit_anomaly_fit(images, name, archive, val_normal, val_abnormal, backbone, coreset_ratio, image_size,
+def submit_anomaly_fit(images, name, model, archive, abnormal_images, val_normal, val_abnormal, backbone,
+                       coreset_ratio, image_size, seed, max_epochs, patience, batch_size, learning_rate,
                        **common) -> None:
-    """Fit a PatchCore anomaly model on normal IMAGES (paths, directories or upload ids)."""
+    """Fit an anomaly model on normal IMAGES (paths, directories or upload ids), optionally with
+    --abnormal-image ones, or on --archive: PatchCore, or Reverse Distillation (--model)."""
     if not images and archive is None:
         raise click.UsageError("give normal IMAGES or --archive")
 
@@ -471,9 +504,12 @@ def submit_anomaly_fit(images, name, archive, val_normal, val_abnormal, backbone
         validation = None
         if val_normal or val_abnormal:
             validation = {"normal": _image_refs(client, val_normal), "abnormal": _image_refs(client, val_abnormal)}
-        return dict(name=name, images=_image_refs(client, images) if images else None,
-                    archive=_upload_ref(client, archive), validation=validation, backbone=backbone,
-                    coreset_ratio=coreset_ratio, image_size=image_size)
+        return dict(name=name, model=model, images=_image_refs(client, images) if images else None,
+                    archive=_archive_ref(client, archive),
+                    abnormal=_image_refs(client, abnormal_images) if abnormal_images else None,
+                    validation=validation, backbone=backbone, coreset_ratio=coreset_ratio, image_size=image_size,
+                    seed=seed, max_epochs=max_epochs, patience=patience, batch_size=batch_size,
+                    learning_rate=learning_rate)
 
     _submit("anomaly.fit", build, **common)
 

@@ -13,6 +13,8 @@ class WorkerSettings(Settings):
     preload: bool = Field(False, description="Load the queues' models before taking the first job.")
     model_cache_gb: float = Field(0.0, description="Bound of the warm model cache in GiB of parameters; 0 = one model per kind.")
     visibility_timeout_s: int = Field(6 * 3600, description="Redis broker visibility timeout; above the longest job.")
+    max_checkpoint_bytes: int = Field(2**30, description="Largest training checkpoint a job may keep in object "
+                                                        "storage (Reverse Distillation, WideResNet-50-2: up to ~0.9 GB).")
     job_time_limit_s: float = Field(3600.0, description="Longest a job may run, decoding, model loading, encoding and "
                                                         "uploads included, before it fails with `timeout`.")
     job_kill_grace_s: float = Field(10.0, description="A job still running this long after its time limit (inside one "

@@ -159,9 +159,10 @@ class JobControl:
                 log.warning("heartbeat for %s failed: %s", self.job.id, exc)
 
     # --- progress and checks ---
-    def report(self, progress: float, stage: str, *, force: bool = False) -> None:
+    def report(self, progress: float, stage: str, *, force: bool = False, result: dict | None = None) -> None:
         """Called at every step: writes progress at most every interval, but looks for a
-        cancel every time, so a running job stops within one step of the request.
+        cancel every time, so a running job stops within one step of the request. `result`:
+        the job's partial result so far (written with the progress: pass `force` with it).
 
         A store outage does not fail the job: the pipeline keeps computing while the lease has
         slack; if the outage outlasts the lease, the reaper re-queues the job once the store is
@@ -177,7 +178,7 @@ class JobControl:
             if force or now - self._last_write >= self.interval_s:
                 self._last_write = now
                 stop = self.store.heartbeat(self.job.id, self.job.attempt, self.lease_s, progress=progress,
-                                            stage=stage)
+                                            stage=stage, result=result)
             else:
                 stop = self.store.should_stop(self.job.id, self.job.attempt)
         except StoreUnavailable as exc:

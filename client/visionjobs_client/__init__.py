@@ -24,8 +24,9 @@ from visionjobs_client.models import (
     AnomalyScoreResult, BoxOut, ColorizationParity, ColorizationRequest, ColorizationResult, EditedVideo, Guidance,
     ImageOutput, Job, JobError, JobPage, JobStatus, KvSharing, PriorPreservation, Problem, ScoredImage, Stroke,
     SubjectGenerationRequest, SubjectGenerationResult, SubjectModel, SubjectModelList, SubjectModelRequest,
-    SubjectModelResult, ThresholdsPatch, TuningSettings, Upload, ValidationSet, VideoEditRequest, VideoEditResult,
-    VideoGenerationRequest, VideoGenerationResult, VideoOutput, Webhook, WebhookDelivery, WebhookState,
+    SubjectModelResult, ThresholdsPatch, TrainingRecord, TuningSettings, Upload, ValidationSet, VideoEditRequest,
+    VideoEditResult, VideoGenerationRequest, VideoGenerationResult, VideoOutput, Webhook, WebhookDelivery,
+    WebhookState,
 )
 from visionjobs_client.settings import API_KEY_ENV, URL_ENV, ClientSettings
 from visionjobs_client.uploads import array_png, is_upload_id
@@ -36,7 +37,7 @@ __all__ = [
     "AnomalyScoreRequest", "AnomalyScoreResult", "ApiConnectionError", "BoxOut", "ApiError", "AsyncClient", "Client",
     "ClientSettings", "ColorizationParity", "ColorizationRequest", "ColorizationResult", "Conflict", "EditedVideo", "FINAL_STATUSES",
     "Forbidden", "Guidance", "ImageOutput", "Job", "JobError", "JobFailed", "JobPage", "JobStatus", "KIND_PATHS",
-    "KvSharing", "NotFound", "Problem", "RateLimited", "ScoredImage", "ServerError", "Stroke", "ThresholdsPatch",
+    "KvSharing", "NotFound", "Problem", "RateLimited", "ScoredImage", "ServerError", "Stroke", "ThresholdsPatch", "TrainingRecord",
     "URL_ENV", "Unauthorized", "Unavailable", "Upload", "ValidationError", "ValidationSet", "VideoEditRequest", "VideoEditResult", "VideoGenerationRequest",
     "VideoGenerationResult", "VideoOutput", "VisionJobsError", "WaitTimeout", "Webhook", "WebhookDelivery",
     "WebhookSignatureError", "WebhookState", "__version__", "array_png", "is_upload_id", "output_files", "sign_webhook",

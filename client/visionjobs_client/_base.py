@@ -41,7 +41,7 @@ UPLOAD_FIELDS: dict[str, tuple[str, ...]] = {
     "colorize": ("image", "stroke_image", "exemplar"),
     "video.generate": (),
     "video.edit": ("video",),
-    "anomaly.fit": ("images", "archive", "validation.normal", "validation.abnormal"),
+    "anomaly.fit": ("images", "archive", "abnormal", "abnormal_masks", "validation.normal", "validation.abnormal"),
     "anomaly.score": ("images",),
     "subject.generate": ("subject_images",),
     "subject.tune": ("subject_images",),
@@ -267,6 +267,8 @@ class BaseClient:
             if isinstance(value, (list, tuple)):
                 items = container[key] = list(value)  # a copy: the caller's list stays as it was
                 for i, item in enumerate(items):
+                    if item is None:  # (abnormal_masks: an image without a mask)
+                        continue
                     uid = upload_id_of(item)
                     if uid is None:
                         slots.append((container, key, i))
@@ -364,18 +366,31 @@ class JobMethods(Generic[R]):
         ), idempotency_key)
 
     def fit_anomaly_model(self, images: Optional[Sequence[Any]] = None, *, name: str, archive: Any = None,
+                          model: Optional[str] = None, abnormal: Optional[Sequence[Any]] = None,
+                          abnormal_masks: Optional[Sequence[Any]] = None,
                           validation: Union[ValidationSet, Mapping[str, Any], None] = None,
                           backbone: Optional[str] = None, coreset_ratio: Optional[float] = None,
-                          image_size: Optional[int] = None, seed: Optional[int] = None, webhook: WebhookArg = None,
-                          idempotency_key: Optional[str] = None) -> R:
-        """Fit a PatchCore model on normal ``images`` (training images share one size) or
-        on a ZIP ``archive`` of them: kind ``anomaly.fit``; the result names the
-        ``model_id``. ``validation`` is ``{"normal": [...], "abnormal": [...]}`` of images
-        (uploaded as needed): with abnormal ones the thresholds are F1-optimal."""
+                          image_size: Optional[int] = None, seed: Optional[int] = None,
+                          max_epochs: Optional[int] = None, patience: Optional[int] = None,
+                          batch_size: Optional[int] = None, learning_rate: Optional[float] = None,
+                          webhook: WebhookArg = None, idempotency_key: Optional[str] = None) -> R:
+        """Fit an anomaly model on a folder dataset: kind ``anomaly.fit``; the result names the
+        ``model_id``. Normal ``images`` (they share one size) and optionally ``abnormal`` ones
+        with their ``abnormal_masks`` (None for an image without one), or a ZIP ``archive``
+        (flat: normal images; or with normal/, abnormal/ and mask/ folders). ``model``:
+        ``"patchcore"`` (default) or ``"reverse_distillation"`` (trained: ``max_epochs``,
+        ``patience``, ``batch_size``, ``learning_rate``; the running job's
+        ``result["training"]`` has the per-epoch history). With abnormal images the dataset is
+        split as anomalib's Folder splits it and the model's ``test_metrics`` come from the
+        held-out split. PatchCore without abnormal images: ``validation`` is
+        ``{"normal": [...], "abnormal": [...]}`` for the thresholds. Images are uploaded as needed."""
         return self._submit_kind("anomaly.fit", dict(
-            name=name, images=list(images) if images is not None else None, archive=archive,
+            name=name, model=model, images=list(images) if images is not None else None, archive=archive,
+            abnormal=list(abnormal) if abnormal is not None else None,
+            abnormal_masks=list(abnormal_masks) if abnormal_masks is not None else None,
             validation=dict(validation) if isinstance(validation, Mapping) else validation, backbone=backbone,
-            coreset_ratio=coreset_ratio, image_size=image_size, seed=seed, webhook=webhook,
+            coreset_ratio=coreset_ratio, image_size=image_size, seed=seed, max_epochs=max_epochs, patience=patience,
+            batch_size=batch_size, learning_rate=learning_rate, webhook=webhook,
         ), idempotency_key)
 
     def score_anomalies(self, model: Any, images: Sequence[Any], *, webhook: WebhookArg = None,

@@ -179,20 +179,33 @@ class ValidationSet(BaseModel):
     abnormal: Optional[list[str]] = None
 
 
+AnomalyModelKind = Literal["patchcore", "reverse_distillation"]
+
+
 class AnomalyFitRequest(BaseModel):
-    """``POST /v1/anomaly-models`` (kind ``anomaly.fit``, PatchCore): normal images as upload
-    ids, or one ZIP ``archive`` upload."""
+    """``POST /v1/anomaly-models`` (kind ``anomaly.fit``): a folder dataset, normal images as
+    upload ids (optionally ``abnormal`` ones and their ``abnormal_masks``), or one ZIP
+    ``archive`` upload (flat, or with normal/, abnormal/ and mask/ folders). ``model``:
+    PatchCore (default) or Reverse Distillation, trained with ``max_epochs``, ``patience``,
+    ``batch_size``, ``learning_rate``."""
 
     model_config = _REQUEST
 
     name: str
+    model: Optional[AnomalyModelKind] = None
     images: Optional[list[str]] = None
     archive: Optional[str] = None
+    abnormal: Optional[list[str]] = None
+    abnormal_masks: Optional[list[Optional[str]]] = None
     validation: Optional[ValidationSet] = None
     backbone: Optional[Literal["wide_resnet50_2", "resnet18", "tiny"]] = None
     coreset_ratio: Optional[float] = None
     image_size: Optional[int] = None
     seed: Optional[int] = None
+    max_epochs: Optional[int] = None
+    patience: Optional[int] = None
+    batch_size: Optional[int] = None
+    learning_rate: Optional[float] = None
     webhook: Optional[Webhook] = None
 
 
@@ -393,12 +406,34 @@ class VideoEditResult(BaseModel):
     seed: int
 
 
+class TrainingRecord(BaseModel):
+    """A Reverse Distillation training: on the running job (``result["training"]``) and on the
+    model. ``history``: one dict per epoch (epoch, train_loss, val_loss, image_auroc, image_f1, ...)."""
+
+    model_config = _RESPONSE
+
+    model: str = "reverse_distillation"
+    attempt: int
+    resumed_from_epoch: Optional[int]
+    max_epochs: int
+    epoch: int
+    monitor: Optional[str]
+    best_epoch: Optional[int]
+    best_value: Optional[float]
+    stopped_early: bool
+    epochs_run: Optional[int] = None
+    history: list[dict[str, Any]]
+
+
 class AnomalyFitResult(BaseModel):
     model_config = _RESPONSE
 
     model_id: str
+    model: AnomalyModelKind = "patchcore"
     thresholds: dict[str, Union[float, str, None]]
     counts: dict[str, int]
+    test_metrics: Optional[dict[str, Union[float, int, None]]] = None
+    training: Optional[TrainingRecord] = None
 
 
 class BoxOut(BaseModel):
@@ -425,12 +460,14 @@ class ScoredImage(BaseModel):
     heat_map_url: str
     mask_url: str
     anomaly_map_url: str
+    segmentation_url: Optional[str] = None
 
 
 class AnomalyScoreResult(BaseModel):
     model_config = _RESPONSE
 
     model_id: str
+    model: AnomalyModelKind = "patchcore"
     items: list[ScoredImage]
 
 
@@ -439,11 +476,17 @@ class AnomalyModel(BaseModel):
 
     id: str
     name: str
+    model: AnomalyModelKind = "patchcore"
     backbone: str
     image_size: int
-    coreset_ratio: float
+    coreset_ratio: Optional[float] = None
     thresholds: dict[str, Union[float, str, None]]
     counts: dict[str, int]
+    test_metrics: Optional[dict[str, Union[float, int, None]]] = None
+    validation_metrics: Optional[dict[str, Optional[float]]] = None
+    training: Optional[TrainingRecord] = None
+    training_config: Optional[dict[str, Union[float, int]]] = None
+    split: Optional[dict[str, Any]] = None
     job_id: str
     created_at: datetime
     updated_at: datetime

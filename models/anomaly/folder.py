@@ -36,6 +36,7 @@ __all__ = [
     "LabeledImages",
     "folder_splits",
     "group_folder_entries",
+    "is_folder_layout",
     "split_lengths",
     "split_indices",
 ]
@@ -202,6 +203,13 @@ class FolderEntries:
 
 _FOLDERS = {"normal": NORMAL, "good": NORMAL, "abnormal": ABNORMAL, "mask": "mask", "masks": "mask",
             "ground_truth": "mask"}
+
+
+def is_folder_layout(names: Sequence[str]) -> bool:
+    """Whether a ZIP's entries use the folder layout (some entry sits in a ``normal/``,
+    ``abnormal/`` or ``mask/`` folder, see :func:`group_folder_entries`); else every entry is a
+    normal image (a flat archive, or one folder of any other name)."""
+    return any(part.lower() in _FOLDERS for n in names for part in posixpath.normpath(n).split("/")[:-1])
 
 
 def group_folder_entries(names: Sequence[str]) -> FolderEntries:

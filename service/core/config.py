@@ -53,6 +53,9 @@ class Settings(BaseSettings):
                                                "about 0.77 MB per rank on SD 1.5).")
     max_subject_models: int = Field(100, description="Subject models per API key (LoRA deltas kept in object storage); "
                                                      "over it, tuning submissions get 429 until some are deleted.")
+    max_train_image_epochs: int = Field(
+        100_000, description="Training work cap of an anomaly model fit (Reverse Distillation): max_epochs x normal "
+                             "images, checked at submission (and on the training split by the worker).")
 
     # --- work budgets of inputs (checked from headers before decoding; README "Work budgets") ---
     max_job_pixels: int = Field(2**30, description="Sum of the decoded pixels of one job's images (archive entries "

@@ -143,8 +143,10 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def heartbeat(self, job_id: str, attempt: int, lease_s: float, *,
-                  progress: float | None = None, stage: str | None = None) -> bool:
+                  progress: float | None = None, stage: str | None = None, result: dict | None = None) -> bool:
         """Renew the lease (and optionally report progress) while this attempt owns the job.
+        `result` (with `progress` only): the partial result of a running job (a training's
+        per-epoch history), replaced by the final one at `finish`.
         Returns True when the job should stop: cancel requested, or the attempt lost ownership."""
 
     def should_stop(self, job_id: str, attempt: int) -> bool:
@@ -155,7 +157,8 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def finish(self, job_id: str, attempt: int, status: str, *, result: dict | None = None,
                error: dict | None = None, model_profile: str | None = None) -> JobRecord | None:
-        """Move this attempt's running job to a final state. None if it no longer owns it."""
+        """Move this attempt's running job to a final state. None if it no longer owns it.
+        Without a `result`, the partial result the attempt reported (heartbeat) stays."""
 
     @abc.abstractmethod
     def reap_expired(self, now: float | None = None) -> list[str]:

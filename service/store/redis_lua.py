@@ -92,7 +92,7 @@ bump(p, id)
 return 'claimed'
 """
 
-# ARGV: prefix, id, attempt, lease_s, progress|'', stage|''. Returns 1 = stop.
+# ARGV: prefix, id, attempt, lease_s, progress|'', stage|'', result_json|''. Returns 1 = stop.
 HEARTBEAT = _NOW + _EVENT + """
 local p, id = ARGV[1], ARGV[2]
 local jk = p .. 'job:' .. id
@@ -102,6 +102,7 @@ redis.call('ZADD', p .. 'leases', now + tonumber(ARGV[4]), id)
 redis.call('HSET', jk, 'lease_until', now + tonumber(ARGV[4]))
 if ARGV[5] ~= '' then
   redis.call('HSET', jk, 'progress', ARGV[5], 'stage', ARGV[6])
+  if ARGV[7] ~= '' then redis.call('HSET', jk, 'result', ARGV[7]) end
   bump(p, id)
 end
 if f[3] == '1' then return 1 end
@@ -116,8 +117,8 @@ local f = redis.call('HMGET', jk, 'status', 'attempt', 'kind', 'progress')
 if f[1] ~= 'running' or f[2] ~= ARGV[3] then return 0 end
 local progress = f[4]
 if ARGV[4] == 'succeeded' then progress = 1 end
-redis.call('HSET', jk, 'status', ARGV[4], 'finished_at', now, 'result', ARGV[5], 'error', ARGV[6],
-           'stage', ARGV[4], 'progress', progress)
+redis.call('HSET', jk, 'status', ARGV[4], 'finished_at', now, 'error', ARGV[6], 'stage', ARGV[4], 'progress', progress)
+if ARGV[5] ~= '' then redis.call('HSET', jk, 'result', ARGV[5]) end  -- none: a partial result stays
 if ARGV[8] ~= '' then redis.call('HSET', jk, 'model_profile', ARGV[8]) end
 redis.call('ZREM', p .. 'leases', id)
 inactive(p, jk, id)

@@ -243,9 +243,10 @@ class RedisOps:
         reason = yield Script("CLAIM", (self.p, job_id, worker, lease_s))
         return Claim((yield from self.get_job(job_id)) if reason == "claimed" else None, reason)
 
-    def heartbeat(self, job_id: str, attempt: int, lease_s: float, *, progress=None, stage=None):
+    def heartbeat(self, job_id: str, attempt: int, lease_s: float, *, progress=None, stage=None, result=None):
         stop = yield Script("HEARTBEAT", (self.p, job_id, attempt, lease_s,
-                                          "" if progress is None else repr(float(progress)), stage or ""))
+                                          "" if progress is None else repr(float(progress)), stage or "",
+                                          "" if result is None else json.dumps(result)))
         return bool(stop)
 
     def should_stop(self, job_id: str, attempt: int):

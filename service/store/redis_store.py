@@ -136,8 +136,8 @@ class RedisJobStore(JobStore):
     def claim(self, job_id, worker, lease_s):
         return self._do(self.ops.claim(job_id, worker, lease_s))
 
-    def heartbeat(self, job_id, attempt, lease_s, *, progress=None, stage=None):
-        return self._do(self.ops.heartbeat(job_id, attempt, lease_s, progress=progress, stage=stage))
+    def heartbeat(self, job_id, attempt, lease_s, *, progress=None, stage=None, result=None):
+        return self._do(self.ops.heartbeat(job_id, attempt, lease_s, progress=progress, stage=stage, result=result))
 
     def should_stop(self, job_id, attempt):
         return self._do(self.ops.should_stop(job_id, attempt))

@@ -255,13 +255,15 @@ class SqliteJobStore(JobStore):
         self._notify(job)
         return Claim(job, "claimed")
 
-    def heartbeat(self, job_id, attempt, lease_s, *, progress=None, stage=None):
+    def heartbeat(self, job_id, attempt, lease_s, *, progress=None, stage=None, result=None):
         with self._tx() as db:
             job = self._get(db, job_id)
             if job is None or job.status != RUNNING or job.attempt != attempt:
                 return True
             if progress is not None:
                 job.progress, job.stage = float(progress), stage
+                if result is not None:
+                    job.result = result
                 self._save(db, job, time.time() + lease_s)
             else:
                 db.execute("UPDATE jobs SET lease_until=? WHERE id=?", (time.time() + lease_s, job_id))
@@ -276,7 +278,8 @@ class SqliteJobStore(JobStore):
             if job is None or job.status != RUNNING or job.attempt != attempt:
                 return None
             job.status, job.stage, job.finished_at = status, status, time.time()
-            job.result, job.error = result, error
+            job.error = error
+            job.result = job.result if result is None else result  # none: a partial result stays
             job.model_profile = model_profile or job.model_profile
             if status == SUCCEEDED:
                 job.progress = 1.0

@@ -148,7 +148,7 @@ def test_submit_anomaly_fit_from_a_directory_then_score(vj, tmp_path):
     assert fit["status"] == "succeeded" and fit["result"]["counts"]["train"] == 5
     scored = json.loads(vj("submit", "anomaly-score", fit["result"]["model_id"], tmp_path / "test.png", "--wait",
                            "--out", tmp_path / "maps", "--json").stdout)
-    assert scored["status"] == "succeeded" and len(scored["result"]["items"]) == 1 and len(scored["files"]) == 3
+    assert scored["status"] == "succeeded" and len(scored["result"]["items"]) == 1 and len(scored["files"]) == 4
 
 
 def test_submit_subject_in_context_tune_reuse_and_manage(vj, tmp_path):
@@ -178,3 +178,22 @@ def test_submit_subject_in_context_tune_reuse_and_manage(vj, tmp_path):
     r = vj("submit", "subject", "--subject-model", model_id, "--prompt", "x", "--tune-steps", "3", code=2)
     assert "tuning options" in r.stderr
     vj("submit", "subject", "--prompt", "x", code=2)  # neither photos nor a subject model
+def test_submit_anomaly_fit_reverse_distillation_from_a_folder_dataset(vj, tmp_path):
+    from tests.models.anomaly_data import make_benchmark
+
+    bench = make_benchmark("grass", crop=64, n_train=6, n_validation=0, n_test_normal=0, n_test_per_defect=1, seed=1)
+    for folder in ("normal", "abnormal", "mask"):
+        (tmp_path / "ds" / folder).mkdir(parents=True)
+    for i, im in enumerate(bench.train):
+        im.save(tmp_path / "ds" / "normal" / f"{i}.png")
+    for i, s in enumerate(bench.test):
+        s.image.save(tmp_path / "ds" / "abnormal" / f"{i}.png")
+        Image.fromarray(s.mask.astype("uint8") * 255).save(tmp_path / "ds" / "mask" / f"{i}.png")
+    fit = json.loads(vj("submit", "anomaly-fit", "--archive", tmp_path / "ds", "--name", "grass", "--model",
+                        "reverse_distillation", "--backbone", "tiny", "--image-size", "64", "--max-epochs", "2",
+                        "--patience", "0", "--batch-size", "2", "--learning-rate", "0.01", "--seed", "3", "--wait",
+                        "--json").stdout)
+    assert fit["status"] == "succeeded", fit["error"]
+    assert fit["params"]["learning_rate"] == 0.01 and fit["params"]["seed"] == 3
+    training = fit["result"]["training"]
+    assert [h["epoch"] for h in training["history"]] == [1, 2] and fit["result"]["counts"]["test_abnormal"] == 2

@@ -206,7 +206,7 @@ def test_anomaly_fit_score_and_manage_the_model(client, tmp_path):
     assert items[1].score > items[0].score and all(isinstance(b, vc.BoxOut) for b in items[1].boxes)
     assert Image.open(io.BytesIO(client.download(items[1].heat_map_url))).size == (64, 64)
     names = [p.name for p in client.download_outputs(scored, tmp_path)]
-    assert len(names) == 6 and len(set(names)) == 6  # heat map, mask and anomaly map per image
+    assert len(names) == 8 and len(set(names)) == 8  # heat map, mask, anomaly map and segmentation per image
 
     model_id = fitted.result.model_id
     assert model_id in [m.id for m in client.list_anomaly_models().items]

@@ -346,3 +346,11 @@ def test_inputs_of_every_kind_are_uploaded_first_and_sent_as_ids():
                                                 "prior_preservation": {"enabled": True}})
     assert bodies[6] == ("/v1/subject-generations", {"prompt": "p", "subject_model": "sbm_" + "c" * 24})
     assert isinstance(done.result, vc.SubjectModelResult)
+    with make(handler) as client:  # a folder dataset: abnormal images and their masks (None: no mask)
+        client.fit_anomaly_model(["upl_" + "a" * 24], name="rd", model="reverse_distillation", abnormal=[b"\x89PNG-b", known],
+                                 abnormal_masks=[b"\x89PNG-m", None], max_epochs=5, patience=0)
+    assert len(uploads) == 7
+    assert bodies[7] == ("/v1/anomaly-models", {
+        "name": "rd", "model": "reverse_distillation", "images": ["upl_" + "a" * 24],
+        "abnormal": ["upl_" + "0" * 23 + "6", "upl_" + "e" * 24], "abnormal_masks": ["upl_" + "0" * 23 + "7", None],
+        "max_epochs": 5, "patience": 0})

@@ -25,7 +25,7 @@ CORE = [m.Job, m.JobPage, m.JobError, m.Upload, m.ImageOutput, m.ColorizationReq
         m.Guidance, m.ColorizationParity, m.VideoGenerationRequest, m.VideoGenerationResult, m.VideoOutput, m.KvSharing, m.VideoEditRequest,
         m.VideoEditResult, m.EditedVideo]
 # The anomaly kinds' models: checked whenever the spec has the anomaly routes.
-ANOMALY = [m.AnomalyFitRequest, m.AnomalyScoreRequest, m.ValidationSet, m.ThresholdsPatch, m.AnomalyFitResult,
+ANOMALY = [m.AnomalyFitRequest, m.AnomalyScoreRequest, m.ValidationSet, m.ThresholdsPatch, m.AnomalyFitResult, m.TrainingRecord,
            m.AnomalyScoreResult, m.ScoredImage, m.BoxOut, m.AnomalyModel, m.AnomalyModelList]
 # The subject-driven kinds' models.
 SUBJECT = [m.SubjectGenerationRequest, m.SubjectModelRequest, m.TuningSettings, m.PriorPreservation,

@@ -256,3 +256,36 @@ def test_video_result_plays_in_the_page(page, service):
     assert video.evaluate("v => [v.videoWidth, v.videoHeight]") == [64, 64]
     assert video.evaluate("v => v.duration") > 0
     page.screenshot(path=str(ARTIFACTS / "video-result.png"), full_page=True)
+
+
+def test_anomaly_model_page_shows_test_metrics_and_training(page, service):
+    """A Reverse Distillation model: the fit job links to the model page, which shows the held-out
+    test metrics and one history row per epoch."""
+    from tests.api.test_anomaly_training_api import folder_zip
+    from tests.models.anomaly_data import make_benchmark
+
+    crops = make_benchmark("brick", crop=64, n_train=12, n_validation=0, n_test_normal=0, n_test_per_defect=2, seed=0)
+    with service.api() as api:
+        archive = upload(api, folder_zip(crops), name="bricks.zip")
+        r = api.post("/v1/anomaly-models", json={"name": "bricks", "model": "reverse_distillation", "archive": archive,
+                                                 "backbone": "tiny", "image_size": 64, "seed": 0, "max_epochs": 3,
+                                                 "patience": 0, "batch_size": 4})
+        assert r.status_code == 202, r.text
+        fit = service.wait(api, r.json()["id"])
+        assert fit["status"] == "succeeded", fit["error"]
+        model = api.get(f"/v1/anomaly-models/{fit['result']['model_id']}").json()
+
+    sign_in(page, ALICE)
+    page.goto(f"/console/#/jobs/{fit['id']}")
+    page.click("a.model-link")
+    page.wait_for_selector("[data-metric='image_auroc']")
+    assert page.url.endswith(f"#/models/{model['id']}")
+    assert "Reverse Distillation" in page.inner_text("main")
+    for key in ("image_auroc", "image_f1", "pixel_auroc"):
+        shown = page.inner_text(f"[data-metric='{key}']")
+        assert abs(float(shown) - model["test_metrics"][key]) < 5e-3, (key, shown, model["test_metrics"])
+    rows = page.locator("table.history tbody tr")
+    assert rows.count() == 3 == len(model["training"]["history"])
+    best = page.locator(f"table.history tr[data-epoch='{model['training']['best_epoch']}']")
+    assert "best" in best.inner_text()
+    assert page.evaluate(UNLABELLED) == []

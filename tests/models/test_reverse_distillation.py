@@ -303,3 +303,23 @@ def test_artifact_json_helpers_import_without_torch():
     code = ("import sys; from models.anomaly.reverse_distillation.artifact import read_artifact_meta, "
             "update_thresholds; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_checkpoint_size_bound_and_resume_callback():
+    from models.anomaly.reverse_distillation import checkpoint_nbytes
+
+    splits = _splits(6)
+    teacher = build_backbone("tiny", seed=0)
+    cfg = ReverseDistillationConfig(**CFG, max_epochs=3, patience=0)
+    ckpts = []
+    train_reverse_distillation(splits, cfg, backbone=teacher, device="cpu", on_checkpoint=lambda d, e: ckpts.append(d))
+    bound = checkpoint_nbytes(teacher, cfg)
+    # an upper bound (this epoch's and the best epoch's weights, Adam's moments), not a wild one
+    assert max(len(d) for d in ckpts) <= bound < 1.5 * max(len(d) for d in ckpts)
+    with torch.device("meta"):
+        wrn = build_backbone("wide_resnet50_2", seed=0)
+    assert 8e8 < checkpoint_nbytes(wrn, ReverseDistillationConfig(image_size=256)) < 1e9  # WRN50: up to ~0.9 GB
+    seen = []
+    resumed = train_reverse_distillation(splits, cfg, backbone=teacher, device="cpu", resume_from=ckpts[1],
+                                         on_resume=lambda epoch, history: seen.append((epoch, [h.epoch for h in history])))
+    assert seen == [(2, [1, 2])] and resumed.resumed_from_epoch == 2

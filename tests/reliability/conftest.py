@@ -141,8 +141,8 @@ class Cluster:
             wait_http(f"{self.base}/healthz", self.api, timeout=60)
         return self.api
 
-    def start_workers(self, n: int, **env: str) -> list[Proc]:
-        new = [Proc([*VISIONJOBS, "worker", "--queues", "colorize", "--preload"], {**self.env, **env},
+    def start_workers(self, n: int, queues: str = "colorize", **env: str) -> list[Proc]:
+        new = [Proc([*VISIONJOBS, "worker", "--queues", queues, "--preload"], {**self.env, **env},
                     self.tmp / f"worker{len(self.workers) + i}.log") for i in range(n)]
         self.workers += new
         for w in new:

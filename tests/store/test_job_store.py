@@ -229,3 +229,15 @@ def test_queued_ids_oldest_first(store):
     store.claim(ids[1], "w", 30)
     assert store.queued_ids("colorize", 2) == [ids[0], ids[2]]
     assert store.queued_ids("colorize", 10) == [ids[0], ids[2], ids[3]]
+
+
+def test_partial_result_while_running_and_after_a_failure(store):
+    job, _ = store.create_job(JobRecord(id=new_id("job"), tenant="t", kind="anomaly.fit", params={}))
+    claimed = store.claim(job.id, "w", 30).job
+    partial = {"training": {"epoch": 1, "history": [{"epoch": 1, "image_auroc": 0.5}]}}
+    assert store.heartbeat(job.id, claimed.attempt, 30, progress=0.2, stage="epoch 1/3", result=partial) is False
+    assert store.get_job(job.id).result == partial and store.get_job(job.id).stage == "epoch 1/3"
+    store.heartbeat(job.id, claimed.attempt, 30, progress=0.3, stage="epoch 2/3 step 1/2")  # progress only
+    assert store.get_job(job.id).result == partial
+    done = store.finish(job.id, claimed.attempt, "canceled", error={"code": "canceled", "message": "x"})
+    assert done.result == partial and store.get_job(job.id).result == partial  # what it did stays visible

@@ -28,7 +28,7 @@ import importlib
 _EXPORTS = {
     "CONFIG_FILE": "artifact", "STUDENT_FILE": "artifact", "load_artifact": "artifact",
     "read_artifact_meta": "artifact", "save_artifact": "artifact", "update_thresholds": "artifact",
-    "CheckpointError": "checkpoint", "read_checkpoint": "checkpoint",
+    "CheckpointError": "checkpoint", "checkpoint_nbytes": "checkpoint", "read_checkpoint": "checkpoint",
     "DeResNet": "components", "OneClassBottleneck": "components",
     "anomaly_map": "loss", "distillation_loss": "loss",
     "LAYERS": "model", "ReverseDistillationConfig": "model", "ReverseDistillationModel": "model",

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 import torch
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "read_checkpoint", "write_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "checkpoint_nbytes", "read_checkpoint", "write_checkpoint"]
 
 CHECKPOINT_FORMAT = "visionjobs.reverse_distillation.checkpoint/1"
 _KEYS = ("config", "data_fingerprint", "teacher_fingerprint", "epoch", "global_step", "student", "optimizer",
@@ -64,3 +64,18 @@ def read_checkpoint(data: bytes) -> dict:
     if missing:
         raise CheckpointError(f"resume_from: checkpoint lacks {missing}")
     return doc
+
+
+def checkpoint_nbytes(teacher, config) -> int:
+    """An upper bound of the bytes :func:`write_checkpoint` will produce for a student of
+    ``teacher`` and ``config`` (a ``ReverseDistillationConfig``), computed before training
+    (the student is built on the meta device: no memory): the student's weights and buffers
+    twice (this epoch's and the best epoch's), Adam's two moments per parameter, and 1 MiB
+    for the rest (history, RNG states, pickling). WRN50-2: about 850 MB; tiny: about 11 MB."""
+    from .components import build_student
+
+    with torch.device("meta"):
+        bottleneck, decoder = build_student(teacher, config.ocbe_width_per_group)
+    params = sum(p.numel() * 4 for m in (bottleneck, decoder) for p in m.parameters())
+    state = sum(t.numel() * t.element_size() for m in (bottleneck, decoder) for t in m.state_dict().values())
+    return int(2 * state + 2 * params + (1 << 20))

@@ -174,6 +174,7 @@ def train_reverse_distillation(
     on_checkpoint: Callable[[bytes, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     resume_from: bytes | None = None,
+    on_resume: Callable[[int, list[EpochMetrics]], None] | None = None,
     progress: Progress | None = None,
 ) -> TrainResult:
     """Train on ``splits`` (:func:`folder.folder_splits`) and return the fitted model.
@@ -186,8 +187,9 @@ def train_reverse_distillation(
     true raises :class:`TrainingCanceled`. An exception raised by a callback propagates.
     ``resume_from``: checkpoint bytes from ``on_checkpoint``; training continues at the next
     epoch exactly as if it had not stopped (same data, teacher and settings required; only
-    ``max_epochs`` and ``patience`` may differ). ``progress(stage, done, total)`` reports the
-    final "calibration" and "testing" passes.
+    ``max_epochs`` and ``patience`` may differ); ``on_resume(epoch, history)`` is then called
+    once with the checkpoint's epoch and its history, before the next step.
+    ``progress(stage, done, total)`` reports the final "calibration" and "testing" passes.
     """
     cfg = (config or ReverseDistillationConfig()).validate()
     if not splits.train:
@@ -227,6 +229,8 @@ def train_reverse_distillation(
         best_state = best["student"] if best["student"] is not None else _cpu(net.student_state_dict())
         history = [EpochMetrics(**h) for h in doc["history"]]
         resumed_from = epoch
+        if on_resume is not None:
+            on_resume(epoch, list(history))
 
     def cancel(step: int = 0) -> None:
         if should_cancel is not None and should_cancel():

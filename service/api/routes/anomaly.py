@@ -7,12 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 
 from service.api.deps import BaseUrl, Ctx, Tenant
-from service.archives import check_archive
+from service.archives import ArchiveError, check_archive, folder_counts
 from service.core.errors import field_error, not_found
 from service.jobs import accept
 from service.schemas import (
     AnomalyFitRequest, AnomalyModel, AnomalyModelList, AnomalyScoreRequest, Job, ThresholdsPatch,
 )
+from service.schemas.anomaly import MAX_ABNORMAL_IMAGES, MAX_TRAIN_IMAGES, training_work
 from service.uploads import IMAGE_TYPES, check_job_pixels
 
 router = APIRouter(prefix="/v1", tags=["anomaly"])
@@ -23,6 +24,8 @@ _ACCEPTED = {202: {"headers": {"Location": {"schema": {"type": "string"}}}}}
 async def _images(ctx, tenant: str, ids: list[str], field: str, same_size: bool = False):
     size = None
     for i, upload_id in enumerate(ids):
+        if upload_id is None:  # (an abnormal image without a mask)
+            continue
         rec = await ctx.astore.get_upload(upload_id) if upload_id.startswith("upl_") else None
         if rec is None or rec.tenant != tenant:
             raise field_error(f"{field}.{i}", f"no upload {upload_id}")
@@ -34,11 +37,30 @@ async def _images(ctx, tenant: str, ids: list[str], field: str, same_size: bool 
         size = size or (rec.width, rec.height)
 
 
+def _check_dataset(ctx, body: AnomalyFitRequest, archive_counts: dict | None) -> None:
+    """The dataset's limits on the effective request: images per folder of an archive, the
+    training work (max_epochs x normal images)."""
+    if archive_counts is not None:
+        for folder, limit in (("normal", MAX_TRAIN_IMAGES), ("abnormal", MAX_ABNORMAL_IMAGES)):
+            if archive_counts[folder] > limit:
+                raise field_error("archive", f"{archive_counts[folder]} {folder} images; the limit is {limit}", limit=limit)
+        if archive_counts["abnormal"] and (body.validation is not None):
+            raise field_error("validation", "the archive holds abnormal images, so the validation split is taken "
+                                            "from them (anomalib's Folder); leave `validation` out")
+    normal = archive_counts["normal"] if archive_counts is not None else len(body.images)
+    work, limit = training_work(body, normal), ctx.settings.max_train_image_epochs
+    if work > limit:
+        raise field_error("max_epochs", f"{body.max_epochs} epochs x {normal} normal images = {work}, above the "
+                                        f"training work limit of {limit} (VISIONJOBS_MAX_TRAIN_IMAGE_EPOCHS)",
+                          limit=limit)
+
+
 @router.post("/anomaly-models", status_code=202, response_model=Job, responses=_ACCEPTED,
-             summary="Fit a PatchCore anomaly model on normal images (job kind anomaly.fit)")
+             summary="Fit (PatchCore) or train (Reverse Distillation) an anomaly model on a folder dataset "
+                     "(job kind anomaly.fit)")
 async def fit_model(body: AnomalyFitRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
                     idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
-    archive_pixels = 0
+    archive_pixels, archive_counts = 0, None
     if body.archive:
         rec = await ctx.astore.get_upload(body.archive)
         if rec is None or rec.tenant != tenant:
@@ -46,13 +68,22 @@ async def fit_model(body: AnomalyFitRequest, ctx: Ctx, tenant: Tenant, base: Bas
         if rec.content_type != "application/zip":
             raise field_error("archive", f"upload {body.archive} is {rec.content_type}, not a ZIP archive")
         data = await ctx.offload("storage", ctx.objects.get, rec.key)
-        archive_pixels = await ctx.offload("cpu", check_archive, ctx, data)  # every entry's header: CPU work
+        archive_pixels, names = await ctx.offload("cpu", check_archive, ctx, data)  # every entry's header: CPU work
+        try:
+            archive_counts = folder_counts(names)
+        except ArchiveError as exc:
+            raise field_error("archive", str(exc))
     await _images(ctx, tenant, body.images, "images", same_size=True)
+    await _images(ctx, tenant, body.abnormal, "abnormal")
+    await _images(ctx, tenant, body.abnormal_masks or [], "abnormal_masks")
+    _check_dataset(ctx, body, archive_counts)
     if body.validation:
         await _images(ctx, tenant, body.validation.normal, "validation.normal")
         await _images(ctx, tenant, body.validation.abnormal, "validation.abnormal")
     validation = body.validation.normal + body.validation.abnormal if body.validation else []
-    await check_job_pixels(ctx, [*body.images, *validation], "archive" if body.archive else "images", archive_pixels)
+    masks = [m for m in body.abnormal_masks or [] if m is not None]
+    await check_job_pixels(ctx, [*body.images, *body.abnormal, *masks, *validation],
+                           "archive" if body.archive else "images", archive_pixels)
     return await accept(ctx, tenant=tenant, base_url=base, kind="anomaly.fit", params=body.model_dump(),
                   idempotency_key=idempotency_key)
 
@@ -72,10 +103,12 @@ async def score(body: AnomalyScoreRequest, ctx: Ctx, tenant: Tenant, base: BaseU
 
 def _as_schema(doc: dict) -> AnomalyModel:
     ts = lambda v: datetime.fromtimestamp(v, tz=timezone.utc)  # noqa: E731
-    return AnomalyModel(id=doc["id"], name=doc["name"], backbone=doc["backbone"], image_size=doc["image_size"],
-                        coreset_ratio=doc["coreset_ratio"], thresholds=doc["thresholds"], counts=doc["counts"],
-                        job_id=doc["job_id"], created_at=ts(doc["created_at"]),
-                        updated_at=ts(doc.get("updated_at", doc["created_at"])))
+    return AnomalyModel(id=doc["id"], name=doc["name"], model=doc.get("model", "patchcore"), backbone=doc["backbone"],
+                        image_size=doc["image_size"], coreset_ratio=doc.get("coreset_ratio"),
+                        thresholds=doc["thresholds"], counts=doc["counts"], test_metrics=doc.get("test_metrics"),
+                        validation_metrics=doc.get("validation_metrics"), training=doc.get("training"),
+                        training_config=doc.get("training_config"), split=doc.get("split"), job_id=doc["job_id"],
+                        created_at=ts(doc["created_at"]), updated_at=ts(doc.get("updated_at", doc["created_at"])))
 
 
 async def _owned(ctx, tenant: str, model_id: str) -> dict:

@@ -1,8 +1,9 @@
-// Entry point: the API key form and a hash router (#/jobs, #/jobs/{id}, #/playground, #/subject).
+// Entry point: the API key form and a hash router (#/jobs, #/jobs/{id}, #/models/{id}, #/playground, #/subject).
 import { api, ApiError, auth } from "./api.js";
 import { forgetInputs } from "./inputs.js";
 import { renderJobs } from "./jobs.js";
 import { renderDetail } from "./detail.js";
+import { renderModel } from "./models.js";
 import { renderPlayground } from "./playground.js";
 import { renderSubject } from "./subject.js";
 import { h } from "./ui.js";
@@ -94,6 +95,7 @@ function route() {
     return;
   }
   if (page === "jobs" && arg) cleanup = renderDetail(main, decodeURIComponent(arg));
+  else if (page === "models" && arg) cleanup = renderModel(main, decodeURIComponent(arg));
   else if (page === "playground") cleanup = renderPlayground(main);
   else if (page === "subject") cleanup = renderSubject(main);
   else cleanup = renderJobs(main);

@@ -136,7 +136,9 @@ export function renderDetail(main, id) {
       outBody.append(h("p.small", {}, "Heat map: blue = normal, green = the threshold, red = most anomalous. "
         + "Outlined boxes are the regions above the threshold."), row);
     } else if (job.kind === "anomaly.fit") {
-      outBody.append(dl([["Model", h("code", {}, r.model_id)],
+      outBody.append(dl([["Model", h("a.model-link", { href: `#/models/${r.model_id}` }, h("code", {}, r.model_id))],
+        ...Object.entries(r.test_metrics || {}).filter(([, v]) => typeof v === "number" && !Number.isInteger(v))
+          .map(([k, v]) => [`test ${k.replace(/_/g, " ")}`, fmtNum(v)]),
         ...Object.entries(r.counts || {}).map(([k, v]) => [`${k} images`, String(v)]),
         ...Object.entries(r.thresholds || {}).map(([k, v]) => [k, typeof v === "number" ? fmtNum(v) : String(v)])]));
     } else if (job.kind === "video.generate") {
