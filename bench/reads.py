@@ -7,7 +7,7 @@ import time
 
 from bench.common import BENCH_REDIS_URL, ROOT, summary
 from bench.load import with_cpu, wrk_load
-from bench.service import PARAMS, SEED, SIZE
+from bench.service_job import PARAMS, SEED, SIZE
 
 
 def read_cost_breakdown(cluster, job_id: str, n: int = 300) -> dict:

@@ -83,12 +83,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import BENCH_REDIS_URL, ROOT, BenchOptions, print_and_save  # noqa: E402
+from bench.service_job import PARAMS, SEED, SIZE, STEPS  # noqa: E402  (the job every part times)
 
 PROBE_DIR = ROOT / "bench" / "service_probe"
 FINAL = ("succeeded", "failed", "canceled")
-STEPS, SIZE, SEED = 8, 64, 1234
-PARAMS = {"steps": STEPS, "seed": SEED, "sag_scale": 0.05, "sag_threshold": 600,
-          "guidance": {"mode": "cfg", "scale": 7.0}}
 QUEUE = "colorize"
 BIG = str(10**9)
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from bench.common import row, summary
-from bench.service import SIZE, STEPS
+from bench.service_job import SIZE, STEPS
 
 
 def job_rows(details: dict, n: int) -> list[dict]:
