@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -24,26 +23,15 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 log = logging.getLogger(__name__)
+# the basics the loaders share live in models/weights.py (so loaders import it, not this module)
+from models.weights import (  # noqa: E402,F401  (re-exported for callers)
+    MODEL_DIR_ENV, PROFILES, WeightsMissing, default_dtype, default_model_dir,
+)
 
-PROFILES = ("tiny", "pretrained", "auto")
-MODEL_DIR_ENV = "VISIONJOBS_MODEL_DIR"
 
 # diffusers/transformers save either format; any one of a group satisfies a requirement.
 _DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-
-
-class WeightsMissing(RuntimeError):
-    """The pretrained profile was asked for and some of its files are not there."""
-
-    def __init__(self, kind: str, model_dir: Path | None, missing: list[str]):
-        self.kind, self.model_dir, self.missing = kind, model_dir, missing
-        where = str(model_dir) if model_dir is not None else f"(no model dir: {MODEL_DIR_ENV} is not set)"
-        super().__init__(
-            f"{kind}: pretrained weights missing under {where}: {', '.join(missing)}. "
-            f"Set {MODEL_DIR_ENV} to the folder that holds them (see `visionjobs models fetch`), "
-            f"or use the 'tiny' profile for development."
-        )
 
 
 @dataclass
@@ -69,13 +57,6 @@ def _spec(kind: str) -> ModelSpec:
     if kind not in REGISTRY:
         raise ValueError(f"unknown model kind {kind!r}; registered: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[kind]
-
-
-def default_model_dir(model_dir: str | Path | None = None) -> Path | None:
-    """An explicit model dir, else VISIONJOBS_MODEL_DIR, else None."""
-    if model_dir is None:
-        model_dir = os.environ.get(MODEL_DIR_ENV) or None
-    return Path(model_dir).expanduser() if model_dir is not None else None
 
 
 def required_weights(kind: str) -> list[str]:
@@ -112,14 +93,6 @@ def resolve_profile(profile: str, model_dir: str | Path | None, kind: str | Sequ
         + (" ..." if len(missing) > 3 else ""), MODEL_DIR_ENV,
     )
     return "tiny"
-
-
-def default_dtype(device: "str | torch.device") -> "torch.dtype":
-    """float16 on CUDA (what SD 1.5-family weights are usually run in; pass
-    dtype=torch.bfloat16 to trade mantissa for range), float32 elsewhere (CPU half is slow)."""
-    import torch
-
-    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
 def load(kind: str, profile: str, model_dir: str | Path | None = None, device: "str | torch.device" = "cpu",

@@ -125,7 +125,7 @@ class AnomalyBackbones:
             arch = key[1]
             path = weights_file(arch, self.model_dir)
             if path is None:
-                from models.profiles import WeightsMissing
+                from models.weights import WeightsMissing
 
                 raise WeightsMissing(f"anomaly (backbone {arch})", self.model_dir, [weight_names(arch)[0]])
             net = build_backbone(arch, weights=path, device=self.device)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from models.profiles import PROFILES, WeightsMissing, default_dtype
+from models.weights import PROFILES, WeightsMissing, default_dtype
 from models.subject import weights_layout as layout
 
 log = logging.getLogger(__name__)
