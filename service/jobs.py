@@ -1,10 +1,12 @@
 """Submitting jobs and rendering them for clients (URLs signed afresh on every read)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import secrets
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from fastapi import Response
 
@@ -14,7 +16,7 @@ from service.limits import too_many
 from service.webhooks import validate_request
 from service.schemas import Job, JobPage
 from service.storage.base import ObjectStore
-from service.store.base import QUEUED, JobRecord, JobStore, new_id, wire_bytes
+from service.store.base import QUEUED, IdempotencyMismatch, JobRecord, JobStore, new_id, wire_bytes
 
 log = logging.getLogger("visionjobs.jobs")
 # A queued job whose message was never sent (broker down at the wrong moment) is sent again by
@@ -60,9 +62,42 @@ async def check_workers(ctx, kind: str, params: dict[str, Any]) -> None:
                                      f"{', '.join(absent[0])}", missing=absent[0])
 
 
-async def submit(ctx, *, tenant: str, kind: str, params: dict[str, Any],
-                 idempotency_key: str | None) -> tuple[JobRecord, bool]:
-    """Create the job (or find the one this Idempotency-Key made) and hand it to the workers."""
+def fingerprint(kind: str, params: dict[str, Any]) -> str:
+    """What an Idempotency-Key is bound to: the route (its job kind) and the body as validated."""
+    canonical = json.dumps({"kind": kind, "params": params}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def key_reused(exc: IdempotencyMismatch) -> ApiError:
+    # the IETF Idempotency-Key draft: a key reused with another payload is 422
+    return ApiError(422, "Idempotency key reused", "this Idempotency-Key was used for a different request (another "
+                    "route or body); use a new key for a new request", code="idempotency_key_reused",
+                    errors=[{"field": "Idempotency-Key", "message": "already used for a different request"}])
+
+
+async def submit(ctx, *, tenant: str, kind: str, params: dict[str, Any], idempotency_key: str | None,
+                 admit: Callable[[], Awaitable[None]] | None = None) -> tuple[JobRecord, bool]:
+    """Create the job (or find the one this Idempotency-Key made) and hand it to the workers.
+
+    A repeated key is answered before any quota or admission check (`admit`: the route's own
+    quotas): the retry of a request that was accepted gets its job, whatever the tenant's load now."""
+    store = ctx.astore
+    bound = fingerprint(kind, params)  # before the seed is drawn: the client's request, not ours
+    try:
+        if idempotency_key and (existing := await store.find_idempotent(tenant, idempotency_key, bound)):
+            return existing, False
+        if admit is not None:
+            await admit()
+        job, created = await _create(ctx, tenant, kind, params, idempotency_key, bound)
+    except IdempotencyMismatch as exc:
+        raise key_reused(exc) from None
+    if created:
+        await _dispatch(ctx, job)
+    return job, created
+
+
+async def _create(ctx, tenant: str, kind: str, params: dict[str, Any], idempotency_key: str | None,
+                  bound: str) -> tuple[JobRecord, bool]:
     store, settings = ctx.astore, ctx.settings
     await check_workers(ctx, kind, params)
     if settings.max_active_jobs and await store.active_jobs(tenant) >= settings.max_active_jobs:
@@ -75,26 +110,33 @@ async def submit(ctx, *, tenant: str, kind: str, params: dict[str, Any],
         events = await ctx.offload("dns", validate_request, params["webhook"], settings.webhook_allow_list())
     job = JobRecord(id=new_id("job"), tenant=tenant, kind=kind, params=params, max_attempts=settings.max_attempts,
                     model_profile=ctx.model_profile, webhook_events=events)
-    job, created = await store.create_job(job, idempotency_key)
-    if created:
-        try:
-            if getattr(ctx.dispatcher, "blocking", True):
-                await ctx.offload("queue", ctx.dispatcher.dispatch, job.id, kind)
-            else:
-                ctx.dispatcher.dispatch(job.id, kind)
-            await store.mark_dispatched(job.id, REDISPATCH_AFTER_S)
-        except Exception as exc:
-            log.error("could not queue job %s: %s", job.id, exc)
-            await store.request_cancel(job.id)
-            raise ApiError(503, "Service unavailable", "the queue cannot be reached; the job was not accepted",
-                           code="queue_unavailable", headers={"Retry-After": "5"})
-    return job, created
+    return await store.create_job(job, idempotency_key, bound)
+
+
+async def _dispatch(ctx, job: JobRecord) -> None:
+    """Send the queue message. When it cannot be sent, the job is removed with its Idempotency-Key
+    (a retry with the same key creates it afresh, never finds a canceled one); a job a worker
+    already claimed (the message went out after all) stays accepted."""
+    try:
+        if getattr(ctx.dispatcher, "blocking", True):
+            await ctx.offload("queue", ctx.dispatcher.dispatch, job.id, job.kind)
+        else:
+            ctx.dispatcher.dispatch(job.id, job.kind)
+    except Exception as exc:
+        log.error("could not queue job %s: %s", job.id, exc)
+        if await ctx.astore.discard_job(job.id):
+            raise ApiError(503, "Service unavailable", "the queue cannot be reached; the job was not created "
+                           "(retry, with the same Idempotency-Key if you sent one)",
+                           code="queue_unavailable", headers={"Retry-After": "5"}) from None
+        return
+    await ctx.astore.mark_dispatched(job.id, REDISPATCH_AFTER_S)
 
 
 async def accept(ctx, *, tenant: str, base_url: str, kind: str, params: dict[str, Any],
-                 idempotency_key: str | None) -> Response:
+                 idempotency_key: str | None, admit: Callable[[], Awaitable[None]] | None = None) -> Response:
     """Submit and answer like every submission route: 202 + Location, or 200 for a repeated key."""
-    job, created = await submit(ctx, tenant=tenant, kind=kind, params=params, idempotency_key=idempotency_key)
+    job, created = await submit(ctx, tenant=tenant, kind=kind, params=params, idempotency_key=idempotency_key,
+                                admit=admit)
     return await job_response(ctx, job, base_url, status_code=202 if created else 200,
                               headers={"Location": f"{base_url}/v1/jobs/{job.id}"})
 

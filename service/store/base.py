@@ -93,12 +93,35 @@ class StoreUnavailable(RuntimeError):
     """The backing server cannot be reached (the API answers 503)."""
 
 
+class StoreFull(StoreUnavailable):
+    """The backing store refuses writes (Redis at maxmemory, a full disk): an outage, 503."""
+
+
+class IdempotencyMismatch(ValueError):
+    """An Idempotency-Key already used by this tenant for another route or body (422)."""
+
+    def __init__(self, job_id: str):
+        super().__init__("idempotency key reused with a different request")
+        self.job_id = job_id
+
+
 class JobStore(abc.ABC):
     # --- API side ---
     @abc.abstractmethod
-    def create_job(self, job: JobRecord, idempotency_key: str | None = None) -> tuple[JobRecord, bool]:
-        """Insert a queued job. With an idempotency key already used by this tenant,
-        return the existing job and False instead."""
+    def create_job(self, job: JobRecord, idempotency_key: str | None = None,
+                   fingerprint: str = "") -> tuple[JobRecord, bool]:
+        """Insert a queued job. With an idempotency key already used by this tenant, return the
+        existing job and False instead, or raise IdempotencyMismatch when the key was used with
+        another `fingerprint` (of the route and body)."""
+
+    @abc.abstractmethod
+    def find_idempotent(self, tenant: str, idempotency_key: str, fingerprint: str = "") -> JobRecord | None:
+        """The live job this tenant's key made (IdempotencyMismatch for another fingerprint), or None."""
+
+    @abc.abstractmethod
+    def discard_job(self, job_id: str) -> bool:
+        """Remove a queued job that was never claimed, with its idempotency key (its queue message
+        could not be sent): True when removed; False when it is gone or a worker already has it."""
 
     @abc.abstractmethod
     def get_job(self, job_id: str) -> JobRecord | None: ...
@@ -214,6 +237,11 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def list_resources(self, kind: str, tenant: str) -> list[dict[str, Any]]:
         """Newest first."""
+
+    @abc.abstractmethod
+    def update_resource(self, kind: str, resource_id: str, tenant: str, doc: dict[str, Any]) -> bool:
+        """Replace the doc only while the resource exists (a write racing a delete never brings
+        it back). False when it is gone."""
 
     @abc.abstractmethod
     def delete_resource(self, kind: str, resource_id: str) -> bool: ...

@@ -104,8 +104,14 @@ class AsyncRedisJobStore(AsyncJobStore):
         return result
 
     # --- jobs ---
-    async def create_job(self, job, idempotency_key=None):
-        return await self._do(self.ops.create_job(job, idempotency_key))
+    async def create_job(self, job, idempotency_key=None, fingerprint=""):
+        return await self._do(self.ops.create_job(job, idempotency_key, fingerprint))
+
+    async def find_idempotent(self, tenant, idempotency_key, fingerprint=""):
+        return await self._do(self.ops.find_idempotent(tenant, idempotency_key, fingerprint))
+
+    async def discard_job(self, job_id):
+        return await self._do(self.ops.discard_job(job_id))
 
     async def get_job(self, job_id):
         return await self._do(self.ops.get_job(job_id))
@@ -149,6 +155,9 @@ class AsyncRedisJobStore(AsyncJobStore):
 
     async def list_resources(self, kind, tenant):
         return await self._do(self.ops.list_resources(kind, tenant))
+
+    async def update_resource(self, kind, resource_id, tenant, doc):
+        return await self._do(self.ops.update_resource(kind, resource_id, tenant, doc))
 
     async def delete_resource(self, kind, resource_id):
         return await self._do(self.ops.delete_resource(kind, resource_id))

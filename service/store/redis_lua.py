@@ -52,19 +52,27 @@ local function move(p, jk, id, kind, from, to)
 end
 """
 
-# KEYS: none. ARGV: prefix, id, tenant, kind, created_ms, idem_key|'', retention, then field/value pairs.
+# KEYS: none. ARGV: prefix, id, tenant, kind, created_ms, idem_key|'', retention, fingerprint|'', then
+# field/value pairs. The key's value is "<job id>|<fingerprint>" (a bare id: made before fingerprints).
+# Returns {1, id} when created, {0, existing id, its fingerprint} for a key in use.
 CREATE = _EVENT + """
 local p, id, tenant, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local idem = ARGV[6]
 if idem ~= '' then
   local existing = redis.call('GET', p .. 'idem:' .. tenant .. ':' .. idem)
-  if existing and redis.call('EXISTS', p .. 'job:' .. existing) == 1 then return {0, existing} end
-  redis.call('SET', p .. 'idem:' .. tenant .. ':' .. idem, id, 'EX', tonumber(ARGV[7]))
+  if existing then
+    local sep = string.find(existing, '|', 1, true)
+    local eid, efp = existing, ''
+    if sep then eid, efp = string.sub(existing, 1, sep - 1), string.sub(existing, sep + 1) end
+    if redis.call('EXISTS', p .. 'job:' .. eid) == 1 then return {0, eid, efp} end
+  end
+  redis.call('SET', p .. 'idem:' .. tenant .. ':' .. idem, id .. '|' .. ARGV[8], 'EX', tonumber(ARGV[7]))
 end
 local jk = p .. 'job:' .. id
 local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', jk, unpack(fields))
+if idem ~= '' then redis.call('HSET', jk, 'idem_key', idem) end
 redis.call('ZADD', p .. 'queue:' .. kind, tonumber(ARGV[5]), id)
 redis.call('ZADD', p .. 'tenant:' .. tenant, 0, id)
 redis.call('ZADD', p .. 'tenant:' .. tenant .. ':k:' .. kind, 0, id)
@@ -193,5 +201,30 @@ return requeued
 """
 
 
+# ARGV: prefix, id. A queued job never claimed leaves no trace: its hash, events, queue entry,
+# indexes, counts and the idempotency key that points at it. Returns 1 when removed.
+DISCARD = _EVENT + """
+local p, id = ARGV[1], ARGV[2]
+local jk = p .. 'job:' .. id
+local f = redis.call('HMGET', jk, 'status', 'kind', 'attempt', 'tenant', 'idem_key')
+if f[1] ~= 'queued' or f[3] ~= '0' then return 0 end
+redis.call('ZREM', p .. 'queue:' .. f[2], id)
+local t = p .. 'tenant:' .. f[4]
+redis.call('ZREM', t, id)
+redis.call('ZREM', t .. ':k:' .. f[2], id)
+inactive(p, jk, id)
+move(p, jk, id, f[2], 'queued', nil)
+if f[5] then
+  local ik = p .. 'idem:' .. f[4] .. ':' .. f[5]
+  local v = redis.call('GET', ik)
+  if v == id or (v and string.sub(v, 1, #id + 1) == id .. '|') then redis.call('DEL', ik) end
+end
+redis.call('DEL', jk, p .. 'events:' .. id, p .. 'sent:' .. id)
+redis.call('PUBLISH', p .. 'changes', id .. ' 0 ')
+return 1
+"""
+
+
 # name -> source: both drivers (sync and asyncio) register these same strings
-SCRIPTS = {"CREATE": CREATE, "CLAIM": CLAIM, "HEARTBEAT": HEARTBEAT, "FINISH": FINISH, "CANCEL": CANCEL, "REAP": REAP}
+SCRIPTS = {"CREATE": CREATE, "CLAIM": CLAIM, "HEARTBEAT": HEARTBEAT, "FINISH": FINISH, "CANCEL": CANCEL, "REAP": REAP,
+           "DISCARD": DISCARD}

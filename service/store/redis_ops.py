@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from service.store.base import ALL_STATES, QUEUED, Claim, JobRecord, UploadRecord
+from service.store.base import ALL_STATES, QUEUED, Claim, IdempotencyMismatch, JobRecord, UploadRecord
 from service.store.summary import summarize_params
 
 WORKER_LOST = json.dumps({"code": "worker_lost",
@@ -112,6 +112,11 @@ def _decode_listed(rows: list[dict[str, str]]) -> list[JobRecord]:
     return out
 
 
+def _same_request(job_id: str, used: str, fingerprint: str) -> None:
+    if used and fingerprint and used != fingerprint:
+        raise IdempotencyMismatch(job_id)
+
+
 class RedisOps:
     """Key layout under `prefix`: job:<id> (hash), events:<id> (stream), queue:<kind> (zset by
     creation), leases (zset by lease end), tenant:<t> (zset, lex by id) and its listing indexes
@@ -136,11 +141,26 @@ class RedisOps:
         return base
 
     # --- API side ---
-    def create_job(self, job: JobRecord, idempotency_key: str | None = None):
+    def create_job(self, job: JobRecord, idempotency_key: str | None = None, fingerprint: str = ""):
         fields = encode(job) + ["params_summary", json.dumps(summarize_params(job.params))]
-        created, job_id = yield Script("CREATE", (self.p, job.id, job.tenant, job.kind, int(job.created_at * 1000),
-                                                  idempotency_key or "", self.retention_s, *fields))
+        created, job_id, *used = yield Script("CREATE", (self.p, job.id, job.tenant, job.kind,
+                                                         int(job.created_at * 1000), idempotency_key or "",
+                                                         self.retention_s, fingerprint, *fields))
+        _same_request(job_id, used[0] if used else "", fingerprint)
         return (yield from self.get_job(job_id)), bool(created)
+
+    def find_idempotent(self, tenant: str, idempotency_key: str, fingerprint: str = ""):
+        value = yield call("get", f"{self.p}idem:{tenant}:{idempotency_key}")
+        if not value:
+            return None
+        job_id, _, used = value.partition("|")
+        job = yield from self.get_job(job_id)
+        if job is not None:
+            _same_request(job_id, used, fingerprint)
+        return job
+
+    def discard_job(self, job_id: str):
+        return bool((yield Script("DISCARD", (self.p, job_id))))
 
     def get_job(self, job_id: str):
         raw = yield call("hgetall", self.job_key(job_id))
@@ -324,6 +344,12 @@ class RedisOps:
             return []
         docs = yield Batch(tuple(call("get", f"{self.p}res:{kind}:{i}") for i in ids))
         return [json.loads(d) for d in docs if d is not None]
+
+    def update_resource(self, kind: str, resource_id: str, tenant: str, doc: dict[str, Any]):
+        # SET XX: written only while the key exists, in one command (a DELETE in between wins)
+        done = yield call("set", f"{self.p}res:{kind}:{resource_id}",
+                          json.dumps({**doc, "id": resource_id, "tenant": tenant}), xx=True)
+        return bool(done)
 
     def delete_resource(self, kind: str, resource_id: str):
         doc = yield from self.get_resource(kind, resource_id)

@@ -87,8 +87,14 @@ class RedisJobStore(JobStore):
         return AsyncRedisJobStore(self.url, prefix=self.p, retention_s=self.retention_s, pool_size=pool_size, cpu=cpu)
 
     # --- API side ---
-    def create_job(self, job, idempotency_key=None):
-        return self._do(self.ops.create_job(job, idempotency_key))
+    def create_job(self, job, idempotency_key=None, fingerprint=""):
+        return self._do(self.ops.create_job(job, idempotency_key, fingerprint))
+
+    def find_idempotent(self, tenant, idempotency_key, fingerprint=""):
+        return self._do(self.ops.find_idempotent(tenant, idempotency_key, fingerprint))
+
+    def discard_job(self, job_id):
+        return self._do(self.ops.discard_job(job_id))
 
     def get_job(self, job_id):
         return self._do(self.ops.get_job(job_id))
@@ -184,6 +190,9 @@ class RedisJobStore(JobStore):
 
     def list_resources(self, kind, tenant):
         return self._do(self.ops.list_resources(kind, tenant))
+
+    def update_resource(self, kind, resource_id, tenant, doc):
+        return self._do(self.ops.update_resource(kind, resource_id, tenant, doc))
 
     def delete_resource(self, kind, resource_id):
         return self._do(self.ops.delete_resource(kind, resource_id))

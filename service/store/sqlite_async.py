@@ -28,8 +28,14 @@ class AsyncSqliteJobStore(AsyncJobStore):
         return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
 
     # --- jobs ---
-    async def create_job(self, job, idempotency_key=None):
-        return await self._call(self.sync.create_job, job, idempotency_key)
+    async def create_job(self, job, idempotency_key=None, fingerprint=""):
+        return await self._call(self.sync.create_job, job, idempotency_key, fingerprint)
+
+    async def find_idempotent(self, tenant, idempotency_key, fingerprint=""):
+        return await self._call(self.sync.find_idempotent, tenant, idempotency_key, fingerprint)
+
+    async def discard_job(self, job_id):
+        return await self._call(self.sync.discard_job, job_id)
 
     async def get_job(self, job_id):
         return await self._call(self.sync.get_job, job_id)
@@ -73,6 +79,9 @@ class AsyncSqliteJobStore(AsyncJobStore):
 
     async def list_resources(self, kind, tenant):
         return await self._call(self.sync.list_resources, kind, tenant)
+
+    async def update_resource(self, kind, resource_id, tenant, doc):
+        return await self._call(self.sync.update_resource, kind, resource_id, tenant, doc)
 
     async def delete_resource(self, kind, resource_id):
         return await self._call(self.sync.delete_resource, kind, resource_id)

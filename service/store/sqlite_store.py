@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from service.store.base import (
-    CANCELED, FAILED, FINAL_STATES, QUEUED, RUNNING, SUCCEEDED, Claim, JobRecord, JobStore, UploadRecord,
+    CANCELED, FAILED, FINAL_STATES, QUEUED, RUNNING, SUCCEEDED, Claim, IdempotencyMismatch, JobRecord, JobStore,
+    UploadRecord,
 )
 from service.store.summary import summarize_params
 
@@ -53,6 +54,8 @@ class SqliteJobStore(JobStore):
         db.executescript(_SCHEMA)
         if "summary" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
             db.execute("ALTER TABLE jobs ADD COLUMN summary TEXT")  # files made before list summaries
+        if "fingerprint" not in {row[1] for row in db.execute("PRAGMA table_info(idempotency)")}:
+            db.execute("ALTER TABLE idempotency ADD COLUMN fingerprint TEXT")  # files made before fingerprints
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -124,19 +127,37 @@ class SqliteJobStore(JobStore):
                                      (job_id, time.time())).fetchone())
 
     # --- API side ---
-    def create_job(self, job, idempotency_key=None):
+    def _idempotent(self, db, tenant, key, fingerprint) -> JobRecord | None:
+        row = db.execute("SELECT job_id, fingerprint FROM idempotency WHERE tenant=? AND key=? AND expires_at>?",
+                         (tenant, key, time.time())).fetchone()
+        existing = row and self._get(db, row[0])
+        if existing and row[1] and fingerprint and row[1] != fingerprint:
+            raise IdempotencyMismatch(existing.id)
+        return existing or None
+
+    def create_job(self, job, idempotency_key=None, fingerprint=""):
         with self._tx() as db:
             if idempotency_key:
-                row = db.execute("SELECT job_id FROM idempotency WHERE tenant=? AND key=? AND expires_at>?",
-                                 (job.tenant, idempotency_key, time.time())).fetchone()
-                existing = row and self._get(db, row[0])
+                existing = self._idempotent(db, job.tenant, idempotency_key, fingerprint)
                 if existing:
                     return existing, False
-                db.execute("INSERT OR REPLACE INTO idempotency VALUES (?,?,?,?)",
-                           (job.tenant, idempotency_key, job.id, time.time() + self.retention_s))
+                db.execute("INSERT OR REPLACE INTO idempotency (tenant, key, job_id, expires_at, fingerprint) "
+                           "VALUES (?,?,?,?,?)",
+                           (job.tenant, idempotency_key, job.id, time.time() + self.retention_s, fingerprint))
             self._save(db, job)
         self._notify(job)
         return job, True
+
+    def find_idempotent(self, tenant, idempotency_key, fingerprint=""):
+        return self._idempotent(self._db(), tenant, idempotency_key, fingerprint)
+
+    def discard_job(self, job_id):
+        with self._tx() as db:
+            gone = db.execute("DELETE FROM jobs WHERE id=? AND status=? AND json_extract(doc, '$.attempt')=0",
+                              (job_id, QUEUED)).rowcount > 0
+            if gone:
+                db.execute("DELETE FROM idempotency WHERE job_id=?", (job_id,))
+        return gone
 
     def get_job(self, job_id):
         return self._get(self._db(), job_id)
@@ -362,6 +383,12 @@ class SqliteJobStore(JobStore):
         rows = self._db().execute("SELECT doc FROM resources WHERE kind=? AND tenant=? ORDER BY id DESC",
                                   (kind, tenant)).fetchall()
         return [json.loads(r[0]) for r in rows]
+
+    def update_resource(self, kind, resource_id, tenant, doc):
+        with self._tx() as db:
+            return db.execute("UPDATE resources SET doc=? WHERE kind=? AND id=? AND tenant=?",
+                              (json.dumps({**doc, "id": resource_id, "tenant": tenant}), kind, resource_id,
+                               tenant)).rowcount > 0
 
     def delete_resource(self, kind, resource_id):
         with self._tx() as db:

@@ -241,3 +241,62 @@ def test_partial_result_while_running_and_after_a_failure(store):
     assert store.get_job(job.id).result == partial
     done = store.finish(job.id, claimed.attempt, "canceled", error={"code": "canceled", "message": "x"})
     assert done.result == partial and store.get_job(job.id).result == partial  # what it did stays visible
+
+
+# --- idempotency bound to the request, discarded submissions, conditional resource writes ---
+
+def test_a_key_reused_with_another_fingerprint_is_refused_and_finds_its_job(store):
+    from service.store.base import IdempotencyMismatch
+
+    job = JobRecord(id=new_id("job"), tenant="t1", kind="colorize", params={"seed": 1})
+    first, created = store.create_job(job, "k", "fp-a")
+    assert created
+    assert store.find_idempotent("t1", "k", "fp-a").id == first.id
+    assert store.find_idempotent("t1", "other", "fp-a") is None
+    assert store.find_idempotent("t2", "k", "fp-b") is None  # keys are per tenant
+    try:
+        store.find_idempotent("t1", "k", "fp-b")
+        raise AssertionError("a different fingerprint must be refused")
+    except IdempotencyMismatch as exc:
+        assert exc.job_id == first.id
+    again = JobRecord(id=new_id("job"), tenant="t1", kind="colorize", params={"seed": 2})
+    try:
+        store.create_job(again, "k", "fp-b")
+        raise AssertionError("a different fingerprint must be refused")
+    except IdempotencyMismatch:
+        pass
+    assert store.get_job(again.id) is None and store.queue_depth("colorize") == 1
+    assert store.create_job(again, "k", "fp-a")[0].id == first.id
+
+
+def test_a_discarded_job_leaves_nothing_and_frees_its_key(store):
+    job, _ = make_job(store, idem="k")
+    assert store.active_jobs("t1") == 1
+    assert store.discard_job(job.id) is True
+    assert store.get_job(job.id) is None
+    assert store.find_idempotent("t1", "k") is None
+    assert store.queue_depth("colorize") == 0 and store.active_jobs("t1") == 0
+    assert store.list_jobs("t1")[0] == [] and store.list_jobs("t1", status="queued")[0] == []
+    assert store.counts().get(("colorize", "queued"), 0) == 0
+    assert store.next_queued(["colorize"]) is None
+    fresh, created = make_job(store, idem="k")
+    assert created and fresh.id != job.id and fresh.status == "queued"
+    assert store.discard_job(job.id) is False  # already gone
+
+
+def test_a_claimed_job_is_never_discarded(store):
+    job, _ = make_job(store, idem="k")
+    store.claim(job.id, "w", 30)
+    assert store.discard_job(job.id) is False
+    assert store.get_job(job.id).status == "running"
+    assert store.find_idempotent("t1", "k").id == job.id
+
+
+def test_update_resource_never_brings_a_deleted_one_back(store):
+    store.put_resource("anomaly_model", "anm_1", "t1", {"name": "m", "thresholds": {"image": 1.0}})
+    assert store.update_resource("anomaly_model", "anm_1", "t1", {"name": "m", "thresholds": {"image": 2.0}})
+    assert store.get_resource("anomaly_model", "anm_1")["thresholds"] == {"image": 2.0}
+    assert store.delete_resource("anomaly_model", "anm_1")
+    assert store.update_resource("anomaly_model", "anm_1", "t1", {"name": "m", "thresholds": {"image": 3.0}}) is False
+    assert store.get_resource("anomaly_model", "anm_1") is None
+    assert store.list_resources("anomaly_model", "t1") == []

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from service.storage.base import ObjectNotFound
 from worker.errors import InvalidInput, ModelsNotReady
 from worker.jobs.anomaly_train import REVERSE_DISTILLATION
 
@@ -251,7 +252,10 @@ def _load_model(ctx: "JobContext", doc: dict):
     backbones = ctx.pipeline("anomaly")  # outside the cache's loader below (the cache lock is not reentrant)
 
     def load():
-        files = {name: runner.objects.get(doc["prefix"] + name) for name in doc["files"]}
+        try:
+            files = {name: runner.objects.get(doc["prefix"] + name) for name in doc["files"]}
+        except ObjectNotFound:  # deleted while this job waited: a fixed message, no object key
+            raise InvalidInput(f"model_id: {doc['id']} no longer exists") from None
         try:
             backbone = _backbone(lambda: backbones.for_artifact(read_artifact_meta(files)))
             model = load_artifact(files, backbone=backbone.net, device=runner.device)

@@ -137,7 +137,10 @@ async def patch_model(model_id: str, body: ThresholdsPatch, ctx: Ctx, tenant: Te
         if value is not None:
             thresholds[name], thresholds[f"{name}_method"] = float(value), "manual"
     doc = {**doc, "thresholds": thresholds, "updated_at": time.time()}
-    await ctx.astore.put_resource(ANOMALY_MODEL, model_id, tenant, {k: v for k, v in doc.items() if k not in ("id", "tenant")})
+    # a conditional write: a DELETE that ran since the read wins (the model is not brought back without its files)
+    if not await ctx.astore.update_resource(ANOMALY_MODEL, model_id, tenant,
+                                            {k: v for k, v in doc.items() if k not in ("id", "tenant")}):
+        raise not_found("anomaly model")
     return _as_schema(doc)
 
 

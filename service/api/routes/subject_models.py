@@ -77,9 +77,8 @@ async def create_subject_model(body: SubjectModelRequest, ctx: Ctx, tenant: Tena
     check_photo_count(ctx, body.subject_images)
     check_tuning_limits(ctx, body)
     await check_photos(ctx, tenant, body.subject_images)
-    await check_quota(ctx, tenant)
     return await accept(ctx, tenant=tenant, base_url=base, kind="subject.tune", params=body.model_dump(),
-                        idempotency_key=idempotency_key)
+                        idempotency_key=idempotency_key, admit=lambda: check_quota(ctx, tenant))
 
 
 def _as_schema(doc: dict) -> SubjectModel:
