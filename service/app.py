@@ -25,6 +25,7 @@ from service.metrics import build_registry
 from service.offload import Offload
 from service.webhooks import WebhookDeliverer
 from service.reaper import Reaper
+from service.retention import Purger
 from service.storage import build_object_store
 from service.store import build_job_store
 from service.waiters import ChangeHub
@@ -109,8 +110,11 @@ def create_app(ctx: AppContext | None = None, *, run_reaper: bool = True) -> Fas
         app.state.registry = build_registry(ctx.store, ctx.hub)
         reaper = Reaper(ctx.store, ctx.dispatcher, ctx.settings.reaper_interval_s,
                         ctx.settings.lease_s) if run_reaper else None
+        purger = Purger(ctx.store, ctx.objects, ctx.settings.purge_interval_s,
+                        ctx.settings.artifact_idle_s) if run_reaper else None
         if reaper:
             reaper.start()
+            purger.start()
         deliverer = WebhookDeliverer(ctx, render_for_webhook)
         deliverer.start()
         if ctx.keyring.anonymous:
@@ -119,6 +123,7 @@ def create_app(ctx: AppContext | None = None, *, run_reaper: bool = True) -> Fas
         deliverer.stop()
         if reaper:
             reaper.stop()
+            purger.stop()
         await close_request_path(ctx, tasks)
 
     app = FastAPI(title="visionjobs", version=API_VERSION, lifespan=lifespan,

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     s3_region: str = Field("us-east-1", description="S3 region.")
     s3_access_key_id: str | None = Field(None, description="S3 access key id.")
     s3_secret_access_key: str | None = Field(None, description="S3 secret access key.")
+    s3_expire_days: int = Field(8, description="S3 lifecycle backstop (compose's minio-init): objects under uploads/ "
+                                               "and jobs/ expire after this many days; keep it above retention_s.")
     url_ttl_s: int = Field(3600, description="Lifetime of signed result URLs, seconds.")
 
     # --- limits ---
@@ -76,7 +78,13 @@ class Settings(BaseSettings):
     # --- jobs ---
     lease_s: float = Field(30.0, description="Running-job lease; a worker renews it every lease_s/3.")
     max_attempts: int = Field(3, description="Attempts before a job whose worker vanished fails with `worker_lost`.")
-    retention_s: int = Field(7 * 24 * 3600, description="How long final jobs, their events and uploads are kept, seconds.")
+    retention_s: int = Field(7 * 24 * 3600, description="How long final jobs, their events and outputs, and uploads "
+                                                            "are kept (records and bytes), seconds.")
+    artifact_idle_s: int = Field(30 * 24 * 3600, description="Tuned artifacts (anomaly, subject and tuned video "
+                                                             "models) no job made or used for this long are deleted, "
+                                                             "resource and bytes, seconds (0 = kept until deleted).")
+    purge_interval_s: float = Field(60.0, description="How often each API process deletes the objects whose retention "
+                                                      "ended, seconds.")
     reaper_interval_s: float = Field(5.0, description="How often API and workers look for expired leases, seconds.")
     progress_interval_s: float = Field(0.25, description="Least time between two progress writes of one job, seconds.")
 

@@ -49,6 +49,10 @@ class ObjectStore(abc.ABC):
     def exists(self, key: str) -> bool: ...
 
     @abc.abstractmethod
+    def delete(self, key: str) -> bool:
+        """Delete one object; False when it was not there."""
+
+    @abc.abstractmethod
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under `prefix` (which must end with '/'); return the count."""
 

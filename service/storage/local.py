@@ -95,6 +95,14 @@ class LocalObjectStore(ObjectStore):
     def exists(self, key: str) -> bool:
         return self._data_path(key).is_file()
 
+    def delete(self, key: str) -> bool:
+        data = self._data_path(key)
+        if not data.is_file() or data.is_symlink():
+            return False
+        data.unlink()
+        self._meta_path(key).unlink(missing_ok=True)
+        return True
+
     def delete_prefix(self, prefix: str) -> int:
         if not prefix.endswith("/"):
             raise InvalidKey(f"prefix must end with '/': {prefix!r}")

@@ -83,6 +83,12 @@ class S3ObjectStore(ObjectStore):
                 return False
             raise
 
+    def delete(self, key: str) -> bool:
+        present = self.exists(key)
+        if present:
+            self._client.delete_object(Bucket=self.bucket, Key=check_key(key))
+        return present
+
     def delete_prefix(self, prefix: str) -> int:
         if not prefix.endswith("/"):
             raise InvalidKey(f"prefix must end with '/': {prefix!r}")

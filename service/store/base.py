@@ -239,6 +239,21 @@ class JobStore(abc.ABC):
         """Newest first."""
 
     @abc.abstractmethod
+    def touch_resource(self, kind: str, resource_id: str) -> None:
+        """A job used the resource now (unused ones are deleted after VISIONJOBS_ARTIFACT_IDLE_S)."""
+
+    @abc.abstractmethod
+    def idle_resources(self, older_than_s: float, limit: int = 100) -> list[tuple[str, str]]:
+        """(kind, id) of resources neither made nor used for `older_than_s`; each handed to one caller."""
+
+    # --- retention of bytes ---
+    @abc.abstractmethod
+    def claim_due_purges(self, limit: int = 100) -> list[str]:
+        """Object keys and prefixes (ending '/') whose retention ended: an expired upload's object,
+        a final job's outputs `jobs/<id>/`. Scheduled by the same write that sets the record's
+        expiry (put_upload, the final transitions); each handed to one caller."""
+
+    @abc.abstractmethod
     def update_resource(self, kind: str, resource_id: str, tenant: str, doc: dict[str, Any]) -> bool:
         """Replace the doc only while the resource exists (a write racing a delete never brings
         it back). False when it is gone."""

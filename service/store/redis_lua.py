@@ -32,6 +32,10 @@ local function hook(p, jk, id, status)
     redis.call('ZADD', p .. 'webhooks', 'NX', now, id .. '|' .. status)
   end
 end
+-- retention deletes bytes too: the job's outputs (jobs/<id>/) are due for deletion with its record
+local function purge(p, id, retention)
+  redis.call('ZADD', p .. 'purge', now + tonumber(retention), 'jobs/' .. id .. '/')
+end
 local function inactive(p, jk, id)
   redis.call('SREM', p .. 'active:' .. (redis.call('HGET', jk, 'tenant') or ''), id)
 end
@@ -135,6 +139,7 @@ hook(p, jk, id, ARGV[4])
 bump(p, id)
 redis.call('EXPIRE', jk, tonumber(ARGV[7]))
 redis.call('EXPIRE', p .. 'events:' .. id, tonumber(ARGV[7]))
+purge(p, id, ARGV[7])
 return 1
 """
 
@@ -154,6 +159,7 @@ if f[1] == 'queued' then
   bump(p, id)
   redis.call('EXPIRE', jk, tonumber(ARGV[3]))
   redis.call('EXPIRE', p .. 'events:' .. id, tonumber(ARGV[3]))
+  purge(p, id, ARGV[3])
   return 'canceled'
 end
 if f[1] == 'running' and f[3] ~= '1' then
@@ -188,6 +194,7 @@ for _, id in ipairs(ids) do
       hook(p, jk, id, final)
       redis.call('EXPIRE', jk, tonumber(ARGV[2]))
       redis.call('EXPIRE', p .. 'events:' .. id, tonumber(ARGV[2]))
+      purge(p, id, ARGV[2])
     else
       redis.call('HSET', jk, 'status', 'queued', 'stage', 'requeued after lost worker', 'worker', '', 'progress', 0)
       redis.call('ZADD', p .. 'queue:' .. f[4], math.floor(tonumber(f[6]) * 1000), id)

@@ -246,7 +246,8 @@ class RedisOps:
         return out
 
     def put_upload(self, upload: UploadRecord):
-        yield call("set", f"{self.p}upload:{upload.id}", json.dumps(upload.to_dict()), ex=self.retention_s)
+        yield Batch((call("set", f"{self.p}upload:{upload.id}", json.dumps(upload.to_dict()), ex=self.retention_s),
+                     call("zadd", f"{self.p}purge", {upload.key: time.time() + self.retention_s})))
 
     def get_upload(self, upload_id: str):
         raw = yield call("get", f"{self.p}upload:{upload_id}")
@@ -332,7 +333,25 @@ class RedisOps:
     def put_resource(self, kind: str, resource_id: str, tenant: str, doc: dict[str, Any]):
         yield Batch((call("set", f"{self.p}res:{kind}:{resource_id}",
                           json.dumps({**doc, "id": resource_id, "tenant": tenant})),
-                     call("zadd", f"{self.p}res:{kind}:tenant:{tenant}", {resource_id: 0})))
+                     call("zadd", f"{self.p}res:{kind}:tenant:{tenant}", {resource_id: 0}),
+                     call("zadd", f"{self.p}res_used", {f"{kind}|{resource_id}": time.time()})))
+
+    def touch_resource(self, kind: str, resource_id: str):
+        yield call("zadd", f"{self.p}res_used", {f"{kind}|{resource_id}": time.time()}, xx=True)
+
+    def idle_resources(self, older_than_s: float, limit: int = 100):
+        due = yield call("zrangebyscore", f"{self.p}res_used", "-inf", time.time() - older_than_s, start=0, num=limit)
+        if not due:
+            return []
+        won = yield Batch(tuple(call("zrem", f"{self.p}res_used", m) for m in due))  # ZREM decides who deletes
+        return [tuple(m.split("|", 1)) for m, mine in zip(due, won) if mine]
+
+    def claim_due_purges(self, limit: int = 100):
+        due = yield call("zrangebyscore", f"{self.p}purge", "-inf", time.time(), start=0, num=limit)
+        if not due:
+            return []
+        won = yield Batch(tuple(call("zrem", f"{self.p}purge", m) for m in due))
+        return [m for m, mine in zip(due, won) if mine]
 
     def get_resource(self, kind: str, resource_id: str):
         raw = yield call("get", f"{self.p}res:{kind}:{resource_id}")
@@ -356,7 +375,8 @@ class RedisOps:
         if doc is None:
             return False
         yield Batch((call("delete", f"{self.p}res:{kind}:{resource_id}"),
-                     call("zrem", f"{self.p}res:{kind}:tenant:{doc['tenant']}", resource_id)))
+                     call("zrem", f"{self.p}res:{kind}:tenant:{doc['tenant']}", resource_id),
+                     call("zrem", f"{self.p}res_used", f"{kind}|{resource_id}")))
         return True
 
     # --- capabilities ---

@@ -191,6 +191,15 @@ class RedisJobStore(JobStore):
     def list_resources(self, kind, tenant):
         return self._do(self.ops.list_resources(kind, tenant))
 
+    def touch_resource(self, kind, resource_id):
+        self._do(self.ops.touch_resource(kind, resource_id))
+
+    def idle_resources(self, older_than_s, limit=100):
+        return self._do(self.ops.idle_resources(older_than_s, limit))
+
+    def claim_due_purges(self, limit=100):
+        return self._do(self.ops.claim_due_purges(limit))
+
     def update_resource(self, kind, resource_id, tenant, doc):
         return self._do(self.ops.update_resource(kind, resource_id, tenant, doc))
 

@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS capabilities (kind TEXT, worker TEXT, seen_at REAL, d
   PRIMARY KEY (kind, worker));
 CREATE TABLE IF NOT EXISTS idempotency (tenant TEXT, key TEXT, job_id TEXT, expires_at REAL,
   PRIMARY KEY (tenant, key));
+CREATE TABLE IF NOT EXISTS purges (item TEXT PRIMARY KEY, due_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS purges_due ON purges (due_at);
 """
 _WORKER_LOST = {"code": "worker_lost", "message": "the worker running this job stopped answering on every attempt"}
 
@@ -54,6 +56,8 @@ class SqliteJobStore(JobStore):
         db.executescript(_SCHEMA)
         if "summary" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
             db.execute("ALTER TABLE jobs ADD COLUMN summary TEXT")  # files made before list summaries
+        if "used_at" not in {row[1] for row in db.execute("PRAGMA table_info(resources)")}:
+            db.execute("ALTER TABLE resources ADD COLUMN used_at REAL")  # files made before idle artifacts
         if "fingerprint" not in {row[1] for row in db.execute("PRAGMA table_info(idempotency)")}:
             db.execute("ALTER TABLE idempotency ADD COLUMN fingerprint TEXT")  # files made before fingerprints
 
@@ -86,6 +90,8 @@ class SqliteJobStore(JobStore):
                    "lease_until=excluded.lease_until, expires_at=excluded.expires_at, doc=excluded.doc",
                    (job.id, job.tenant, job.kind, job.status, job.created_at, lease_until, expires,
                     json.dumps(job.to_dict()), json.dumps(summarize_params(job.params)) if job.version == 1 else None))
+        if expires is not None:  # the job's outputs go with its record
+            db.execute("INSERT OR REPLACE INTO purges VALUES (?,?)", (f"jobs/{job.id}/", expires))
         return job
 
     @staticmethod
@@ -246,8 +252,9 @@ class SqliteJobStore(JobStore):
 
     def put_upload(self, upload):
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO uploads VALUES (?,?,?)",
-                       (upload.id, time.time() + self.retention_s, json.dumps(upload.to_dict())))
+            expires = time.time() + self.retention_s
+            db.execute("INSERT OR REPLACE INTO uploads VALUES (?,?,?)", (upload.id, expires, json.dumps(upload.to_dict())))
+            db.execute("INSERT OR REPLACE INTO purges VALUES (?,?)", (upload.key, expires))
 
     def get_upload(self, upload_id):
         row = self._db().execute("SELECT doc FROM uploads WHERE id=? AND expires_at>?",
@@ -372,8 +379,26 @@ class SqliteJobStore(JobStore):
 
     def put_resource(self, kind, resource_id, tenant, doc):
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO resources VALUES (?,?,?,?)",
-                       (kind, resource_id, tenant, json.dumps({**doc, "id": resource_id, "tenant": tenant})))
+            db.execute("INSERT OR REPLACE INTO resources (kind, id, tenant, doc, used_at) VALUES (?,?,?,?,?)",
+                       (kind, resource_id, tenant, json.dumps({**doc, "id": resource_id, "tenant": tenant}), time.time()))
+
+    def touch_resource(self, kind, resource_id):
+        with self._tx() as db:
+            db.execute("UPDATE resources SET used_at=? WHERE kind=? AND id=?", (time.time(), kind, resource_id))
+
+    def idle_resources(self, older_than_s, limit=100):
+        with self._tx() as db:  # a resource is handed out once: its used_at is cleared as it is
+            rows = db.execute("SELECT kind, id FROM resources WHERE used_at<? LIMIT ?",
+                              (time.time() - older_than_s, limit)).fetchall()
+            db.executemany("UPDATE resources SET used_at=NULL WHERE kind=? AND id=?", rows)
+        return [tuple(r) for r in rows]
+
+    def claim_due_purges(self, limit=100):
+        with self._tx() as db:
+            rows = db.execute("SELECT item FROM purges WHERE due_at<=? ORDER BY due_at LIMIT ?",
+                              (time.time(), limit)).fetchall()
+            db.executemany("DELETE FROM purges WHERE item=?", rows)
+        return [r[0] for r in rows]
 
     def get_resource(self, kind, resource_id):
         row = self._db().execute("SELECT doc FROM resources WHERE kind=? AND id=?", (kind, resource_id)).fetchone()

@@ -272,6 +272,7 @@ def score(ctx: "JobContext") -> dict:
     doc = ctx.runner.store.get_resource(ANOMALY_MODEL, p["model_id"])
     if doc is None or doc["tenant"] != ctx.job.tenant:
         raise InvalidInput(f"model_id: {p['model_id']} no longer exists")
+    ctx.runner.store.touch_resource(ANOMALY_MODEL, p["model_id"])  # in use: not an idle artifact
     model = _load_model(ctx, doc)
     ctx.model_profile = model.model_profile
     t = doc["thresholds"]

@@ -132,6 +132,7 @@ def _load_subject_model(ctx: "JobContext", pipe, model_id: str) -> dict:
     record = ctx.store.get_resource(SUBJECT_MODEL, model_id)
     if record is None or record["tenant"] != ctx.job.tenant:
         raise InvalidInput(f"subject_model: {model_id} no longer exists")
+    ctx.store.touch_resource(SUBJECT_MODEL, model_id)  # in use: not an idle artifact
     ctx.control.report(0.02, "loading subject model", force=True)
     try:
         artifact = LoraArtifact.from_parts(ctx.objects.get(record["prefix"] + WEIGHTS),

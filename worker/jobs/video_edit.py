@@ -73,6 +73,7 @@ def _load_tuned(ctx: "JobContext", pipe):
     record = ctx.runner.store.get_resource(TUNED_VIDEO_MODEL, ctx.params["tuned_model"])
     if record is None or record["tenant"] != ctx.job.tenant:
         raise InvalidInput(f"tuned_model: {ctx.params['tuned_model']} no longer exists")
+    ctx.runner.store.touch_resource(TUNED_VIDEO_MODEL, ctx.params["tuned_model"])  # in use: not an idle artifact
     objects, prefix = ctx.runner.objects, record["prefix"]
     try:
         pipe.load_tuned(TunedArtifact.from_parts(objects.get(prefix + "weights.safetensors"),
