@@ -3,6 +3,7 @@ and request body sizes enforced while the body streams in (before it is all in m
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -12,6 +13,9 @@ from fastapi import HTTPException
 
 from service.core.errors import ApiError
 from service.store.base import StoreUnavailable
+from service.store.redis_store import refusal
+
+log = logging.getLogger("visionjobs.limits")
 
 RATE_WINDOW_S = 60
 LEASE_SHARE = 100  # a process leases 1/LEASE_SHARE of a key's limit per round trip
@@ -92,6 +96,13 @@ class RateLimiter:
             key = f"{self.p}rate:{tenant}:{bucket.window}"
             granted = int(await self._script(keys=[key], args=[self.chunk, self.per_minute, RATE_WINDOW_S * 2]))
             self.leases += 1
+        except redis.ResponseError as exc:
+            if refusal(exc) is None:
+                raise
+            # Redis refuses writes (full): count this window in-process, so reads keep being served
+            log.warning("rate counter not writable (%s): counting in this process", exc)
+            bucket.tokens += self.chunk
+            bucket.lease.set_result(None)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             bucket.lease.set_exception(StoreUnavailable(f"redis unreachable: {exc}"))
             bucket.lease.exception()  # retrieved: no "never retrieved" warning when nobody shares it

@@ -9,9 +9,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.store.base import StoreUnavailable
+from service.store.base import StoreFull, StoreUnavailable
 
 PROBLEM = "application/problem+json"
+STORE_FULL_RETRY_S = 30  # an operator has to act (memory, disk): slower than a reconnect
 MAX_LISTED_ERRORS = 50  # a 422 lists the first ones and counts them all (`errors_total`)
 log = logging.getLogger("visionjobs.api")
 
@@ -84,6 +85,12 @@ def install_handlers(app: FastAPI) -> None:
         return problem(request, exc.status_code, title, str(exc.detail),
                        getattr(exc, "code", None) or title.lower().replace(" ", "_"),
                        errors=getattr(exc, "errors", None), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(StoreFull)
+    async def _full(request: Request, exc: StoreFull):
+        log.error("job store refuses writes: %s", exc)
+        return problem(request, 503, "Service unavailable", "the job store refuses writes now (it is full); "
+                       "retry later", "store_full", headers={"Retry-After": str(STORE_FULL_RETRY_S)})
 
     @app.exception_handler(StoreUnavailable)
     async def _unavailable(request: Request, exc: StoreUnavailable):

@@ -104,6 +104,9 @@ class AsyncJobStore(abc.ABC):
     async def ping(self) -> None: ...
 
     @abc.abstractmethod
+    async def check_writable(self) -> None: ...
+
+    @abc.abstractmethod
     async def listen(self, hub: ChangeSink) -> None:
         """Run until cancelled, feeding every job change into the hub."""
 

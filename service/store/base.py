@@ -275,6 +275,10 @@ class JobStore(abc.ABC):
         """Raise StoreUnavailable when the backing store cannot be reached."""
 
     @abc.abstractmethod
+    def check_writable(self) -> None:
+        """Raise StoreFull when the store refuses a small write now (readiness)."""
+
+    @abc.abstractmethod
     def counts(self) -> dict[tuple[str, str], int]:
         """(kind, status) -> number of known jobs, for /metrics."""
 

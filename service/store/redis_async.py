@@ -98,6 +98,8 @@ class AsyncRedisJobStore(AsyncJobStore):
             result, sent = await run_async(op, self.r, self._scripts, self.cpu)
         except _UNREACHABLE as exc:
             raise StoreUnavailable(f"redis unreachable: {exc}") from exc
+        except redis.ResponseError as exc:
+            raise (redis_store.refusal(exc) or exc) from exc
         finally:
             self._slots.release()
         self.commands_sent += sent
@@ -168,6 +170,9 @@ class AsyncRedisJobStore(AsyncJobStore):
     # --- operations ---
     async def ping(self):
         await self._do(self.ops.ping())
+
+    async def check_writable(self):
+        await self._do(self.ops.check_writable())
 
     async def listen(self, hub: ChangeSink) -> None:
         """Subscribe to the changes channel; after every (re)subscription the hub re-checks

@@ -392,6 +392,9 @@ class RedisOps:
     def ping(self):
         yield call("ping")
 
+    def check_writable(self):
+        yield call("set", f"{self.p}writable", str(time.time()), ex=60)  # refused at maxmemory (noeviction)
+
     def counts(self):
         raw = yield call("hgetall", f"{self.p}counts")
         out = {}

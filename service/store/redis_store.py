@@ -12,7 +12,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from service.store import redis_lua
-from service.store.base import JobStore, StoreUnavailable
+from service.store.base import JobStore, StoreFull, StoreUnavailable
 from service.store.redis_ops import Batch, Call, Compute, RedisOps, Script
 
 # Connection handling: fail fast, so the API answers 503 within a few seconds while Redis is down
@@ -21,6 +21,18 @@ CONNECT_TIMEOUT_S = 2.0   # a LAN Redis connects in milliseconds
 SOCKET_TIMEOUT_S = 5.0    # every command is short: Lua transitions, single reads
 BLOCK_SLICE_S = 2.0       # blocking XREADs are cut into slices well under SOCKET_TIMEOUT_S
 _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)  # BusyLoadingError (AOF replay) is a ConnectionError
+# Redis refusing writes: at maxmemory under noeviction (OOM, also from inside a script), failed
+# snapshots with stop-writes-on-bgsave-error (MISCONF), a replica (READONLY), too few replicas
+_REFUSALS = ("OOM", "MISCONF", "READONLY", "NOREPLICAS", "NOTENOUGHREPLICAS")
+
+
+def refusal(exc: redis.ResponseError) -> StoreFull | None:
+    """The StoreFull an error of Redis refusing writes stands for (None: another error)."""
+    text = str(exc)  # redis-py drops the OOM / READONLY prefix for the exceptions it names
+    if (isinstance(exc, (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError))
+            or text.startswith(_REFUSALS) or "command not allowed when used memory" in text):
+        return StoreFull(f"redis refuses writes: {text.split(chr(10))[0][:200]}")
+    return None
 
 
 def run_sync(op, client, scripts) -> tuple[object, int]:
@@ -72,6 +84,8 @@ class RedisJobStore(JobStore):
             result, sent = run_sync(op, self.r, self._scripts)
         except _UNREACHABLE as exc:
             raise StoreUnavailable(f"redis unreachable: {exc}") from exc
+        except redis.ResponseError as exc:
+            raise (refusal(exc) or exc) from exc
         self.commands_sent += sent
         return result
 
@@ -80,6 +94,8 @@ class RedisJobStore(JobStore):
             return fn(*args, **kwargs)
         except _UNREACHABLE as exc:
             raise StoreUnavailable(f"redis unreachable: {exc}") from exc
+        except redis.ResponseError as exc:
+            raise (refusal(exc) or exc) from exc
 
     def open_async(self, *, pool_size: int = 64, cpu=None):
         from service.store.redis_async import AsyncRedisJobStore
@@ -199,6 +215,9 @@ class RedisJobStore(JobStore):
 
     def claim_due_purges(self, limit=100):
         return self._do(self.ops.claim_due_purges(limit))
+
+    def check_writable(self):
+        self._do(self.ops.check_writable())
 
     def update_resource(self, kind, resource_id, tenant, doc):
         return self._do(self.ops.update_resource(kind, resource_id, tenant, doc))

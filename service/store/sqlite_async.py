@@ -93,6 +93,9 @@ class AsyncSqliteJobStore(AsyncJobStore):
     async def ping(self):
         return await self._call(self.sync.ping)
 
+    async def check_writable(self):
+        return await self._call(self.sync.check_writable)
+
     async def listen(self, hub: ChangeSink) -> None:
         loop = asyncio.get_running_loop()
 

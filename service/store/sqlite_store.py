@@ -17,7 +17,7 @@ from pathlib import Path
 
 from service.store.base import (
     CANCELED, FAILED, FINAL_STATES, QUEUED, RUNNING, SUCCEEDED, Claim, IdempotencyMismatch, JobRecord, JobStore,
-    UploadRecord,
+    StoreFull, StoreUnavailable, UploadRecord,
 )
 from service.store.summary import summarize_params
 
@@ -41,6 +41,18 @@ CREATE TABLE IF NOT EXISTS idempotency (tenant TEXT, key TEXT, job_id TEXT, expi
 CREATE TABLE IF NOT EXISTS purges (item TEXT PRIMARY KEY, due_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS purges_due ON purges (due_at);
 """
+# the file refusing writes: a full disk or quota, a read-only file or mount, I/O errors, a writer
+# holding the lock past the busy timeout
+_REFUSALS = ("database or disk is full", "readonly database", "disk i/o error", "database is locked")
+
+
+def _refusal(exc: sqlite3.OperationalError) -> StoreUnavailable | None:
+    text = str(exc).lower()
+    if any(r in text for r in _REFUSALS):
+        return (StoreUnavailable if "locked" in text else StoreFull)(f"sqlite refuses writes: {text[:200]}")
+    return None
+
+
 _WORKER_LOST = {"code": "worker_lost", "message": "the worker running this job stopped answering on every attempt"}
 
 
@@ -73,13 +85,30 @@ class SqliteJobStore(JobStore):
     @contextmanager
     def _tx(self):
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise (_refusal(exc) or exc) from exc
+
+    def check_writable(self) -> None:
+        """Room for a job's worth of rows (64 KiB), written and rolled back: a file with a few
+        bytes left in its last page is not ready."""
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("INSERT INTO purges VALUES ('.writable' || hex(zeroblob(32768)), 0)")  # never an object key
+            finally:
+                db.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            raise (_refusal(exc) or exc) from exc
 
     def _save(self, db, job: JobRecord, lease_until: float | None = None) -> JobRecord:
         job.version += 1

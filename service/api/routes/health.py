@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
@@ -12,6 +13,7 @@ from service.kinds import KINDS
 from service.metrics import render_metrics
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger("visionjobs.api")
 READY_TIMEOUT_S = 5.0  # a stalled dependency makes /readyz answer 503, not hang
 
 
@@ -21,18 +23,22 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Job store and object storage reachable; live workers per kind")
+@router.get("/readyz", summary="Job store accepts writes, object storage reachable; live workers per kind")
 async def readyz(ctx: Ctx) -> dict:
     """`kinds`: per job kind, the live workers serving it and how many of them can run it
-    (its weights present); the API itself is ready without them."""
+    (its weights present); the API itself is ready without them. A failed check answers a fixed
+    message; what failed (hosts, ports, paths) goes to the log only."""
     checks = {}
-    for name, probe in (("store", ctx.astore.ping), ("storage", lambda: ctx.offload("storage", ctx.objects.ping))):
+    probes = (("store", ctx.astore.ping, "not reachable"), ("store_writes", ctx.astore.check_writable, "refuses writes"),
+              ("storage", lambda: ctx.offload("storage", ctx.objects.ping), "not reachable"))
+    for name, probe, failed in probes:
         try:
             await asyncio.wait_for(probe(), READY_TIMEOUT_S)
             checks[name] = "ok"
-        except Exception as exc:
-            detail = str(exc) or f"no answer within {READY_TIMEOUT_S:g} s"
-            raise ApiError(503, "Not ready", f"{name}: {detail}", code="not_ready", headers={"Retry-After": "5"})
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            log.warning("readiness check %s failed: %s", name, exc or f"no answer within {READY_TIMEOUT_S:g} s")
+            raise ApiError(503, "Not ready", f"{name}: {failed}", code="not_ready", headers={"Retry-After": "5"},
+                           errors=[{"field": name, "message": failed}]) from None
     kinds = {}
     for kind in KINDS:
         caps, ready = await live_workers(ctx.astore, kind)
