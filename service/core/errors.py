@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -46,8 +47,20 @@ def problem(request: Request, status: int, title: str, detail: str, code: str,
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
+_FIELD_PART = re.compile(r"[a-z_][a-z0-9_]*")
+_TYPE_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "bytes", "union"})
+
+
 def _loc_to_field(loc) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    """The request field of a pydantic error location. Union members add the member's schema to
+    the location (`literal['a','b']`, `ColorizationParity`, `function-after[...]`): those are
+    Python names, not fields, and are left out."""
+    parts = []
+    for p in loc:
+        if isinstance(p, int):
+            parts.append(str(p))
+        elif p not in ("body", "query", "path", "header") and _FIELD_PART.fullmatch(p) and p not in _TYPE_NAMES:
+            parts.append(p)
     return ".".join(parts) or "body"
 
 
@@ -61,10 +74,13 @@ def install_handlers(app: FastAPI) -> None:
         # one entry per invalid item could be 100,000 entries for a 1 MB body: list the first
         # MAX_LISTED_ERRORS (work and response size bounded), count the rest
         found = exc.errors()
-        errors = []
+        errors, seen = [], set()
         for err in found[:MAX_LISTED_ERRORS]:
             field = "body" if err.get("type") == "json_invalid" else _loc_to_field(err.get("loc", ()))
             item = {"field": field, "message": err.get("msg", ""), "type": err.get("type")}
+            if (field, item["message"]) in seen:  # the same problem seen through two union members
+                continue
+            seen.add((field, item["message"]))
             ctx = err.get("ctx") or {}
             for key in ("le", "ge", "lt", "gt", "max_length", "min_length"):
                 if key in ctx:

@@ -103,11 +103,17 @@ class AnomalyScoreRequest(JobRequest):
     images: list[str] = Field(min_length=1, max_length=MAX_SCORE_IMAGES, description="Upload ids to score.")
 
 
+MAX_THRESHOLD = 1e30
+
+
 class ThresholdsPatch(BaseModel):
     model_config = REQUEST
 
-    image_threshold: float | None = Field(None, description="Raw image-score threshold (normalised to 0.5).")
-    pixel_threshold: float | None = Field(None, description="Raw anomaly-map threshold for masks and boxes.")
+    # scores are float32: a threshold beyond ~3.4e38 overflows and the normalised score becomes NaN
+    image_threshold: float | None = Field(None, ge=-MAX_THRESHOLD, le=MAX_THRESHOLD,
+                                          description="Raw image-score threshold (normalised to 0.5).")
+    pixel_threshold: float | None = Field(None, ge=-MAX_THRESHOLD, le=MAX_THRESHOLD,
+                                          description="Raw anomaly-map threshold for masks and boxes.")
 
 
 class TrainingRecord(BaseModel):

@@ -40,6 +40,9 @@ class KvSharing(BaseModel):
         return self
 
 
+DEFAULT_WIDTH, DEFAULT_HEIGHT = 720, 480  # CogVideoX-2B's training size: what an absent width or height becomes
+
+
 class VideoGenerationRequest(JobRequest):
     model_config = REQUEST
 
@@ -55,8 +58,8 @@ class VideoGenerationRequest(JobRequest):
         "conditional pass per step (diffusers' CogVideoX convention; the official guider would still apply the "
         "dynamic scales 1..1 + s)."))
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    width: int | None = Field(None, ge=16, le=1360, multiple_of=16, description="Default: the model's (720).")
-    height: int | None = Field(None, ge=16, le=1360, multiple_of=16, description="Default: the model's (480).")
+    width: int | None = Field(None, ge=16, le=1360, multiple_of=16, description=f"Default: the model's ({DEFAULT_WIDTH}).")
+    height: int | None = Field(None, ge=16, le=1360, multiple_of=16, description=f"Default: the model's ({DEFAULT_HEIGHT}).")
     fps: int = Field(16, ge=1, le=60)
     metrics: list[Literal["cscv"]] = Field([], fail_fast=True, description="cscv: transition smoothness (CLIP frame similarity).")
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from typing import Annotated, Literal
 
@@ -48,6 +49,12 @@ class SharedReads:
 
 
 shared = SharedReads()
+_EVENT_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits only (str.isdigit() takes "²" and "١"), below 2^63
+
+
+def event_id(header: str | None) -> int:
+    """The Last-Event-ID a client sent, or -1 (start over) for anything that is not one of ours."""
+    return int(header) if header and _EVENT_ID.fullmatch(header) else -1
 
 
 def too_many_waiters(exc: TooManyWaiters) -> ApiError:
@@ -130,7 +137,7 @@ async def job_events(job_id: str, request: Request,
                      last_event_id: Annotated[str | None, Header()] = None) -> EventStreamResponse:
     ctx, tenant, base = await authenticate(request)
     job = await find_job(ctx, tenant, job_id)
-    sent = int(last_event_id) if last_event_id and last_event_id.isdigit() else -1
+    sent = event_id(last_event_id)
     try:
         waiter = ctx.hub.watch(tenant, job.id, job.version)
     except TooManyWaiters as exc:

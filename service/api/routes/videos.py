@@ -8,6 +8,7 @@ from service.api.deps import BaseUrl, Ctx, Tenant
 from service.core.errors import field_error
 from service.jobs import accept
 from service.schemas import Job, VideoEditRequest, VideoGenerationRequest, video_frame_count
+from service.schemas.video import DEFAULT_HEIGHT, DEFAULT_WIDTH
 
 router = APIRouter(prefix="/v1", tags=["video"])
 
@@ -23,8 +24,11 @@ async def create_video_generation(body: VideoGenerationRequest, ctx: Ctx, tenant
         raise field_error("prompts", f"this layout makes {frames} frames ({segments} segments); the limit is "
                                      f"{s.max_video_frames}: fewer prompts, segments or transition segments, or more overlap",
                           limit=s.max_video_frames)
-    if body.width and body.height and body.width * body.height > s.max_video_pixels:
-        raise field_error("width", f"{body.width}x{body.height} exceeds {s.max_video_pixels} pixels per frame",
+    # on the effective size: an absent width or height is the model's default, not "unchecked"
+    width, height = body.width or DEFAULT_WIDTH, body.height or DEFAULT_HEIGHT
+    if width * height > s.max_video_pixels:
+        raise field_error("width" if body.width else "height", f"{width}x{height} exceeds {s.max_video_pixels} pixels "
+                          f"per frame (an absent width is {DEFAULT_WIDTH}, height {DEFAULT_HEIGHT})",
                           limit=s.max_video_pixels)
     if body.steps > s.max_steps:
         raise field_error("steps", f"at most {s.max_steps} steps", limit=s.max_steps)
