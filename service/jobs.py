@@ -10,6 +10,7 @@ from typing import Any, Awaitable, Callable
 
 from fastapi import Response
 
+from service import quotas
 from service.core.errors import ApiError, field_error
 from service.kinds import KINDS
 from service.limits import too_many
@@ -22,6 +23,7 @@ log = logging.getLogger("visionjobs.jobs")
 # A queued job whose message was never sent (broker down at the wrong moment) is sent again by
 # the reaper after this long; a duplicate message is harmless (the claim is atomic).
 REDISPATCH_AFTER_S = 300.0
+PARAMS_SLACK_S = 86400  # a job's params are kept until retention ends after it finishes: a day for queue and run
 RENDER_INLINE_BYTES = 64 * 1024  # jobs (or pages) stored in more than this are rendered off the loop
 
 
@@ -110,7 +112,17 @@ async def _create(ctx, tenant: str, kind: str, params: dict[str, Any], idempoten
         events = await ctx.offload("dns", validate_request, params["webhook"], settings.webhook_allow_list())
     job = JobRecord(id=new_id("job"), tenant=tenant, kind=kind, params=params, max_attempts=settings.max_attempts,
                     model_profile=ctx.model_profile, webhook_events=events)
-    return await store.create_job(job, idempotency_key, bound)
+    # the params stay in the store until retention ends (a canceled job too): counted for that long
+    size = len(json.dumps(params, default=str))
+    await quotas.charge(ctx, tenant, quotas.PARAMS, job.id, size, settings.retention_s + PARAMS_SLACK_S, "body")
+    try:
+        made, created = await store.create_job(job, idempotency_key, bound)
+    except BaseException:
+        await store.release_bytes(tenant, quotas.PARAMS, job.id)
+        raise
+    if not created:  # a concurrent request with this key made the job first
+        await store.release_bytes(tenant, quotas.PARAMS, job.id)
+    return made, created
 
 
 async def _dispatch(ctx, job: JobRecord) -> None:
@@ -125,6 +137,7 @@ async def _dispatch(ctx, job: JobRecord) -> None:
     except Exception as exc:
         log.error("could not queue job %s: %s", job.id, exc)
         if await ctx.astore.discard_job(job.id):
+            await ctx.astore.release_bytes(job.tenant, quotas.PARAMS, job.id)
             raise ApiError(503, "Service unavailable", "the queue cannot be reached; the job was not created "
                            "(retry, with the same Idempotency-Key if you sent one)",
                            code="queue_unavailable", headers={"Retry-After": "5"}) from None

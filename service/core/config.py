@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, description="Largest JSON request body, bytes.")
     rate_limit_per_minute: int = Field(6000, description="Requests per API key per minute (0 = no limit); over it: 429.")
     max_active_jobs: int = Field(500, description="Queued + running jobs per API key; over it submissions get 429.")
+    max_tenant_upload_bytes: int = Field(10 * 1024**3, description="Bytes of uploads one API key keeps stored "
+                                                                    "(until retention ends; 0 = no quota); over it: 429.")
+    max_tenant_params_bytes: int = Field(512 * 1024**2, description="Bytes of job parameters one API key keeps in the "
+                                                                    "job store (each job's for retention_s + 1 day from "
+                                                                    "submission; 0 = no quota); over it: 429.")
     max_waiters_per_key: int = Field(1000, description="Open long-polls (`wait` > 0) plus event streams per API key in "
                                                        "one API process (0 = no cap); over it: 429.")
     max_video_frames: int = Field(481, description="Most pixel frames one generated video may have (30 s at 16 fps).")

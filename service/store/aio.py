@@ -91,6 +91,13 @@ class AsyncJobStore(abc.ABC):
     async def list_resources(self, kind: str, tenant: str) -> list[dict[str, Any]]: ...
 
     @abc.abstractmethod
+    async def charge_bytes(self, tenant: str, ledger: str, item: str, nbytes: int, ttl_s: float,
+                           limit: int) -> tuple[bool, int, float]: ...
+
+    @abc.abstractmethod
+    async def release_bytes(self, tenant: str, ledger: str, item: str) -> None: ...
+
+    @abc.abstractmethod
     async def update_resource(self, kind: str, resource_id: str, tenant: str, doc: dict[str, Any]) -> bool: ...
 
     @abc.abstractmethod

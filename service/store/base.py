@@ -246,6 +246,18 @@ class JobStore(abc.ABC):
     def idle_resources(self, older_than_s: float, limit: int = 100) -> list[tuple[str, str]]:
         """(kind, id) of resources neither made nor used for `older_than_s`; each handed to one caller."""
 
+    # --- stored-bytes quotas: per-tenant ledgers of what each item keeps stored, until its time ends ---
+    @abc.abstractmethod
+    def charge_bytes(self, tenant: str, ledger: str, item: str, nbytes: int, ttl_s: float,
+                     limit: int) -> tuple[bool, int, float]:
+        """Record that `item` keeps `nbytes` stored for `ttl_s`, unless the tenant's live entries
+        in `ledger` plus these would pass `limit` (0: no limit). Returns (accepted, bytes used
+        before this item, seconds until the oldest entry's time ends)."""
+
+    @abc.abstractmethod
+    def release_bytes(self, tenant: str, ledger: str, item: str) -> None:
+        """The item's bytes are gone before its time ended."""
+
     # --- retention of bytes ---
     @abc.abstractmethod
     def claim_due_purges(self, limit: int = 100) -> list[str]:

@@ -158,6 +158,12 @@ class AsyncRedisJobStore(AsyncJobStore):
     async def list_resources(self, kind, tenant):
         return await self._do(self.ops.list_resources(kind, tenant))
 
+    async def charge_bytes(self, tenant, ledger, item, nbytes, ttl_s, limit):
+        return await self._do(self.ops.charge_bytes(tenant, ledger, item, nbytes, ttl_s, limit))
+
+    async def release_bytes(self, tenant, ledger, item):
+        return await self._do(self.ops.release_bytes(tenant, ledger, item))
+
     async def update_resource(self, kind, resource_id, tenant, doc):
         return await self._do(self.ops.update_resource(kind, resource_id, tenant, doc))
 

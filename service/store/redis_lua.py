@@ -232,6 +232,44 @@ return 1
 """
 
 
+# Per-tenant byte ledgers (stored-bytes quotas). ARGV: prefix, ledger, tenant, item, bytes, ttl_s, limit
+# (0 = none). Entries whose time ran out are dropped first; then the item is added unless that would
+# pass the limit. Returns {1|0, bytes used (before this item), seconds until the oldest entry expires}.
+CHARGE = _NOW + """
+local base = ARGV[1] .. 'bytes:' .. ARGV[2] .. ':' .. ARGV[3]
+local z, sizes, total = base, base .. ':sizes', base .. ':total'
+local gone = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, 1000)
+for _, m in ipairs(gone) do
+  redis.call('DECRBY', total, tonumber(redis.call('HGET', sizes, m) or '0'))
+  redis.call('HDEL', sizes, m)
+  redis.call('ZREM', z, m)
+end
+local used = tonumber(redis.call('GET', total) or '0')
+local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+local wait = 0
+if first[2] then wait = math.max(0, tonumber(first[2]) - now) end
+local add, limit = tonumber(ARGV[5]), tonumber(ARGV[7])
+local previous = tonumber(redis.call('HGET', sizes, ARGV[4]) or '0')
+if limit > 0 and used - previous + add > limit then return {0, used, tostring(wait)} end
+redis.call('ZADD', z, now + tonumber(ARGV[6]), ARGV[4])
+redis.call('HSET', sizes, ARGV[4], add)
+redis.call('INCRBY', total, add - previous)
+return {1, used, tostring(wait)}
+"""
+
+# ARGV: prefix, ledger, tenant, item
+RELEASE = """
+local base = ARGV[1] .. 'bytes:' .. ARGV[2] .. ':' .. ARGV[3]
+local size = redis.call('HGET', base .. ':sizes', ARGV[4])
+if size then
+  redis.call('DECRBY', base .. ':total', tonumber(size))
+  redis.call('HDEL', base .. ':sizes', ARGV[4])
+  redis.call('ZREM', base, ARGV[4])
+end
+return 0
+"""
+
+
 # name -> source: both drivers (sync and asyncio) register these same strings
 SCRIPTS = {"CREATE": CREATE, "CLAIM": CLAIM, "HEARTBEAT": HEARTBEAT, "FINISH": FINISH, "CANCEL": CANCEL, "REAP": REAP,
-           "DISCARD": DISCARD}
+           "DISCARD": DISCARD, "CHARGE": CHARGE, "RELEASE": RELEASE}

@@ -379,6 +379,14 @@ class RedisOps:
                      call("zrem", f"{self.p}res_used", f"{kind}|{resource_id}")))
         return True
 
+    # --- stored-bytes ledgers ---
+    def charge_bytes(self, tenant: str, ledger: str, item: str, nbytes: int, ttl_s: float, limit: int):
+        ok, used, wait = yield Script("CHARGE", (self.p, ledger, tenant, item, int(nbytes), float(ttl_s), int(limit)))
+        return bool(ok), int(used), float(wait)
+
+    def release_bytes(self, tenant: str, ledger: str, item: str):
+        yield Script("RELEASE", (self.p, ledger, tenant, item))
+
     # --- capabilities ---
     def put_capabilities(self, kind: str, worker: str, caps: dict[str, Any]):
         yield call("hset", f"{self.p}caps:{kind}", worker, json.dumps({**caps, "seen_at": time.time()}))

@@ -219,6 +219,12 @@ class RedisJobStore(JobStore):
     def check_writable(self):
         self._do(self.ops.check_writable())
 
+    def charge_bytes(self, tenant, ledger, item, nbytes, ttl_s, limit):
+        return self._do(self.ops.charge_bytes(tenant, ledger, item, nbytes, ttl_s, limit))
+
+    def release_bytes(self, tenant, ledger, item):
+        return self._do(self.ops.release_bytes(tenant, ledger, item))
+
     def update_resource(self, kind, resource_id, tenant, doc):
         return self._do(self.ops.update_resource(kind, resource_id, tenant, doc))
 

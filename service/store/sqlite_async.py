@@ -80,6 +80,12 @@ class AsyncSqliteJobStore(AsyncJobStore):
     async def list_resources(self, kind, tenant):
         return await self._call(self.sync.list_resources, kind, tenant)
 
+    async def charge_bytes(self, tenant, ledger, item, nbytes, ttl_s, limit):
+        return await self._call(self.sync.charge_bytes, tenant, ledger, item, nbytes, ttl_s, limit)
+
+    async def release_bytes(self, tenant, ledger, item):
+        return await self._call(self.sync.release_bytes, tenant, ledger, item)
+
     async def update_resource(self, kind, resource_id, tenant, doc):
         return await self._call(self.sync.update_resource, kind, resource_id, tenant, doc)
 

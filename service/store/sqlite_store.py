@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS capabilities (kind TEXT, worker TEXT, seen_at REAL, d
   PRIMARY KEY (kind, worker));
 CREATE TABLE IF NOT EXISTS idempotency (tenant TEXT, key TEXT, job_id TEXT, expires_at REAL,
   PRIMARY KEY (tenant, key));
+CREATE TABLE IF NOT EXISTS ledger (tenant TEXT, ledger TEXT, item TEXT, bytes INTEGER, expires_at REAL,
+  PRIMARY KEY (tenant, ledger, item));
 CREATE TABLE IF NOT EXISTS purges (item TEXT PRIMARY KEY, due_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS purges_due ON purges (due_at);
 """
@@ -421,6 +423,24 @@ class SqliteJobStore(JobStore):
                               (time.time() - older_than_s, limit)).fetchall()
             db.executemany("UPDATE resources SET used_at=NULL WHERE kind=? AND id=?", rows)
         return [tuple(r) for r in rows]
+
+    def charge_bytes(self, tenant, ledger, item, nbytes, ttl_s, limit):
+        now = time.time()
+        with self._tx() as db:
+            db.execute("DELETE FROM ledger WHERE tenant=? AND ledger=? AND expires_at<=?", (tenant, ledger, now))
+            used, first = db.execute("SELECT COALESCE(SUM(bytes), 0), MIN(expires_at) FROM ledger "
+                                     "WHERE tenant=? AND ledger=?", (tenant, ledger)).fetchone()
+            (previous,) = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM ledger WHERE tenant=? AND ledger=? AND item=?",
+                                     (tenant, ledger, item)).fetchone()
+            wait = max(0.0, first - now) if first is not None else 0.0
+            if limit > 0 and used - previous + nbytes > limit:
+                return False, used, wait
+            db.execute("INSERT OR REPLACE INTO ledger VALUES (?,?,?,?,?)", (tenant, ledger, item, nbytes, now + ttl_s))
+        return True, used, wait
+
+    def release_bytes(self, tenant, ledger, item):
+        with self._tx() as db:
+            db.execute("DELETE FROM ledger WHERE tenant=? AND ledger=? AND item=?", (tenant, ledger, item))
 
     def claim_due_purges(self, limit=100):
         with self._tx() as db:

@@ -300,3 +300,18 @@ def test_update_resource_never_brings_a_deleted_one_back(store):
     assert store.update_resource("anomaly_model", "anm_1", "t1", {"name": "m", "thresholds": {"image": 3.0}}) is False
     assert store.get_resource("anomaly_model", "anm_1") is None
     assert store.list_resources("anomaly_model", "t1") == []
+
+
+def test_byte_ledgers_refuse_past_the_limit_and_free_what_expires(store):
+    assert store.charge_bytes("t1", "uploads", "u1", 600, 3600, 1000)[0]
+    ok, used, wait = store.charge_bytes("t1", "uploads", "u2", 500, 3600, 1000)
+    assert not ok and used == 600 and 3500 < wait <= 3600
+    assert store.charge_bytes("t2", "uploads", "u2", 500, 3600, 1000)[0]  # per tenant
+    assert store.charge_bytes("t1", "params", "u2", 500, 3600, 1000)[0]   # per ledger
+    assert store.charge_bytes("t1", "uploads", "u1", 900, 3600, 1000)[0]  # replacing an item counts it once
+    store.release_bytes("t1", "uploads", "u1")
+    assert store.charge_bytes("t1", "uploads", "u3", 1000, 0.2, 1000) == (True, 0, 0.0)
+    time.sleep(0.3)  # u3's time is over: its bytes no longer count
+    ok, used, _ = store.charge_bytes("t1", "uploads", "u4", 1000, 3600, 1000)
+    assert ok and used == 0
+    assert store.charge_bytes("t1", "uploads", "u5", 10**12, 3600, 0)[0]  # 0: no limit

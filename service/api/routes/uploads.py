@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, UploadFile
 from starlette.exceptions import HTTPException
 
+from service import quotas
 from service.api.deps import Ctx, Tenant
 from service.core.errors import ApiError, field_error, not_found
 from service.jobs import _ts
@@ -48,8 +49,13 @@ async def create_upload(request: Request, ctx: Ctx, tenant: Tenant) -> Upload:
         chunks.append(chunk)
     data = b"".join(chunks)
     rec = await check_upload(ctx, tenant, file.filename, data)  # work budget, bounded decodes, off the loop
-    await ctx.offload("storage", ctx.objects.put, rec.key, data, rec.content_type)  # boto3 or files: off the loop
-    await ctx.astore.put_upload(rec)
+    await quotas.charge(ctx, tenant, quotas.UPLOADS, rec.id, rec.size, ctx.settings.retention_s, "file")
+    try:
+        await ctx.offload("storage", ctx.objects.put, rec.key, data, rec.content_type)  # boto3 or files: off the loop
+        await ctx.astore.put_upload(rec)
+    except BaseException:
+        await ctx.astore.release_bytes(tenant, quotas.UPLOADS, rec.id)
+        raise
     return _to_schema(rec)
 
 
