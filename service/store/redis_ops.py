@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
+from service.store.redis_resources import ResourceOps
+from service.store.redis_steps import Batch, Call, Compute, Script, call  # noqa: F401 - the drivers import them here
 from service.store.base import ALL_STATES, QUEUED, Claim, IdempotencyMismatch, JobRecord, UploadRecord
 from service.store.summary import summarize_params
 
@@ -35,35 +36,6 @@ VIEW_FIELDS = ("id", "tenant", "kind", "params", "status", "progress", "stage", 
                "finished_at", "error", "result", "model_profile", "version", "webhook_deliveries")
 HEAVY_BYTES = 64 * 1024  # decoding more than this runs off the event loop (async driver)
 VERSIONS_CHUNK = 500     # versions(): job ids per pipeline
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    name: str
-    args: tuple = ()
-    kwargs: dict | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    calls: tuple[Call, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Script:
-    name: str
-    args: tuple = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Compute:
-    fn: Callable
-    args: tuple = ()
-    heavy: bool = False
-
-
-def call(name: str, *args, **kwargs) -> Call:
-    return Call(name, args, kwargs or None)
 
 
 def encode(job: JobRecord) -> list[str]:
@@ -117,7 +89,7 @@ def _same_request(job_id: str, used: str, fingerprint: str) -> None:
         raise IdempotencyMismatch(job_id)
 
 
-class RedisOps:
+class RedisOps(ResourceOps):
     """Key layout under `prefix`: job:<id> (hash), events:<id> (stream), queue:<kind> (zset by
     creation), leases (zset by lease end), tenant:<t> (zset, lex by id) and its listing indexes
     tenant:<t>:k:<kind>, :s:<status>, :ks:<kind>:<status>, active:<t> (set), counts (hash),
@@ -328,73 +300,6 @@ class RedisOps:
         deliveries[event] = state
         if (yield call("exists", key)):
             yield call("hset", key, "webhook_deliveries", json.dumps(deliveries))
-
-    # --- tenant-owned resources ---
-    def put_resource(self, kind: str, resource_id: str, tenant: str, doc: dict[str, Any]):
-        yield Batch((call("set", f"{self.p}res:{kind}:{resource_id}",
-                          json.dumps({**doc, "id": resource_id, "tenant": tenant})),
-                     call("zadd", f"{self.p}res:{kind}:tenant:{tenant}", {resource_id: 0}),
-                     call("zadd", f"{self.p}res_used", {f"{kind}|{resource_id}": time.time()})))
-
-    def touch_resource(self, kind: str, resource_id: str):
-        yield call("zadd", f"{self.p}res_used", {f"{kind}|{resource_id}": time.time()}, xx=True)
-
-    def idle_resources(self, older_than_s: float, limit: int = 100):
-        due = yield call("zrangebyscore", f"{self.p}res_used", "-inf", time.time() - older_than_s, start=0, num=limit)
-        if not due:
-            return []
-        won = yield Batch(tuple(call("zrem", f"{self.p}res_used", m) for m in due))  # ZREM decides who deletes
-        return [tuple(m.split("|", 1)) for m, mine in zip(due, won) if mine]
-
-    def claim_due_purges(self, limit: int = 100):
-        due = yield call("zrangebyscore", f"{self.p}purge", "-inf", time.time(), start=0, num=limit)
-        if not due:
-            return []
-        won = yield Batch(tuple(call("zrem", f"{self.p}purge", m) for m in due))
-        return [m for m, mine in zip(due, won) if mine]
-
-    def get_resource(self, kind: str, resource_id: str):
-        raw = yield call("get", f"{self.p}res:{kind}:{resource_id}")
-        return json.loads(raw) if raw else None
-
-    def list_resources(self, kind: str, tenant: str):
-        ids = yield call("zrevrangebylex", f"{self.p}res:{kind}:tenant:{tenant}", "+", "-")
-        if not ids:
-            return []
-        docs = yield Batch(tuple(call("get", f"{self.p}res:{kind}:{i}") for i in ids))
-        return [json.loads(d) for d in docs if d is not None]
-
-    def update_resource(self, kind: str, resource_id: str, tenant: str, doc: dict[str, Any]):
-        # SET XX: written only while the key exists, in one command (a DELETE in between wins)
-        done = yield call("set", f"{self.p}res:{kind}:{resource_id}",
-                          json.dumps({**doc, "id": resource_id, "tenant": tenant}), xx=True)
-        return bool(done)
-
-    def delete_resource(self, kind: str, resource_id: str):
-        doc = yield from self.get_resource(kind, resource_id)
-        if doc is None:
-            return False
-        yield Batch((call("delete", f"{self.p}res:{kind}:{resource_id}"),
-                     call("zrem", f"{self.p}res:{kind}:tenant:{doc['tenant']}", resource_id),
-                     call("zrem", f"{self.p}res_used", f"{kind}|{resource_id}")))
-        return True
-
-    # --- stored-bytes ledgers ---
-    def charge_bytes(self, tenant: str, ledger: str, item: str, nbytes: int, ttl_s: float, limit: int):
-        ok, used, wait = yield Script("CHARGE", (self.p, ledger, tenant, item, int(nbytes), float(ttl_s), int(limit)))
-        return bool(ok), int(used), float(wait)
-
-    def release_bytes(self, tenant: str, ledger: str, item: str):
-        yield Script("RELEASE", (self.p, ledger, tenant, item))
-
-    # --- capabilities ---
-    def put_capabilities(self, kind: str, worker: str, caps: dict[str, Any]):
-        yield call("hset", f"{self.p}caps:{kind}", worker, json.dumps({**caps, "seen_at": time.time()}))
-
-    def get_capabilities(self, kind: str, max_age_s: float = 120.0):
-        raw = yield call("hgetall", f"{self.p}caps:{kind}")
-        fresh = [json.loads(v) for v in raw.values()]
-        return [c for c in fresh if c.get("seen_at", 0) > time.time() - max_age_s]
 
     # --- operations ---
     def ping(self):
