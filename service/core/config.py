@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     max_tenant_params_bytes: int = Field(512 * 1024**2, description="Bytes of job parameters one API key keeps in the "
                                                                     "job store (each job's for retention_s + 1 day from "
                                                                     "submission; 0 = no quota); over it: 429.")
+    max_tenant_artifact_bytes: int = Field(20 * 1024**3, description="Bytes of tuned artifacts (anomaly, subject and "
+                                                                      "tuned video models) one API key keeps; at or over "
+                                                                      "it, jobs that make one get 429 (0 = no quota).")
     max_waiters_per_key: int = Field(1000, description="Open long-polls (`wait` > 0) plus event streams per API key in "
                                                        "one API process (0 = no cap); over it: 429.")
     max_video_frames: int = Field(481, description="Most pixel frames one generated video may have (30 s at 16 fps).")

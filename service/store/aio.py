@@ -95,6 +95,9 @@ class AsyncJobStore(abc.ABC):
                            limit: int) -> tuple[bool, int, float]: ...
 
     @abc.abstractmethod
+    async def bytes_used(self, tenant: str, ledger: str) -> int: ...
+
+    @abc.abstractmethod
     async def release_bytes(self, tenant: str, ledger: str, item: str) -> None: ...
 
     @abc.abstractmethod

@@ -16,6 +16,8 @@ from typing import Any
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELED})
 ALL_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED)
+ARTIFACTS = "artifacts"  # the byte ledger of tuned artifacts: resources whose doc has `stored_bytes`
+FOREVER_S = 100 * 365 * 86400  # an artifact's bytes count until it is deleted
 
 
 _id_lock = threading.Lock()
@@ -253,6 +255,11 @@ class JobStore(abc.ABC):
         """Record that `item` keeps `nbytes` stored for `ttl_s`, unless the tenant's live entries
         in `ledger` plus these would pass `limit` (0: no limit). Returns (accepted, bytes used
         before this item, seconds until the oldest entry's time ends)."""
+
+    @abc.abstractmethod
+    def bytes_used(self, tenant: str, ledger: str) -> int:
+        """The tenant's bytes in `ledger` (put_resource with `stored_bytes` in the doc adds to
+        ARTIFACTS until delete_resource)."""
 
     @abc.abstractmethod
     def release_bytes(self, tenant: str, ledger: str, item: str) -> None:

@@ -161,6 +161,9 @@ class AsyncRedisJobStore(AsyncJobStore):
     async def charge_bytes(self, tenant, ledger, item, nbytes, ttl_s, limit):
         return await self._do(self.ops.charge_bytes(tenant, ledger, item, nbytes, ttl_s, limit))
 
+    async def bytes_used(self, tenant, ledger):
+        return await self._do(self.ops.bytes_used(tenant, ledger))
+
     async def release_bytes(self, tenant, ledger, item):
         return await self._do(self.ops.release_bytes(tenant, ledger, item))
 

@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+from service.store.base import ARTIFACTS, FOREVER_S
 from service.store.redis_steps import Batch, Script, call
 
 
@@ -18,6 +19,9 @@ class ResourceOps:
                           json.dumps({**doc, "id": resource_id, "tenant": tenant})),
                      call("zadd", f"{self.p}res:{kind}:tenant:{tenant}", {resource_id: 0}),
                      call("zadd", f"{self.p}res_used", {f"{kind}|{resource_id}": time.time()})))
+        if doc.get("stored_bytes"):  # the artifact's bytes count against the tenant's artifact quota
+            yield Script("CHARGE", (self.p, ARTIFACTS, tenant, f"{kind}|{resource_id}", int(doc["stored_bytes"]),
+                                    FOREVER_S, 0))
 
     def touch_resource(self, kind: str, resource_id: str):
         yield call("zadd", f"{self.p}res_used", {f"{kind}|{resource_id}": time.time()}, xx=True)
@@ -60,12 +64,17 @@ class ResourceOps:
         yield Batch((call("delete", f"{self.p}res:{kind}:{resource_id}"),
                      call("zrem", f"{self.p}res:{kind}:tenant:{doc['tenant']}", resource_id),
                      call("zrem", f"{self.p}res_used", f"{kind}|{resource_id}")))
+        yield Script("RELEASE", (self.p, ARTIFACTS, doc["tenant"], f"{kind}|{resource_id}"))
         return True
 
     # --- stored-bytes ledgers ---
     def charge_bytes(self, tenant: str, ledger: str, item: str, nbytes: int, ttl_s: float, limit: int):
         ok, used, wait = yield Script("CHARGE", (self.p, ledger, tenant, item, int(nbytes), float(ttl_s), int(limit)))
         return bool(ok), int(used), float(wait)
+
+    def bytes_used(self, tenant: str, ledger: str):
+        # the running total; entries whose time ended leave it at the next charge (artifacts never end)
+        return int((yield call("get", f"{self.p}bytes:{ledger}:{tenant}:total")) or 0)
 
     def release_bytes(self, tenant: str, ledger: str, item: str):
         yield Script("RELEASE", (self.p, ledger, tenant, item))

@@ -222,6 +222,9 @@ class RedisJobStore(JobStore):
     def charge_bytes(self, tenant, ledger, item, nbytes, ttl_s, limit):
         return self._do(self.ops.charge_bytes(tenant, ledger, item, nbytes, ttl_s, limit))
 
+    def bytes_used(self, tenant, ledger):
+        return self._do(self.ops.bytes_used(tenant, ledger))
+
     def release_bytes(self, tenant, ledger, item):
         return self._do(self.ops.release_bytes(tenant, ledger, item))
 

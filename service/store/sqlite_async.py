@@ -83,6 +83,9 @@ class AsyncSqliteJobStore(AsyncJobStore):
     async def charge_bytes(self, tenant, ledger, item, nbytes, ttl_s, limit):
         return await self._call(self.sync.charge_bytes, tenant, ledger, item, nbytes, ttl_s, limit)
 
+    async def bytes_used(self, tenant, ledger):
+        return await self._call(self.sync.bytes_used, tenant, ledger)
+
     async def release_bytes(self, tenant, ledger, item):
         return await self._call(self.sync.release_bytes, tenant, ledger, item)
 

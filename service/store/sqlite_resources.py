@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+from service.store.base import ARTIFACTS, FOREVER_S
+
 
 class SqliteResources:
     def claim_due_webhooks(self, limit=20):
@@ -30,6 +32,9 @@ class SqliteResources:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO resources (kind, id, tenant, doc, used_at) VALUES (?,?,?,?,?)",
                        (kind, resource_id, tenant, json.dumps({**doc, "id": resource_id, "tenant": tenant}), time.time()))
+            if doc.get("stored_bytes"):  # counts against the tenant's artifact quota until deleted
+                db.execute("INSERT OR REPLACE INTO ledger VALUES (?,?,?,?,?)",
+                           (tenant, ARTIFACTS, f"{kind}|{resource_id}", int(doc["stored_bytes"]), time.time() + FOREVER_S))
 
     def touch_resource(self, kind, resource_id):
         with self._tx() as db:
@@ -55,6 +60,10 @@ class SqliteResources:
                 return False, used, wait
             db.execute("INSERT OR REPLACE INTO ledger VALUES (?,?,?,?,?)", (tenant, ledger, item, nbytes, now + ttl_s))
         return True, used, wait
+
+    def bytes_used(self, tenant, ledger):
+        return self._db().execute("SELECT COALESCE(SUM(bytes), 0) FROM ledger WHERE tenant=? AND ledger=? AND "
+                                  "expires_at>?", (tenant, ledger, time.time())).fetchone()[0]
 
     def release_bytes(self, tenant, ledger, item):
         with self._tx() as db:
@@ -84,6 +93,7 @@ class SqliteResources:
 
     def delete_resource(self, kind, resource_id):
         with self._tx() as db:
+            db.execute("DELETE FROM ledger WHERE ledger=? AND item=?", (ARTIFACTS, f"{kind}|{resource_id}"))
             return db.execute("DELETE FROM resources WHERE kind=? AND id=?", (kind, resource_id)).rowcount > 0
 
     def put_capabilities(self, kind, worker, caps):

@@ -41,7 +41,7 @@ def assert_quota(r, status: int, quota: str, setting: str):
     error = r.json()["errors"][0]
     assert error["quota"] == quota and error["setting"] == setting and error["limit"] > 0
     if status == 429:
-        assert int(r.headers["retry-after"]) >= 1 and error["used"] + error["requested"] > error["limit"]
+        assert int(r.headers["retry-after"]) >= 1 and error["used"] + max(error["requested"], 1) > error["limit"]
 
 
 def test_uploads_past_the_quota_are_429_naming_it(make):
@@ -119,3 +119,39 @@ def test_a_submission_whose_dispatch_failed_frees_its_params_bytes(make):
         body = {"image": image, "prompt": PROMPT}
         assert client.post("/v1/colorizations", json=body, headers=auth(ALICE)).status_code == 503
         assert client.post("/v1/colorizations", json=body, headers=auth(ALICE)).status_code == 202
+
+
+# --- tuned artifacts ----------------------------------------------------------------------
+
+def _anomaly_model(ctx, model_id: str, stored_bytes: int) -> None:
+    ctx.store.put_resource("anomaly_model", model_id, "alice", {
+        "name": "m", "backbone": "wide_resnet50_2", "image_size": 64, "thresholds": {"image": 1.0, "pixel": 1.0},
+        "counts": {"normal": 1}, "job_id": "job_" + "0" * 24, "created_at": 1.0, "prefix": f"anomaly/alice/{model_id}/",
+        "files": [], "stored_bytes": stored_bytes})
+
+
+def test_jobs_that_make_artifacts_are_refused_at_the_artifact_quota_until_one_is_deleted(make):
+    ctx, client = make(max_tenant_artifact_bytes=1_000_000)
+    with client:
+        images = [upload(client, size=(64, 64)).json()["id"] for _ in range(2)]
+        model_id = "anm_" + "7" * 24
+        _anomaly_model(ctx, model_id, 1_000_000)  # a fitted model filled the quota
+        fit = lambda: client.post("/v1/anomaly-models", json={"name": "m", "images": images}, headers=auth(ALICE))  # noqa: E731
+        tune = lambda: client.post("/v1/subject-models", json={"subject_class": "dog", "subject_images": images[:1],  # noqa: E731
+                                                               "steps": 10}, headers=auth(ALICE))
+        for r in (fit(), tune()):
+            assert_quota(r, 429, "artifacts", "VISIONJOBS_MAX_TENANT_ARTIFACT_BYTES")
+        # scoring makes no artifact: still accepted
+        assert client.post("/v1/anomaly-scores", json={"model_id": model_id, "images": images[:1]},
+                           headers=auth(ALICE)).status_code == 202
+        assert client.delete(f"/v1/anomaly-models/{model_id}", headers=auth(ALICE)).status_code == 204
+        assert fit().status_code == 202 and tune().status_code == 202
+
+
+def test_another_tenants_artifacts_do_not_count(make):
+    ctx, client = make(max_tenant_artifact_bytes=1_000)
+    with client:
+        _anomaly_model(ctx, "anm_" + "8" * 24, 5_000)
+        image = upload(client, BOB, size=(64, 64)).json()["id"]
+        r = client.post("/v1/anomaly-models", json={"name": "m", "images": [image]}, headers=auth(BOB))
+        assert r.status_code == 202, r.text

@@ -315,3 +315,17 @@ def test_byte_ledgers_refuse_past_the_limit_and_free_what_expires(store):
     ok, used, _ = store.charge_bytes("t1", "uploads", "u4", 1000, 3600, 1000)
     assert ok and used == 0
     assert store.charge_bytes("t1", "uploads", "u5", 10**12, 3600, 0)[0]  # 0: no limit
+
+
+def test_an_artifacts_stored_bytes_count_until_it_is_deleted(store):
+    from service.store.base import ARTIFACTS
+
+    store.put_resource("anomaly_model", "anm_1", "t1", {"prefix": "anomaly/t1/anm_1/", "stored_bytes": 700})
+    store.put_resource("subject_model", "sbm_1", "t1", {"prefix": "subject/t1/sbm_1/", "stored_bytes": 300})
+    store.put_resource("anomaly_model", "anm_2", "t2", {"prefix": "anomaly/t2/anm_2/", "stored_bytes": 5})
+    store.put_resource("anomaly_model", "anm_3", "t1", {"prefix": "anomaly/t1/anm_3/"})  # made before sizes
+    assert store.bytes_used("t1", ARTIFACTS) == 1000 and store.bytes_used("t2", ARTIFACTS) == 5
+    store.put_resource("anomaly_model", "anm_1", "t1", {"prefix": "anomaly/t1/anm_1/", "stored_bytes": 100})  # a re-run
+    assert store.bytes_used("t1", ARTIFACTS) == 400
+    assert store.delete_resource("anomaly_model", "anm_1")
+    assert store.bytes_used("t1", ARTIFACTS) == 300

@@ -234,7 +234,8 @@ def store_model(ctx: "JobContext", kind: str, model, files: dict[str, bytes], ba
         "name": p["name"], "model": kind, "backbone": backbone.arch, "image_size": p["image_size"],
         "thresholds": thresholds, "counts": counts, "prefix": prefix, "files": sorted(files), "job_id": job.id,
         "profile": backbone.profile, "backbone_weights": backbone.weights, "backbone_fingerprint": backbone.fingerprint,
-        "seed": int(p["seed"]), "created_at": now, "updated_at": now, **extra})
+        "seed": int(p["seed"]), "created_at": now, "updated_at": now,
+        "stored_bytes": sum(map(len, files.values())), **extra})
     return {"model_id": model_id, "model": kind, "thresholds": thresholds, "counts": counts,
             "test_metrics": extra.get("test_metrics"), **(result_extra or {})}
 

@@ -120,7 +120,7 @@ def _tune(ctx: "JobContext", pipe, photos: list, subject_class: str, t: dict, se
               "profile": getattr(pipe, "model_profile", None), "training": art.meta.get("training", {}),
               "num_parameters": art.meta["num_parameters"], "size_bytes": len(art.weights),
               "tune_seconds": round(out.seconds, 3), "final_loss": out.losses[-1] if out.losses else None,
-              "job_id": job.id, "created_at": time.time()}
+              "job_id": job.id, "created_at": time.time(), "stored_bytes": len(art.weights) + len(art.meta_json())}
     ctx.store.put_resource(SUBJECT_MODEL, model_id, job.tenant, record)
     return {**record, "id": model_id}
 

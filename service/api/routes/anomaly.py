@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
 
+from service import quotas
 from service.api.deps import BaseUrl, Ctx, Tenant
 from service.archives import ArchiveError, check_archive, folder_counts
 from service.core.errors import field_error, not_found
@@ -85,7 +86,7 @@ async def fit_model(body: AnomalyFitRequest, ctx: Ctx, tenant: Tenant, base: Bas
     await check_job_pixels(ctx, [*body.images, *body.abnormal, *masks, *validation],
                            "archive" if body.archive else "images", archive_pixels)
     return await accept(ctx, tenant=tenant, base_url=base, kind="anomaly.fit", params=body.model_dump(),
-                  idempotency_key=idempotency_key)
+                        idempotency_key=idempotency_key, admit=lambda: quotas.check_artifacts(ctx, tenant, "name"))
 
 
 @router.post("/anomaly-scores", status_code=202, response_model=Job, responses=_ACCEPTED,

@@ -60,7 +60,6 @@ async def create_subject_generation(body: SubjectGenerationRequest, ctx: Ctx, te
                                                "subject_class out or give the same")
         params["subject_class"] = model["subject_class"]
     await check_photos(ctx, tenant, body.subject_images)
-    if body.tuning is not None:
-        await check_quota(ctx, tenant)
+    admit = (lambda: check_quota(ctx, tenant)) if body.tuning is not None else None  # after a repeated key
     return await accept(ctx, tenant=tenant, base_url=base, kind="subject.generate", params=params,
-                        idempotency_key=idempotency_key)
+                        idempotency_key=idempotency_key, admit=admit)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
 
+from service import quotas
 from service.api.deps import BaseUrl, Ctx, Tenant
 from service.core.errors import ApiError, field_error
 from service.jobs import accept
@@ -51,8 +52,7 @@ def check_tuning_limits(ctx, t: TuningSettings, prefix: str = "") -> None:
             raise field_error(field, f"{value} is over the limit of {limit}", limit=limit)
 
 
-async def check_quota(ctx, tenant: str) -> None:
-    """A tuning keeps a subject model: at most VISIONJOBS_MAX_SUBJECT_MODELS per key."""
+async def check_model_count(ctx, tenant: str) -> None:
     s = ctx.settings
     held = len(await ctx.astore.list_resources(SUBJECT_MODEL, tenant))
     if s.max_subject_models and held >= s.max_subject_models:
@@ -79,6 +79,13 @@ async def create_subject_model(body: SubjectModelRequest, ctx: Ctx, tenant: Tena
     await check_photos(ctx, tenant, body.subject_images)
     return await accept(ctx, tenant=tenant, base_url=base, kind="subject.tune", params=body.model_dump(),
                         idempotency_key=idempotency_key, admit=lambda: check_quota(ctx, tenant))
+
+
+async def check_quota(ctx, tenant: str) -> None:
+    """A tuning keeps a subject model: at most VISIONJOBS_MAX_SUBJECT_MODELS per key, and within
+    the key's artifact bytes (VISIONJOBS_MAX_TENANT_ARTIFACT_BYTES)."""
+    await check_model_count(ctx, tenant)
+    await quotas.check_artifacts(ctx, tenant, "subject_images")
 
 
 def _as_schema(doc: dict) -> SubjectModel:

@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header
 
+from service import quotas
 from service.api.deps import BaseUrl, Ctx, Tenant
 from service.core.errors import field_error
 from service.jobs import accept
@@ -60,5 +61,6 @@ async def create_video_edit(body: VideoEditRequest, ctx: Ctx, tenant: Tenant, ba
             raise field_error("tuned_model", f"no tuned model {body.tuned_model}")
     if body.steps > s.max_steps:
         raise field_error("steps", f"at most {s.max_steps} steps", limit=s.max_steps)
+    admit = (lambda: quotas.check_artifacts(ctx, tenant, "video")) if body.video else None  # a tuning keeps one
     return await accept(ctx, tenant=tenant, base_url=base, kind="video.edit", params=body.model_dump(),
-                  idempotency_key=idempotency_key)
+                        idempotency_key=idempotency_key, admit=admit)
