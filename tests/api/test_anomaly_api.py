@@ -75,8 +75,16 @@ def test_fit_score_patch_delete(live, bench):
     assert live.get(f"/v1/anomaly-models/{model_id}", headers=auth(BOB)).status_code == 404
     r = live.post("/v1/anomaly-scores", json={"model_id": model_id, "images": ids[:1]}, headers=auth(BOB))
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "model_id"
+    # the model's files count against the artifact quota until it is deleted
+    from service.store.base import ARTIFACTS
+
+    ctx = live.app.state.ctx
+    doc = ctx.store.get_resource("anomaly_model", model_id)
+    stored = sum(len(ctx.objects.get(doc["prefix"] + name)) for name in doc["files"])
+    assert ctx.store.bytes_used("alice", ARTIFACTS) == stored > 0
     assert live.delete(f"/v1/anomaly-models/{model_id}", headers=auth(ALICE)).status_code == 204
     assert live.get(f"/v1/anomaly-models/{model_id}", headers=auth(ALICE)).status_code == 404
+    assert ctx.store.bytes_used("alice", ARTIFACTS) == 0
 
 
 def test_fit_from_a_zip_archive(live, bench):
