@@ -212,8 +212,10 @@ class JobStore(abc.ABC):
         """The doc with `id` and `tenant` added, or None."""
 
     @abc.abstractmethod
-    def list_resources(self, kind: str, tenant: str) -> list[dict[str, Any]]:
-        """Newest first."""
+    def list_resources(self, kind: str, tenant: str, cursor: str | None = None,
+                       limit: int | None = None) -> list[dict[str, Any]]:
+        """Newest first (ids are time-sortable); with `cursor`, only ids older than it; at most
+        `limit` of them (all without)."""
 
     @abc.abstractmethod
     def delete_resource(self, kind: str, resource_id: str) -> bool: ...

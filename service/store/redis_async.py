@@ -147,8 +147,8 @@ class AsyncRedisJobStore(AsyncJobStore):
     async def get_resource(self, kind, resource_id):
         return await self._do(self.ops.get_resource(kind, resource_id))
 
-    async def list_resources(self, kind, tenant):
-        return await self._do(self.ops.list_resources(kind, tenant))
+    async def list_resources(self, kind, tenant, cursor=None, limit=None):
+        return await self._do(self.ops.list_resources(kind, tenant, cursor, limit))
 
     async def delete_resource(self, kind, resource_id):
         return await self._do(self.ops.delete_resource(kind, resource_id))

@@ -318,8 +318,11 @@ class RedisOps:
         raw = yield call("get", f"{self.p}res:{kind}:{resource_id}")
         return json.loads(raw) if raw else None
 
-    def list_resources(self, kind: str, tenant: str):
-        ids = yield call("zrevrangebylex", f"{self.p}res:{kind}:tenant:{tenant}", "+", "-")
+    def list_resources(self, kind: str, tenant: str, cursor: str | None = None, limit: int | None = None):
+        # every member has score 0, so lexicographic order is id order (ids are time-sortable)
+        page = {"start": 0, "num": limit} if limit else {}
+        ids = yield call("zrevrangebylex", f"{self.p}res:{kind}:tenant:{tenant}", f"({cursor}" if cursor else "+", "-",
+                         **page)
         if not ids:
             return []
         docs = yield Batch(tuple(call("get", f"{self.p}res:{kind}:{i}") for i in ids))

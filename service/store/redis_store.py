@@ -182,8 +182,8 @@ class RedisJobStore(JobStore):
     def get_resource(self, kind, resource_id):
         return self._do(self.ops.get_resource(kind, resource_id))
 
-    def list_resources(self, kind, tenant):
-        return self._do(self.ops.list_resources(kind, tenant))
+    def list_resources(self, kind, tenant, cursor=None, limit=None):
+        return self._do(self.ops.list_resources(kind, tenant, cursor, limit))
 
     def delete_resource(self, kind, resource_id):
         return self._do(self.ops.delete_resource(kind, resource_id))

@@ -174,6 +174,18 @@ def test_resources_are_tenant_indexed_and_deletable(store):
     assert store.get_resource("other-kind", b) is None
 
 
+def test_resources_page_newest_first_after_a_cursor(store):
+    ids = [new_id("tvm") for _ in range(5)]
+    for i in ids:
+        store.put_resource("tuned", i, "t1", {})
+    store.put_resource("tuned", new_id("tvm"), "t2", {})
+    newest = ids[::-1]
+    assert [d["id"] for d in store.list_resources("tuned", "t1", limit=2)] == newest[:2]
+    assert [d["id"] for d in store.list_resources("tuned", "t1", cursor=newest[1], limit=2)] == newest[2:4]
+    assert [d["id"] for d in store.list_resources("tuned", "t1", cursor=newest[3])] == newest[4:]
+    assert store.list_resources("tuned", "t1", cursor=newest[4], limit=2) == []
+
+
 def test_active_jobs_count_queued_and_running_only(store):
     a, _ = make_job(store)
     b, _ = make_job(store)
