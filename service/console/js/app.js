@@ -1,4 +1,5 @@
-// Entry point: the API key form and a hash router (#/jobs, #/jobs/{id}, #/models/{id}, #/playground, #/subject).
+// Entry point: the API key form and a hash router (#/jobs, #/jobs/{id}, #/models, #/models/{id},
+// #/playground, #/subject, #/video, #/anomaly).
 import { api, ApiError, auth } from "./api.js";
 import { forgetInputs } from "./inputs.js";
 import { renderJobs } from "./jobs.js";
@@ -6,6 +7,7 @@ import { renderDetail } from "./detail.js";
 import { renderModel } from "./models.js";
 import { renderPlayground } from "./playground.js";
 import { renderSubject } from "./subject.js";
+import { renderVideo } from "./video.js";
 import { h } from "./ui.js";
 
 const main = document.getElementById("main");
@@ -98,6 +100,7 @@ function route() {
   else if (page === "models" && arg) cleanup = renderModel(main, decodeURIComponent(arg));
   else if (page === "playground") cleanup = renderPlayground(main);
   else if (page === "subject") cleanup = renderSubject(main);
+  else if (page === "video") cleanup = renderVideo(main);
   else cleanup = renderJobs(main);
 }
 

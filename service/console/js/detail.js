@@ -119,7 +119,7 @@ export function renderDetail(main, id) {
       const row = h("div.figures");
       if (input) row.append(figure(input, "Input", { alt: `Input photo ${p.image}` }));
       r.images.forEach((im, i) => row.append(figure(im.url, `Result ${i + 1} · ${im.width}×${im.height}`,
-        { alt: `Colorized result ${i + 1}`, href: im.url })));
+        { alt: `Colorized result ${i + 1}`, href: im.url, download: im.url })));
       outBody.append(row);
       if (input && r.images.length) {
         outBody.append(h("h3", {}, "Before / after"), compareView(input, r.images[0].url, r.images[0]));
@@ -147,12 +147,8 @@ export function renderDetail(main, id) {
       if (metrics.length) outBody.append(dl(metrics.map(([k, v]) => [k, fmtNum(v)])));
     } else if (job.kind === "video.edit") {
       const row = h("div.figures");
-      r.videos.forEach((v) => {
-        const fig = videoView(v, v.prompt);
-        if (v.gif_url) fig.querySelector("figcaption").append(h("div.small", {}, h("a", { href: v.gif_url, target: "_blank", rel: "noopener" }, "GIF")));
-        row.append(fig);
-      });
-      outBody.append(row, dl([["Tuned model", h("code", {}, r.tuned_model_id)],
+      r.videos.forEach((v) => row.append(videoView(v, v.prompt)));
+      outBody.append(row, dl([["Tuned model", h("a", { href: "#/models" }, h("code", {}, r.tuned_model_id))],
         ["Tuning", `${r.tuning}${r.tuning === "ran" ? ` (${fmtDuration(r.tune_seconds * 1000)})` : ""}`], ["Seed", String(r.seed)]]));
     } else if (job.kind === "subject.generate" || job.kind === "subject.tune") {
       const inputs = await Promise.all((p.subject_images || []).map((u) => inputUrl(u)));

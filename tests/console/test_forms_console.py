@@ -1,0 +1,78 @@
+"""The job forms of the console in headless Chromium against the running service (tiny models,
+tiny jobs): each form submits, the job gets what the form said, and the result shows."""
+from __future__ import annotations
+
+from tests.console.conftest import ARTIFACTS, sign_in
+from tests.console.test_console import UNLABELLED
+from tests.helpers import ALICE
+
+
+def job_of(service, page, result_sel: str) -> dict:
+    page.wait_for_selector(f"{result_sel}:not([hidden])", timeout=90_000)
+    job_id = page.locator(result_sel).locator("xpath=..").locator(".job-line a").get_attribute("data-job-id")
+    with service.api() as api:
+        return api.get(f"/v1/jobs/{job_id}").json()
+
+
+def test_video_generation_form_with_several_prompts(page, service):
+    sign_in(page, ALICE)
+    page.click("a[data-nav='video']")
+    page.fill("#gen-prompt-1", "a cat walks on grass")
+    page.fill("#gen-prompt-2", "a cat sits on grass")
+    page.click("#gen-prompt-add")
+    page.fill("#gen-prompt-3", "a cat sleeps")
+    page.click("button[aria-label='Remove prompt 3']")
+    page.click("#video-generation-form details.advanced summary")
+    for sel, value in (("#gen-steps", "2"), ("#gen-width", "64"), ("#gen-height", "64"), ("#gen-seed", "3")):
+        page.fill(sel, value)
+    assert page.evaluate(UNLABELLED) == []
+    page.click("#gen-submit")
+    job = job_of(service, page, "#gen-result")
+    assert job["status"] == "succeeded", job["error"]
+    assert job["params"]["prompts"] == ["a cat walks on grass", "a cat sits on grass"]
+    assert (job["params"]["steps"], job["params"]["width"], job["params"]["seed"]) == (2, 64, 3)
+    video = page.locator("#gen-result video")
+    page.wait_for_function("() => document.querySelector('#gen-result video').readyState >= 1", timeout=20_000)
+    assert video.evaluate("v => [v.videoWidth, v.videoHeight]") == [64, 64]
+    download = page.locator("#gen-result a.download")
+    assert download.get_attribute("download") == "video.mp4"
+    assert download.get_attribute("href").split("?")[0] == job["result"]["video"]["url"].split("?")[0]
+    page.screenshot(path=str(ARTIFACTS / "video-generation-form.png"), full_page=True)
+
+
+def test_video_edit_form_uploads_a_clip_then_reuses_the_tuning(page, service):
+    from tests.api.test_video_edit_api import clip_mp4
+
+    clip = ARTIFACTS / "clip.mp4"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    clip.write_bytes(clip_mp4(frames=6, size=64))
+    sign_in(page, ALICE)
+    page.goto("/console/#/video")
+    page.set_input_files("#edit-clip", str(clip))
+    page.fill("#edit-source", "a man in a space suit")
+    page.fill("#edit-prompt-1", "a robot")
+    page.click("#video-edit-form details.advanced summary")
+    for sel, value in (("#edit-tune-steps", "1"), ("#edit-frames", "2"), ("#edit-stride", "1"), ("#edit-width", "64"),
+                       ("#edit-height", "64"), ("#edit-steps", "1"), ("#edit-seed", "1")):
+        page.fill(sel, value)
+    page.check("#edit-gif")
+    assert page.evaluate(UNLABELLED) == []
+    page.click("#edit-submit")
+    job = job_of(service, page, "#edit-result")
+    assert job["status"] == "succeeded", job["error"]
+    p = job["params"]
+    assert p["video"].startswith("upl_") and p["source_prompt"] == "a man in a space suit" and p["edits"] == ["a robot"]
+    assert (p["tune_steps"], p["frames"], p["frame_stride"], p["width"], p["steps"], p["gif"]) == (1, 2, 1, 64, 1, True)
+    assert page.locator("#edit-result figure.video").count() == 1
+    names = [a.get_attribute("download") for a in page.locator("#edit-result a.download").all()]
+    assert names == ["edit_0.mp4", "edit_0.gif"]
+    tuned = job["result"]["tuned_model_id"]
+    assert page.input_value("#edit-model") == tuned  # the new tuning is selected for the next edit
+    assert page.locator("#edit-clip").is_hidden()
+
+    page.fill("#edit-prompt-1", "a bear")
+    page.click("#edit-submit")
+    page.wait_for_selector("#edit-result figcaption:has-text('a bear')", timeout=90_000)
+    again = job_of(service, page, "#edit-result")
+    assert again["params"]["tuned_model"] == tuned and again["result"]["tuning"] == "skipped"
+    assert "video" not in again["params"] or again["params"]["video"] is None
