@@ -76,3 +76,73 @@ def test_video_edit_form_uploads_a_clip_then_reuses_the_tuning(page, service):
     again = job_of(service, page, "#edit-result")
     assert again["params"]["tuned_model"] == tuned and again["result"]["tuning"] == "skipped"
     assert "video" not in again["params"] or again["params"]["video"] is None
+
+
+def test_anomaly_fit_from_a_folder_and_a_zip_then_score_against_the_chosen_model(page, service):
+    import numpy as np
+    from PIL import Image
+
+    from tests.api.test_anomaly_training_api import folder_zip
+    from tests.models.anomaly_data import make_benchmark
+
+    crops = make_benchmark("brick", crop=64, n_train=10, n_validation=0, n_test_normal=0, n_test_per_defect=2, seed=0)
+    root = ARTIFACTS / "bricks"
+    for sub in ("normal", "abnormal", "mask"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(crops.train):
+        Image.fromarray(np.asarray(im)).save(root / "normal" / f"{i:02d}.png")
+    defects = [s for s in crops.test if s.defect]
+    for i, s in enumerate(defects):
+        Image.fromarray(np.asarray(s.image)).save(root / "abnormal" / f"{i:02d}.png")
+        Image.fromarray(s.mask.astype(np.uint8) * 255).save(root / "mask" / f"{i:02d}_mask.png")
+    (ARTIFACTS / "bricks.zip").write_bytes(folder_zip(crops))
+
+    sign_in(page, ALICE)
+    page.click("a[data-nav='anomaly']")
+    page.fill("#fit-name", "bricks from a folder")
+    page.set_input_files("#fit-folder", str(root))
+    page.wait_for_selector(f".dataset-summary:has-text('{len(crops.train)} normal, {len(defects)} abnormal, "
+                           f"{len(defects)} masks')")
+    page.click("#anomaly-fit-form details.advanced summary")
+    page.select_option("#fit-backbone", "tiny")
+    page.fill("#fit-image-size", "64")
+    page.fill("#fit-seed", "0")
+    assert page.evaluate(UNLABELLED) == []
+    page.click("#fit-submit")
+    fit = job_of(service, page, "#fit-result")
+    assert fit["status"] == "succeeded", fit["error"]
+    p = fit["params"]
+    assert (len(p["images"]), len(p["abnormal"]), p["backbone"], p["image_size"]) == (len(crops.train), len(defects), "tiny", 64)
+    assert len(p["abnormal_masks"]) == len(defects) and all(m and m.startswith("upl_") for m in p["abnormal_masks"])
+    folder_model = fit["result"]["model_id"]
+    assert page.get_attribute("#fit-result a.model-link", "href") == f"#/models/{folder_model}"
+    page.wait_for_selector(f"#score-model option[value='{folder_model}']", state="attached")
+
+    # the same dataset as a ZIP
+    page.check("#fit-source-zip")
+    page.fill("#fit-name", "bricks from a zip")
+    page.set_input_files("#fit-zip", str(ARTIFACTS / "bricks.zip"))
+    page.click("#fit-submit")
+    page.wait_for_function(f"() => document.querySelector('#fit-result a.model-link')?.getAttribute('href') "
+                           f"!== '#/models/{folder_model}'", timeout=90_000)
+    zipped = job_of(service, page, "#fit-result")
+    assert zipped["status"] == "succeeded" and zipped["params"]["archive"].startswith("upl_")
+    assert "images" not in zipped["params"] or not zipped["params"]["images"]
+
+    # score against the folder model, chosen in the list (the zip model is selected after its fit)
+    assert page.input_value("#score-model") == zipped["result"]["model_id"]
+    page.select_option("#score-model", folder_model)
+    page.set_input_files("#score-images", [str(root / "normal" / "00.png"), str(root / "abnormal" / "00.png")])
+    page.click("#score-submit")
+    scored = job_of(service, page, "#score-result")
+    assert scored["status"] == "succeeded", scored["error"]
+    assert scored["params"]["model_id"] == folder_model
+    rows = page.locator("#score-result table.scores tbody tr")
+    assert rows.count() == 2
+    for row, item, name in zip(rows.all(), scored["result"]["items"], ("00.png", "00.png")):
+        cells = row.locator("th, td").all_inner_texts()
+        assert cells[0] == name and abs(float(cells[1]) - item["score"]) <= 5e-3 * max(1, abs(item["score"]))
+        assert cells[3] == ("anomalous" if item["label"] else "normal")
+    assert page.locator("#score-result figure.anomaly").count() == 2
+    assert page.locator("#score-result figure.anomaly a.download").count() >= 6  # heat map, mask, anomaly map each
+    page.screenshot(path=str(ARTIFACTS / "anomaly-forms.png"), full_page=True)

@@ -8,6 +8,7 @@ import { renderModel } from "./models.js";
 import { renderPlayground } from "./playground.js";
 import { renderSubject } from "./subject.js";
 import { renderVideo } from "./video.js";
+import { renderAnomaly } from "./anomaly.js";
 import { h } from "./ui.js";
 
 const main = document.getElementById("main");
@@ -101,6 +102,7 @@ function route() {
   else if (page === "playground") cleanup = renderPlayground(main);
   else if (page === "subject") cleanup = renderSubject(main);
   else if (page === "video") cleanup = renderVideo(main);
+  else if (page === "anomaly") cleanup = renderAnomaly(main);
   else cleanup = renderJobs(main);
 }
 
