@@ -5,6 +5,7 @@ import { forgetInputs } from "./inputs.js";
 import { renderJobs } from "./jobs.js";
 import { renderDetail } from "./detail.js";
 import { renderModel } from "./models.js";
+import { renderModels } from "./modellist.js";
 import { renderPlayground } from "./playground.js";
 import { renderSubject } from "./subject.js";
 import { renderVideo } from "./video.js";
@@ -99,6 +100,7 @@ function route() {
   }
   if (page === "jobs" && arg) cleanup = renderDetail(main, decodeURIComponent(arg));
   else if (page === "models" && arg) cleanup = renderModel(main, decodeURIComponent(arg));
+  else if (page === "models") cleanup = renderModels(main);
   else if (page === "playground") cleanup = renderPlayground(main);
   else if (page === "subject") cleanup = renderSubject(main);
   else if (page === "video") cleanup = renderVideo(main);
