@@ -2,6 +2,7 @@
 // (new jobs, final states); active jobs also stream their progress over SSE. Browsers allow
 // about six connections per host over HTTP/1.1, so at most MAX_STREAMS jobs stream at once.
 import { cancelJob, FINAL, listJobs, streamJob } from "./api.js";
+import { jobText, jobThumb } from "./summary.js";
 import { clear, h, KIND_LABEL, messageBox, progressView, relTime, statusBadge, timeEl } from "./ui.js";
 
 const MAX_STREAMS = 3;
@@ -37,9 +38,9 @@ export function renderJobs(main) {
       h("button.secondary", { type: "button", onclick: () => reload() }, "Refresh")),
     msg.root,
     h("div.table-wrap", {},
-      h("table.jobs", {},
+      h("table.jobs.job-list", {},
         h("caption.sr-only", {}, "Jobs, newest first"),
-        h("colgroup", {}, h("col.c-id"), h("col.c-kind"), h("col.c-status"), h("col.c-progress"), h("col.c-created"),
+        h("colgroup", {}, h("col.c-job"), h("col.c-kind"), h("col.c-status"), h("col.c-progress"), h("col.c-created"),
           h("col.c-actions")),
         h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Job"), h("th", { scope: "col" }, "Kind"),
           h("th", { scope: "col" }, "Status"), h("th", { scope: "col" }, "Progress"), h("th", { scope: "col" }, "Created"),
@@ -49,13 +50,18 @@ export function renderJobs(main) {
 
   function row(job) {
     const progress = progressView(`Progress of ${job.id}`);
-    const statusCell = h("td");
+    const statusCell = h("td.c-status", { dataset: { label: "Status" } });
     const actionCell = h("td.actions");
-    const created = h("td", {}, timeEl(job.created_at, relTime(job.created_at)));
+    const created = h("td.c-created", { dataset: { label: "Created" } }, timeEl(job.created_at, relTime(job.created_at)));
+    const thumb = h("span.thumb", { "aria-hidden": "true" });
+    const text = jobText(job);
     const tr = h("tr", { dataset: { jobId: job.id } },
-      h("th", { scope: "row" }, h("a.job-link", { href: `#/jobs/${job.id}` }, h("code", {}, job.id))),
-      h("td", {}, KIND_LABEL[job.kind] || job.kind), statusCell, h("td", {}, progress.root), created, actionCell);
-    const entry = { job: null, tr, progress, statusCell, actionCell, created, stream: null, canceling: false };
+      h("th.c-job", { scope: "row" }, h("a.job-link", { href: `#/jobs/${job.id}` }, thumb,
+        h("span.job-summary", {}, h("span.job-text", { title: text }, text || KIND_LABEL[job.kind] || job.kind),
+          h("code", {}, job.id)))),
+      h("td.c-kind", { dataset: { label: "Kind" } }, KIND_LABEL[job.kind] || job.kind), statusCell,
+      h("td.c-progress", {}, progress.root), created, actionCell);
+    const entry = { job: null, tr, progress, statusCell, actionCell, created, thumb, stream: null, canceling: false };
     rows.set(job.id, entry);
     update(entry, job);
     return entry;
@@ -69,6 +75,7 @@ export function renderJobs(main) {
     entry.tr.dataset.status = job.status;
     entry.progress.update(job);
     if (statusChanged) {
+      showThumb(entry, job);
       clear(entry.statusCell).append(statusBadge(job.status));
       clear(entry.actionCell);
       if (!FINAL.has(job.status)) {
@@ -78,6 +85,13 @@ export function renderJobs(main) {
         entry.actionCell.append(btn);
       }
     }
+  }
+
+  async function showThumb(entry, job) {
+    const src = await jobThumb(job);
+    if (!src || stopped || entry.thumb.dataset.src === src) return;
+    entry.thumb.dataset.src = src;
+    entry.thumb.replaceChildren(h("img", { src, alt: "", loading: "lazy", width: 48, height: 48 }));
   }
 
   async function cancel(entry, btn) {
