@@ -37,6 +37,10 @@ def test_video_generation_form_with_several_prompts(page, service):
     download = page.locator("#gen-result a.download")
     assert download.get_attribute("download") == "video.mp4"
     assert download.get_attribute("href").split("?")[0] == job["result"]["video"]["url"].split("?")[0]
+    with page.expect_download() as got:
+        download.click()
+    saved = got.value
+    assert saved.suggested_filename == "video.mp4" and open(saved.path(), "rb").read()[4:8] == b"ftyp"
     page.screenshot(path=str(ARTIFACTS / "video-generation-form.png"), full_page=True)
 
 

@@ -25,8 +25,9 @@ export function renderJobs(main) {
     h("option", { value: "" }, "All"),
     ...Object.entries(KIND_LABEL).map(([k, label]) => h("option", { value: k }, label)));
   const tbody = h("tbody");
-  const empty = h("p.empty-note", { hidden: true }, "No jobs yet. Submit one from the ",
-    h("a", { href: "#/playground" }, "colorize playground"), " or through the API.");
+  const empty = h("p.empty-note", { hidden: true }, "No jobs yet. Submit one from a form (",
+    h("a", { href: "#/playground" }, "colorize"), ", ", h("a", { href: "#/subject" }, "subject"), ", ",
+    h("a", { href: "#/video" }, "video"), ", ", h("a", { href: "#/anomaly" }, "anomaly"), ") or through the API.");
   const more = h("button.secondary", { type: "button", hidden: true, onclick: () => load(true) }, "Load more");
   const live = h("span.live", { "aria-live": "off" }, "live");
 
