@@ -186,6 +186,18 @@ def test_resources_page_newest_first_after_a_cursor(store):
     assert store.list_resources("tuned", "t1", cursor=newest[4], limit=2) == []
 
 
+    async def async_side():  # the API reads through the async store
+        astore = store.open_async()
+        try:
+            return [d["id"] for d in await astore.list_resources("tuned", "t1", cursor=newest[0], limit=3)]
+        finally:
+            await astore.aclose()
+
+    import asyncio
+
+    assert asyncio.run(async_side()) == newest[1:4]
+
+
 def test_active_jobs_count_queued_and_running_only(store):
     a, _ = make_job(store)
     b, _ = make_job(store)
