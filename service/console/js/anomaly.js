@@ -7,7 +7,7 @@
 import { api } from "./api.js";
 import { field, numInput, putNumbers, runStatus, submitJob, uploader } from "./form.js";
 import { h, messageBox, progressView } from "./ui.js";
-import { anomalyView, fmtNum } from "./views.js";
+import { anomalyView, fmtNum, scoreTable } from "./views.js";
 
 const IMAGE_RE = /\.(png|jpe?g|webp|bmp|tiff?)$/i;
 const IMAGE_TYPES = "image/png,image/jpeg,image/webp,image/bmp,image/tiff";
@@ -165,13 +165,7 @@ function scorePanel(signal, upload, names) {
     });
     if (final?.status !== "succeeded") return;
     const items = final.result.items;
-    result.replaceChildren(h("h3", {}, "Scores"),
-      h("div.table-wrap", {}, h("table.scores", {}, h("caption.sr-only", {}, "Score of each image"),
-        h("thead", {}, h("tr", {}, ...["Image", "Score", "Normalised", "Label", "Regions"].map((c) => h("th", { scope: "col" }, c)))),
-        h("tbody", {}, ...items.map((it) => h("tr", { dataset: { image: it.image } },
-          h("th", { scope: "row" }, names.get(it.image) || it.image), h("td.num", {}, fmtNum(it.score)),
-          h("td.num", {}, fmtNum(it.normalized_score)), h("td", {}, it.label ? "anomalous" : "normal"),
-          h("td.num", {}, String(it.boxes.length))))))),
+    result.replaceChildren(h("h3", {}, "Scores"), scoreTable(items, (id) => names.get(id)),
       h("div.figures.anomaly-figures", {}, ...items.map((it, i) => anomalyView(it, i, localUrls.get(it.image)))),
       h("p.small", {}, h("a", { href: `#/jobs/${final.id}` }, "Open the job page")));
     result.hidden = false;

@@ -3,7 +3,7 @@ import { ApiError, cancelJob, FINAL, getJob, streamJob } from "./api.js";
 import { inputUrl } from "./inputs.js";
 import { clear, fmtDuration, fmtTime, h, KIND_LABEL, messageBox, progressView, statusBadge, timeEl } from "./ui.js";
 import { subjectResult } from "./subject.js";
-import { anomalyView, compareView, figure, fmtNum, videoView } from "./views.js";
+import { anomalyView, compareView, figure, fmtNum, scoreTable, videoView } from "./views.js";
 
 export function renderDetail(main, id) {
   document.title = `${id} · visionjobs`;
@@ -133,8 +133,8 @@ export function renderDetail(main, id) {
       const inputs = await Promise.all(r.items.map((it) => inputUrl(it.image)));
       if (run !== outputsRun) return;
       r.items.forEach((it, i) => row.append(anomalyView(it, i, inputs[i])));
-      outBody.append(h("p.small", {}, "Heat map: blue = normal, green = the threshold, red = most anomalous. "
-        + "Outlined boxes are the regions above the threshold."), row);
+      outBody.append(scoreTable(r.items), h("p.small", {}, "Heat map: blue = normal, green = the threshold, red = most "
+        + "anomalous. Outlined boxes are the regions above the threshold."), row);
     } else if (job.kind === "anomaly.fit") {
       outBody.append(dl([["Model", h("a.model-link", { href: `#/models/${r.model_id}` }, h("code", {}, r.model_id))],
         ...Object.entries(r.test_metrics || {}).filter(([, v]) => typeof v === "number" && !Number.isInteger(v))

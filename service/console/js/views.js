@@ -96,6 +96,16 @@ export function anomalyView(item, index, inputUrl) {
       h("div.small", {}, "Anomaly map: a 16-bit PNG of the raw scores.")));
 }
 
+/** One row per scored image: its name (`nameOf(upload id)`, else the id), scores, label, regions. */
+export function scoreTable(items, nameOf = () => null) {
+  return h("div.table-wrap", {}, h("table.scores", {}, h("caption.sr-only", {}, "Score of each image"),
+    h("thead", {}, h("tr", {}, ...["Image", "Score", "Normalised", "Label", "Regions"].map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", {}, ...items.map((it) => h("tr", { dataset: { image: it.image } },
+      h("th", { scope: "row" }, nameOf(it.image) || it.image), h("td.num", {}, fmtNum(it.score)),
+      h("td.num", {}, fmtNum(it.normalized_score)), h("td", {}, it.label ? "anomalous" : "normal"),
+      h("td.num", {}, String(it.boxes.length)))))));
+}
+
 export function fmtNum(x) {
   if (typeof x !== "number") return String(x);
   return Math.abs(x) >= 100 ? x.toFixed(1) : x.toPrecision(3);
