@@ -150,3 +150,7 @@ def test_anomaly_fit_from_a_folder_and_a_zip_then_score_against_the_chosen_model
     assert page.locator("#score-result figure.anomaly").count() == 2
     assert page.locator("#score-result figure.anomaly a.download").count() >= 6  # heat map, mask, anomaly map each
     page.screenshot(path=str(ARTIFACTS / "anomaly-forms.png"), full_page=True)
+    # the job page names the images this browser submitted by their file names
+    page.click("#score-result a[href^='#/jobs/']")
+    page.wait_for_selector("table.scores tbody tr")
+    assert page.locator("table.scores tbody th").all_inner_texts() == ["00.png", "00.png"]

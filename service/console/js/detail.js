@@ -1,6 +1,6 @@
 // One job: status and progress (live over SSE), timeline, outputs, error and parameters.
 import { ApiError, cancelJob, FINAL, getJob, streamJob } from "./api.js";
-import { inputUrl } from "./inputs.js";
+import { inputName, inputUrl } from "./inputs.js";
 import { clear, fmtDuration, fmtTime, h, KIND_LABEL, messageBox, progressView, statusBadge, timeEl } from "./ui.js";
 import { subjectResult } from "./subject.js";
 import { anomalyView, compareView, figure, fmtNum, scoreTable, videoView } from "./views.js";
@@ -131,9 +131,10 @@ export function renderDetail(main, id) {
     } else if (job.kind === "anomaly.score") {
       const row = h("div.figures.anomaly-figures");
       const inputs = await Promise.all(r.items.map((it) => inputUrl(it.image)));
+      const names = new Map(await Promise.all(r.items.map(async (it) => [it.image, await inputName(it.image)])));
       if (run !== outputsRun) return;
       r.items.forEach((it, i) => row.append(anomalyView(it, i, inputs[i])));
-      outBody.append(scoreTable(r.items), h("p.small", {}, "Heat map: blue = normal, green = the threshold, red = most "
+      outBody.append(scoreTable(r.items, (id) => names.get(id)), h("p.small", {}, "Heat map: blue = normal, green = the threshold, red = most "
         + "anomalous. Outlined boxes are the regions above the threshold."), row);
     } else if (job.kind === "anomaly.fit") {
       outBody.append(dl([["Model", h("a.model-link", { href: `#/models/${r.model_id}` }, h("code", {}, r.model_id))],
