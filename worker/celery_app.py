@@ -21,7 +21,7 @@ log = logging.getLogger("visionjobs.worker")
 
 def make_celery(settings: WorkerSettings) -> Celery:
     app = Celery("visionjobs")
-    app.conf.update(celery_base_config(settings.redis_url or "redis://127.0.0.1:6379/0", settings.visibility_timeout_s))
+    app.conf.update(celery_base_config(settings.redis_target(), settings.visibility_timeout_s))
     app.conf.update(
         task_acks_late=True,              # a message is acked only after the job ran
         task_reject_on_worker_lost=True,  # and requeued if the process running it dies

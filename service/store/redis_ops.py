@@ -33,6 +33,7 @@ LIST_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord) if f.name != "
 # what clients see of a job (status reads, waits): the worker-side fields keep their defaults
 VIEW_FIELDS = ("id", "tenant", "kind", "params", "status", "progress", "stage", "attempt", "created_at", "started_at",
                "finished_at", "error", "result", "model_profile", "version", "webhook_deliveries")
+_FREE_KEY = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 HEAVY_BYTES = 64 * 1024  # decoding more than this runs off the event loop (async driver)
 VERSIONS_CHUNK = 500     # versions(): job ids per pipeline
 
@@ -237,6 +238,25 @@ class RedisOps:
 
     def mark_dispatched(self, job_id: str, ttl_s: float):
         yield call("set", f"{self.p}sent:{job_id}", 1, ex=max(1, int(ttl_s)))
+
+    def mark_replicated(self, job_id: str, ttl_s: float, replicas: int, timeout_ms: int):
+        """mark_dispatched, then WAIT on the same connection: WAIT covers what its own connection
+        wrote last, and replication is one ordered stream, so the job and its broker message
+        (written before) are on `replicas` replicas once it answers that many. Returns the count."""
+        _, acked = yield Batch((call("set", f"{self.p}sent:{job_id}", 1, ex=max(1, int(ttl_s))),
+                                call("wait", replicas, timeout_ms)))
+        return int(acked)
+
+    def connected_replicas(self):
+        info = yield call("info", "replication")
+        return int(info.get("connected_slaves", 0))
+
+    def withdraw(self, job_id: str, tenant: str, idempotency_key: str | None):
+        """A job the API could not make durable: canceled (a worker given its message drops it),
+        and its Idempotency-Key freed, so the client's retry makes a new job."""
+        yield Script("CANCEL", (self.p, job_id, self.retention_s))
+        if idempotency_key:
+            yield call("eval", _FREE_KEY, 1, f"{self.p}idem:{tenant}:{idempotency_key}", job_id)
 
     # --- worker side ---
     def claim(self, job_id: str, worker: str, lease_s: float):
