@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from service.store.base import ALL_STATES, QUEUED, Claim, JobRecord, UploadRecord
+from service.store.base import ALL_STATES, QUEUED, Claim, JobRecord, QueueStats, UploadRecord
 from service.store.summary import summarize_params
 
 WORKER_LOST = json.dumps({"code": "worker_lost",
@@ -309,6 +309,22 @@ class RedisOps:
 
     def queue_depth(self, kind: str):
         return (yield call("zcard", f"{self.p}queue:{kind}"))
+
+    def queue_stats(self, kinds: list[str]):
+        """Two round trips plus one per scrape for the running jobs' (kind, worker) pairs."""
+        calls = [call("zrange", f"{self.p}queue:{k}", 0, 0, withscores=True) for k in kinds]
+        calls += [call("zcard", f"{self.p}queue:{k}") for k in kinds] + [call("zrange", f"{self.p}leases", 0, -1)]
+        answers = yield Batch(tuple(calls))
+        heads, depths, running = answers[:len(kinds)], answers[len(kinds):-1], answers[-1]
+        owners = (yield Batch(tuple(call("hmget", self.job_key(j), ["kind", "worker"]) for j in running))) \
+            if running else []
+        busy: dict[str, set] = {}
+        for kind, worker in owners:
+            if kind and worker:
+                busy.setdefault(kind, set()).add(worker)
+        now = time.time()
+        return {k: QueueStats(int(d), max(0.0, now - head[0][1] / 1000) if head else 0.0, len(busy.get(k, ())))
+                for k, head, d in zip(kinds, heads, depths)}
 
     def claim_due_webhooks(self, limit: int = 20):
         due = yield call("zrangebyscore", f"{self.p}webhooks", "-inf", time.time(), start=0, num=limit)

@@ -205,5 +205,8 @@ class RedisJobStore(JobStore):
     def counts(self):
         return self._do(self.ops.counts())
 
+    def queue_stats(self, kinds):
+        return self._do(self.ops.queue_stats(list(kinds)))
+
     def close(self):
         self.r.close()
