@@ -86,7 +86,7 @@ def worker(gpus: str | None, queues: str | None, concurrency: int | None, preloa
         raise click.ClickException("--concurrency must be at least 1")
     children = plan(gpu_list, queue_list, n, bool(s.preload if preload is None else preload), socket.gethostname(),
                     threads=threads)
-    sys.exit(launch(children))
+    sys.exit(launch(children, stop_grace_s=s.drain_timeout_s + 15))
 
 
 @main.command()

@@ -243,6 +243,13 @@ class JobStore(abc.ABC):
     def counts(self) -> dict[tuple[str, str], int]:
         """(kind, status) -> number of known jobs, for /metrics."""
 
+    def release(self, job_id: str, attempt: int) -> bool:
+        """Hand a running attempt's job back to the queue (a worker stopping): queued again at
+        once, with one more attempt allowed so the hand-back costs none. False when the attempt no
+        longer owns the job, or a cancel is pending (the lease then decides). Default: not
+        supported, the lease decides."""
+        return False
+
     @abc.abstractmethod
     def queue_stats(self, kinds: list[str]) -> dict[str, "QueueStats"]:
         """kind -> queue depth, oldest queued age and busy workers, for /metrics (autoscaling)."""

@@ -263,6 +263,9 @@ class RedisOps:
         reason = yield Script("CLAIM", (self.p, job_id, worker, lease_s))
         return Claim((yield from self.get_job(job_id)) if reason == "claimed" else None, reason)
 
+    def release(self, job_id: str, attempt: int):
+        return bool((yield Script("RELEASE", (self.p, job_id, attempt))))
+
     def heartbeat(self, job_id: str, attempt: int, lease_s: float, *, progress=None, stage=None, result=None):
         stop = yield Script("HEARTBEAT", (self.p, job_id, attempt, lease_s,
                                           "" if progress is None else repr(float(progress)), stage or "",

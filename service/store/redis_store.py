@@ -150,6 +150,9 @@ class RedisJobStore(JobStore):
         return self._do(self.ops.finish(job_id, attempt, status, result=result, error=error,
                                         model_profile=model_profile))
 
+    def release(self, job_id, attempt):
+        return self._do(self.ops.release(job_id, attempt))
+
     def reap_expired(self, now=None, limit: int = 100):
         return self._do(self.ops.reap_expired(limit))
 
