@@ -43,7 +43,7 @@ def build_context(settings: Settings, *, anonymous: bool = False, dispatcher: Di
     store = build_job_store(settings)
     objects = build_object_store(settings)
     if dispatcher is None:
-        dispatcher = CeleryDispatcher(settings.redis_url) if settings.redis_url else LocalDispatcher()
+        dispatcher = CeleryDispatcher(settings.redis_target()) if settings.distributed else LocalDispatcher()
     keyring = KeyRing(settings.key_map(), allow_anonymous=anonymous or settings.allow_anonymous)
     limiter = RateLimiter(settings.rate_limit_per_minute)  # bound to the async Redis client at start-up
     return AppContext(settings, store, objects, dispatcher, keyring, limiter, model_profile)

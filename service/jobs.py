@@ -82,12 +82,17 @@ async def submit(ctx, *, tenant: str, kind: str, params: dict[str, Any],
                 await ctx.offload("queue", ctx.dispatcher.dispatch, job.id, kind)
             else:
                 ctx.dispatcher.dispatch(job.id, kind)
-            await store.mark_dispatched(job.id, REDISPATCH_AFTER_S)
+            durable = await store.mark_accepted(job.id, REDISPATCH_AFTER_S)
         except Exception as exc:
             log.error("could not queue job %s: %s", job.id, exc)
             await store.request_cancel(job.id)
             raise ApiError(503, "Service unavailable", "the queue cannot be reached; the job was not accepted",
                            code="queue_unavailable", headers={"Retry-After": "5"})
+        if not durable:  # on the primary only: a failover now would lose it, so it is not accepted
+            await store.withdraw(job.id, tenant, idempotency_key)
+            raise ApiError(503, "Service unavailable", f"the job did not reach a replica of the job store within "
+                           f"{settings.redis_wait_timeout_ms} ms; it was not accepted", code="not_replicated",
+                           headers={"Retry-After": "2"})
     return job, created
 
 

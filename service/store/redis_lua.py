@@ -193,5 +193,22 @@ return requeued
 """
 
 
+# ARGV: prefix, id, attempt. A stopping worker hands its job back. Returns 1 when re-queued.
+RELEASE = _NOW + _EVENT + """
+local p, id = ARGV[1], ARGV[2]
+local jk = p .. 'job:' .. id
+local f = redis.call('HMGET', jk, 'status', 'attempt', 'kind', 'cancel_requested', 'created_at')
+if f[1] ~= 'running' or f[2] ~= ARGV[3] or f[4] == '1' then return 0 end
+redis.call('ZREM', p .. 'leases', id)
+redis.call('HSET', jk, 'status', 'queued', 'stage', 'handed back by a stopping worker', 'worker', '', 'progress', 0)
+redis.call('HINCRBY', jk, 'max_attempts', 1)
+redis.call('ZADD', p .. 'queue:' .. f[3], math.floor(tonumber(f[5]) * 1000), id)
+move(p, jk, id, f[3], 'running', 'queued')
+bump(p, id)
+return 1
+"""
+
+
 # name -> source: both drivers (sync and asyncio) register these same strings
-SCRIPTS = {"CREATE": CREATE, "CLAIM": CLAIM, "HEARTBEAT": HEARTBEAT, "FINISH": FINISH, "CANCEL": CANCEL, "REAP": REAP}
+SCRIPTS = {"CREATE": CREATE, "CLAIM": CLAIM, "HEARTBEAT": HEARTBEAT, "FINISH": FINISH, "CANCEL": CANCEL, "REAP": REAP,
+           "RELEASE": RELEASE}

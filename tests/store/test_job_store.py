@@ -265,3 +265,21 @@ def test_partial_result_while_running_and_after_a_failure(store):
     assert store.get_job(job.id).result == partial
     done = store.finish(job.id, claimed.attempt, "canceled", error={"code": "canceled", "message": "x"})
     assert done.result == partial and store.get_job(job.id).result == partial  # what it did stays visible
+
+
+def test_queue_stats_give_depth_oldest_age_and_busy_workers_per_kind(store):
+    old = JobRecord(id=new_id("job"), tenant="t1", kind="colorize", params={}, created_at=time.time() - 42)
+    store.create_job(old)
+    running = [make_job(store)[0] for _ in range(3)]
+    make_job(store, kind="video.edit")
+    assert store.claim(old.id, "host-a:1", 30).job is not None
+    store.claim(running[0].id, "host-a:1", 30)  # a batch: the same worker process holds two jobs
+    store.claim(running[1].id, "host-b:7", 30)
+    stats = store.queue_stats(["colorize", "video.edit", "anomaly.fit"])
+    assert stats["colorize"].depth == 1 and stats["colorize"].busy_workers == 2
+    assert 0 <= stats["colorize"].oldest_age_s < 30  # the oldest *queued* one: the 42 s old job runs
+    assert stats["video.edit"].depth == 1 and stats["video.edit"].busy_workers == 0
+    assert stats["anomaly.fit"].depth == 0 and stats["anomaly.fit"].oldest_age_s == 0.0
+    queued_old = JobRecord(id=new_id("job"), tenant="t1", kind="anomaly.fit", params={}, created_at=time.time() - 42)
+    store.create_job(queued_old)
+    assert 41 <= store.queue_stats(["anomaly.fit"])["anomaly.fit"].oldest_age_s < 60
