@@ -12,7 +12,8 @@ from fastapi import FastAPI
 
 from service.api.deps import AppContext
 from service.api.routes import (
-    anomaly, colorizations, console, files, health, jobs, subject_generations, subject_models, uploads, videos,
+    anomaly, colorizations, console, files, health, jobs, subject_generations, subject_models, uploads, video_models,
+    videos,
 )
 from service.core.config import Settings, get_settings
 from service.api.openapi_doc import install as install_openapi
@@ -43,7 +44,7 @@ def build_context(settings: Settings, *, anonymous: bool = False, dispatcher: Di
     store = build_job_store(settings)
     objects = build_object_store(settings)
     if dispatcher is None:
-        dispatcher = CeleryDispatcher(settings.redis_url) if settings.redis_url else LocalDispatcher()
+        dispatcher = CeleryDispatcher(settings.redis_target()) if settings.distributed else LocalDispatcher()
     keyring = KeyRing(settings.key_map(), allow_anonymous=anonymous or settings.allow_anonymous)
     limiter = RateLimiter(settings.rate_limit_per_minute)  # bound to the async Redis client at start-up
     return AppContext(settings, store, objects, dispatcher, keyring, limiter, model_profile)
@@ -133,7 +134,7 @@ def create_app(ctx: AppContext | None = None, *, run_reaper: bool = True) -> Fas
     limits = ctx.settings if ctx else get_settings()
     app.add_middleware(BodyLimitMiddleware, json_limit=limits.max_body_bytes, upload_limit=limits.max_upload_bytes)
     # the status-read routes first: a request walks the route table in order
-    for module in (jobs, health, uploads, colorizations, videos, anomaly, subject_generations, subject_models, files,
-                   console):
+    for module in (jobs, health, uploads, colorizations, videos, video_models, anomaly, subject_generations,
+                   subject_models, files, console):
         app.include_router(module.router)
     return app

@@ -10,16 +10,19 @@ import logging
 from typing import Protocol
 
 from service.kinds import queue_for
+from service.store.connection import RedisTarget, as_target
 
 RUN_JOB_TASK = "visionjobs.run_job"
 log = logging.getLogger("visionjobs.dispatch")
 
 
-def celery_base_config(redis_url: str, visibility_timeout_s: int) -> dict:
-    """Settings both the producer (API) and the consumers (workers) must agree on."""
+def celery_base_config(redis: RedisTarget | str, visibility_timeout_s: int) -> dict:
+    """Settings both the producer (API) and the consumers (workers) must agree on: the broker's
+    address, Sentinel and TLS options come from the same RedisTarget as the job store's."""
+    broker = as_target(redis).celery_config()
     return {
-        "broker_url": redis_url,
-        "broker_transport_options": {"visibility_timeout": visibility_timeout_s},
+        **broker,
+        "broker_transport_options": {**broker["broker_transport_options"], "visibility_timeout": visibility_timeout_s},
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -46,7 +49,7 @@ class LocalDispatcher:
 class CeleryDispatcher:
     blocking = True
 
-    def __init__(self, redis_url: str, visibility_timeout_s: int = 6 * 3600):
+    def __init__(self, redis_url: RedisTarget | str, visibility_timeout_s: int = 6 * 3600):
         from celery import Celery
 
         self.app = Celery("visionjobs-api")

@@ -94,7 +94,7 @@ async def submit(ctx, *, tenant: str, kind: str, params: dict[str, Any], idempot
     except IdempotencyMismatch as exc:
         raise key_reused(exc) from None
     if created:
-        await _dispatch(ctx, job)
+        await _dispatch(ctx, job, idempotency_key)
     return job, created
 
 
@@ -125,7 +125,7 @@ async def _create(ctx, tenant: str, kind: str, params: dict[str, Any], idempoten
     return made, created
 
 
-async def _dispatch(ctx, job: JobRecord) -> None:
+async def _dispatch(ctx, job: JobRecord, idempotency_key: str | None) -> None:
     """Send the queue message. When it cannot be sent, the job is removed with its Idempotency-Key
     (a retry with the same key creates it afresh, never finds a canceled one); a job a worker
     already claimed (the message went out after all) stays accepted."""
@@ -142,7 +142,13 @@ async def _dispatch(ctx, job: JobRecord) -> None:
                            "(retry, with the same Idempotency-Key if you sent one)",
                            code="queue_unavailable", headers={"Retry-After": "5"}) from None
         return
-    await ctx.astore.mark_dispatched(job.id, REDISPATCH_AFTER_S)
+    if not await ctx.astore.mark_accepted(job.id, REDISPATCH_AFTER_S):
+        # on the primary only: a failover now would lose it, so it is not accepted
+        await ctx.astore.withdraw(job.id, job.tenant, idempotency_key)
+        await ctx.astore.release_bytes(job.tenant, quotas.PARAMS, job.id)
+        raise ApiError(503, "Service unavailable", f"the job did not reach a replica of the job store within "
+                       f"{ctx.settings.redis_wait_timeout_ms} ms; it was not accepted", code="not_replicated",
+                       headers={"Retry-After": "2"})
 
 
 async def accept(ctx, *, tenant: str, base_url: str, kind: str, params: dict[str, Any],

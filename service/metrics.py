@@ -1,4 +1,5 @@
-"""Prometheus exposition for the API process: job counts by kind and state, queue depth, and
+"""Prometheus exposition for the API process: job counts by kind and state, per kind the queue
+depth, the oldest queued job's age and the busy workers (what autoscaling reads), and
 this process's waiters (long-polls and event streams) and change notifications."""
 from __future__ import annotations
 
@@ -18,10 +19,19 @@ class StoreCollector:
         for (kind, state), n in sorted(self.store.counts().items()):
             jobs.add_metric([kind, state], n)
         yield jobs
+        # the autoscaling signal (README "Autoscaling workers"): demand per kind and what serves it
         depth = GaugeMetricFamily("visionjobs_queue_depth", "Queued jobs per kind", labels=["kind"])
-        for kind in KINDS:
-            depth.add_metric([kind], self.store.queue_depth(kind))
+        oldest = GaugeMetricFamily("visionjobs_queue_oldest_age_seconds", "How long the oldest queued job of "
+                                   "the kind has waited (0: none queued)", labels=["kind"])
+        busy = GaugeMetricFamily("visionjobs_workers_busy", "Worker processes running a job of the kind",
+                                 labels=["kind"])
+        for kind, stats in self.store.queue_stats(list(KINDS)).items():
+            depth.add_metric([kind], stats.depth)
+            oldest.add_metric([kind], round(stats.oldest_age_s, 3))
+            busy.add_metric([kind], stats.busy_workers)
         yield depth
+        yield oldest
+        yield busy
 
 
 class WaiterCollector:

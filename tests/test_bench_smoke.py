@@ -72,3 +72,19 @@ def test_table_and_percentile_helpers():
     assert "1.000" in lines[2] and lines[3].split()[0] == "m2" and "12,346" in lines[5]
     assert percentile([3, 1, 2], 50) == 2 and percentile([], 50) is None
     assert percentile([0, 10], 95) == pytest.approx(9.5)
+
+
+def test_store_capacity_drives_real_jobs_through_a_private_redis():
+    """Tiny counts: the figures are derived from what really ran (jobs finished, CPU, commands)."""
+    from bench.common import BenchOptions
+    from bench.store_capacity import STEPS_PER_S, collect
+
+    report = collect(BenchOptions(quick=True, gpu=False), workers=2, producers=1, seconds=0.5, durations=(0.5,))
+    [r] = report["details"]["results"]
+    assert r["jobs"] > 0 and r["redis_cpu_s"] > 0
+    # at least the calls a job makes from outside (submit 6, claim 2, progress and checks per step, finish 2)
+    assert r["commands_per_job"] >= 10 + 0.5 * STEPS_PER_S
+    assert r["gpus_per_redis"] == pytest.approx(0.5 / (r["redis_cpu_ms_per_job"] / 1000))
+    assert "evalsha" in r["redis_time_by_command"]  # the job-store scripts ran
+    assert {x["metric"] for x in report["rows"]} >= {"jobs/s sustained here", "Redis CPU per job",
+                                                     "GPUs one Redis can feed"}

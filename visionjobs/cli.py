@@ -48,7 +48,7 @@ def api(host: str, port: int, workers: int, allow_anonymous: bool) -> None:
     settings = get_settings()
     if not settings.key_map() and not (allow_anonymous or settings.allow_anonymous):
         raise click.ClickException("no API keys: set VISIONJOBS_API_KEYS, or pass --allow-anonymous explicitly")
-    if settings.redis_url and not settings.s3_bucket and not settings.signing_secret:
+    if settings.distributed and not settings.s3_bucket and not settings.signing_secret:
         raise click.ClickException("distributed mode with the local object store needs VISIONJOBS_SIGNING_SECRET")
     if allow_anonymous:
         os.environ["VISIONJOBS_ALLOW_ANONYMOUS"] = "true"
@@ -86,7 +86,7 @@ def worker(gpus: str | None, queues: str | None, concurrency: int | None, preloa
         raise click.ClickException("--concurrency must be at least 1")
     children = plan(gpu_list, queue_list, n, bool(s.preload if preload is None else preload), socket.gethostname(),
                     threads=threads)
-    sys.exit(launch(children))
+    sys.exit(launch(children, stop_grace_s=s.drain_timeout_s + 15))
 
 
 @main.command()

@@ -37,12 +37,14 @@ class ApiFailure(click.ClickException):
 
 
 def register(main: click.Group) -> None:
-    """Add `submit`, `jobs` and `subject-models` to the `visionjobs` command group."""
+    """Add `submit`, `jobs`, `subject-models` and `tuned-models` to the `visionjobs` command group."""
     from visionjobs.cli_subject import subject_models  # also adds `submit subject` and `submit subject-tune`
+    from visionjobs.cli_tuned import tuned_models
 
     main.add_command(submit)
     main.add_command(jobs)
     main.add_command(subject_models)
+    main.add_command(tuned_models)
 
 
 # ------------------------------------------------------------------------------ plumbing

@@ -23,7 +23,7 @@ def run_embedded(host: str, port: int, data_dir: Path) -> None:
     from worker.process import poll_loop
     from worker.runner import Runner
 
-    overrides = {"data_dir": data_dir, "redis_url": None, "s3_bucket": None}
+    overrides = {"data_dir": data_dir, "redis_url": None, "redis_sentinels": "", "s3_bucket": None}
     if "VISIONJOBS_MODEL_PROFILE" not in os.environ:
         overrides["model_profile"] = "auto"
     settings = WorkerSettings(**overrides)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from celery import Celery
+from celery import Celery, signals
 from celery.exceptions import Reject
 from kombu import Queue
 
@@ -15,13 +15,14 @@ from service.dispatch import RUN_JOB_TASK, celery_base_config
 from service.kinds import queues
 from service.store.base import StoreUnavailable
 from worker.config import WorkerSettings
+from worker.control import start_drain
 
 log = logging.getLogger("visionjobs.worker")
 
 
 def make_celery(settings: WorkerSettings) -> Celery:
     app = Celery("visionjobs")
-    app.conf.update(celery_base_config(settings.redis_url or "redis://127.0.0.1:6379/0", settings.visibility_timeout_s))
+    app.conf.update(celery_base_config(settings.redis_target(), settings.visibility_timeout_s))
     app.conf.update(
         task_acks_late=True,              # a message is acked only after the job ran
         task_reject_on_worker_lost=True,  # and requeued if the process running it dies
@@ -53,9 +54,19 @@ def get_runner():
 @app.task(name=RUN_JOB_TASK, ignore_result=True)
 def run_job(job_id: str) -> str:
     try:
-        return get_runner().execute(job_id)
+        outcome = get_runner().execute(job_id)
     except StoreUnavailable as exc:
         # The claim never reached the store (the runner already waited for it): keep the message,
         # or the job would stay queued with nothing left to run it.
         log.error("job %s: job store unreachable, message requeued: %s", job_id, exc)
         raise Reject(str(exc), requeue=True) from exc
+    if outcome == "handed_back":  # the job is queued again: so is its message, for a worker that stays
+        raise Reject("handed back by a stopping worker", requeue=True)
+    return outcome
+
+
+@signals.worker_shutting_down.connect
+def _drain(**_):
+    """Warm shutdown (SIGTERM): Celery takes no new message and waits for the running one; after
+    drain_timeout_s the running job is handed back instead (worker/control.py HAND_BACK)."""
+    start_drain(settings.drain_timeout_s)

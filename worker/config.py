@@ -22,6 +22,10 @@ class WorkerSettings(Settings):
                                                       "worker process exits so the launcher replaces it.")
     batch_max: int = Field(1, ge=1, le=16, description="Dynamic batching: colorize jobs with the same working size and "
                                                        "settings run as one batch of up to this many (4 suits GPUs).")
+    drain_timeout_s: float = Field(20.0, ge=0, description="On SIGTERM (scale-down) a worker takes no new job and "
+                                   "lets its job run this long; a job still running then is handed back to the "
+                                   "queue (stopped at its next step, re-queued at once, no attempt spent). Keep it "
+                                   "under the orchestrator's grace period (Kubernetes: 30 s) minus ~5 s.")
     device: str = Field("auto", description="torch device for pipelines: auto | cpu | cuda.")
     channels_last: bool = Field(True, description="Channels-last UNet/ControlNet on CUDA.")
     controlcolor_repo: str = Field("UPstud/ColorCtrl", description="Hub repository `models fetch` takes the Control "

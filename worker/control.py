@@ -25,12 +25,23 @@ import threading
 import time
 
 from service.store.base import FAILED, JobRecord, JobStore, StoreUnavailable
-from worker.errors import JobCanceled, JobTimeout, OwnershipLost
+from worker.errors import JobCanceled, JobHandedBack, JobTimeout, OwnershipLost
 
 log = logging.getLogger("visionjobs.worker")
 STORE_RETRY_S = 1.0  # after a failed store call, steps skip the store this long
 EXIT_HUNG_JOB = 75  # exit status of a worker process the watchdog ended (EX_TEMPFAIL)
 BACKSTOP_S = 30.0
+# set when a stopping worker's drain time is up (worker/drain.py): every running attempt of this
+# process ends at its next check and hands its job back
+HAND_BACK = threading.Event()
+
+
+def start_drain(timeout_s: float) -> threading.Timer:
+    log.warning("worker stopping: the running job has %.0f s to finish, then it is handed back", timeout_s)
+    timer = threading.Timer(timeout_s, HAND_BACK.set)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 class Watchdog:
@@ -196,6 +207,8 @@ class JobControl:
             log.warning("job %s: job store unreachable, carrying on (lease %g s): %s", self.job.id, self.lease_s, exc)
 
     def check(self) -> None:
+        if HAND_BACK.is_set():
+            raise JobHandedBack("the worker is stopping: the job goes back to the queue")
         if self._stop.is_set():
             try:
                 current = self.store.get_job(self.job.id)

@@ -24,6 +24,13 @@ class OwnershipLost(JobFailed):
     code = "ownership_lost"
 
 
+class JobHandedBack(OwnershipLost):
+    """The worker is stopping: this attempt ends at its next check and the job goes back to
+    the queue (a batch partner that cannot be handed back is left to its lease: never lost)."""
+
+    code = "handed_back"
+
+
 class JobTimeout(JobFailed):
     code = "timeout"
 

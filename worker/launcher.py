@@ -102,7 +102,9 @@ def plan(gpus: list[str], queues: list[str], concurrency: int, preload: bool, ho
     return children
 
 
-def run(children: list[Child], *, max_backoff_s: float = 30.0) -> int:
+def run(children: list[Child], *, max_backoff_s: float = 30.0, stop_grace_s: float = 30.0) -> int:
+    """Until SIGTERM/SIGINT, which is forwarded: each child drains (worker/drain.py) and the
+    launcher waits `stop_grace_s` for them before killing what is left."""
     stopping = False
 
     def stop(signum, _frame):
@@ -128,7 +130,7 @@ def run(children: list[Child], *, max_backoff_s: float = 30.0) -> int:
             log.warning("worker %s exited with %s; restarting in %.1f s", c.slot, code, delay)
             time.sleep(delay)
             c.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + stop_grace_s
     for c in children:
         try:
             c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))

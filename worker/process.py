@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.preload or settings.preload:
         runner.preload(kinds)
     start_reporting(runner, kinds)
-    if settings.redis_url:
+    if settings.distributed:
         from service.dispatch import CeleryDispatcher
 
-        Reaper(runner.store, CeleryDispatcher(settings.redis_url, settings.visibility_timeout_s),
+        Reaper(runner.store, CeleryDispatcher(settings.redis_target(), settings.visibility_timeout_s),
                settings.reaper_interval_s, settings.lease_s).start()
         app.worker_main(["worker", "--pool=solo", "--concurrency=1", f"--queues={','.join(queues)}",
                          f"--hostname={name}-{os.getpid()}@%h", "--prefetch-multiplier=1", "--without-gossip",

@@ -19,7 +19,7 @@ from worker.batching import execute_batch, partners
 from worker.config import WorkerSettings
 from worker.context import JobContext
 from worker.control import JobControl, watchdog
-from worker.errors import JobCanceled, JobFailed, ModelsNotReady, OwnershipLost
+from worker.errors import JobCanceled, JobFailed, JobHandedBack, ModelsNotReady, OwnershipLost
 from worker.model_cache import ModelCache, release_memory
 from worker.outcomes import STORE_WAIT_S, is_out_of_memory, with_store_retry  # noqa: F401  (re-exported)
 from worker.registry import runtime
@@ -156,6 +156,11 @@ class Runner:
                 control.report(0.0, "loading model", force=True)
                 result = self._run_handler(rt.handler, ctx)
                 status = SUCCEEDED
+            except JobHandedBack:
+                released = with_store_retry(f"hand back {job.id}", lambda: self.store.release(job.id, job.attempt))
+                log.warning("job %s attempt %d %s", job.id, job.attempt, "handed back to the queue: the worker is "
+                            "stopping" if released else "stopped, not handed back (no longer ours): the lease decides")
+                return "handed_back" if released else "ownership_lost"
             except OwnershipLost:
                 log.warning("job %s attempt %d lost its lease; stopping without a final write", job.id, job.attempt)
                 return "ownership_lost"

@@ -24,7 +24,7 @@ from visionjobs_client.models import (
     AnomalyScoreResult, BoxOut, ColorizationParity, ColorizationRequest, ColorizationResult, EditedVideo, Guidance,
     ImageOutput, Job, JobError, JobPage, JobStatus, KvSharing, PriorPreservation, Problem, ScoredImage, Stroke,
     SubjectGenerationRequest, SubjectGenerationResult, SubjectModel, SubjectModelList, SubjectModelRequest,
-    SubjectModelResult, ThresholdsPatch, TrainingRecord, TuningSettings, Upload, ValidationSet, VideoEditRequest,
+    SubjectModelResult, ThresholdsPatch, TrainingRecord, TunedVideoModel, TunedVideoModelPage, TuningSettings, Upload, ValidationSet, VideoEditRequest,
     VideoEditResult, VideoGenerationRequest, VideoGenerationResult, VideoOutput, Webhook, WebhookDelivery,
     WebhookState,
 )
@@ -42,5 +42,6 @@ __all__ = [
     "VideoGenerationResult", "VideoOutput", "VisionJobsError", "WaitTimeout", "Webhook", "WebhookDelivery",
     "WebhookSignatureError", "WebhookState", "__version__", "array_png", "is_upload_id", "output_files", "sign_webhook",
     "verify_webhook", "PriorPreservation", "SubjectGenerationRequest", "SubjectGenerationResult", "SubjectModel",
-    "SubjectModelList", "SubjectModelRequest", "SubjectModelResult", "TuningSettings",
+    "SubjectModelList", "SubjectModelRequest", "SubjectModelResult", "TuningSettings", "TunedVideoModel",
+    "TunedVideoModelPage",
 ]

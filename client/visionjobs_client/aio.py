@@ -19,7 +19,8 @@ from visionjobs_client._base import (
 from visionjobs_client.client import PathLike
 from visionjobs_client.errors import ApiConnectionError, WaitTimeout
 from visionjobs_client.models import (
-    AnomalyModel, AnomalyModelList, Job, JobPage, JobStatus, SubjectModel, SubjectModelList, ThresholdsPatch, Upload,
+    AnomalyModel, AnomalyModelList, Job, JobPage, JobStatus, SubjectModel, SubjectModelList, ThresholdsPatch,
+    TunedVideoModel, TunedVideoModelPage, Upload,
 )
 from visionjobs_client.uploads import UploadSource, encode
 
@@ -277,6 +278,29 @@ class AsyncClient(BaseClient, JobMethods[Awaitable[Job]]):
 
     async def delete_subject_model(self, model_id: str) -> None:
         await self.request("DELETE", f"/v1/subject-models/{model_id}")
+
+    # -- tuned video models ------------------------------------------------------------
+
+    async def list_video_models(self, *, cursor: Optional[str] = None,
+                                limit: Optional[int] = None) -> TunedVideoModelPage:
+        response = await self.request("GET", "/v1/video-models", params={"cursor": cursor, "limit": limit})
+        return TunedVideoModelPage.model_validate(response.json())
+
+    async def iter_video_models(self, *, page_size: int = 100) -> AsyncIterator[TunedVideoModel]:
+        cursor = None
+        while True:
+            page = await self.list_video_models(cursor=cursor, limit=page_size)
+            for item in page.items:
+                yield item
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    async def get_video_model(self, model_id: str) -> TunedVideoModel:
+        return TunedVideoModel.model_validate((await self.request("GET", f"/v1/video-models/{model_id}")).json())
+
+    async def delete_video_model(self, model_id: str) -> None:
+        await self.request("DELETE", f"/v1/video-models/{model_id}")
 
     async def ready(self) -> dict[str, Any]:
         return (await self.request("GET", "/readyz")).json()

@@ -17,7 +17,8 @@ from visionjobs_client._base import (
 )
 from visionjobs_client.errors import ApiConnectionError, WaitTimeout
 from visionjobs_client.models import (
-    AnomalyModel, AnomalyModelList, Job, JobPage, JobStatus, SubjectModel, SubjectModelList, ThresholdsPatch, Upload,
+    AnomalyModel, AnomalyModelList, Job, JobPage, JobStatus, SubjectModel, SubjectModelList, ThresholdsPatch,
+    TunedVideoModel, TunedVideoModelPage, Upload,
 )
 from visionjobs_client.uploads import UploadSource, encode
 
@@ -294,6 +295,30 @@ class Client(BaseClient, JobMethods[Job]):
     def delete_subject_model(self, model_id: str) -> None:
         """Delete a subject model and its stored LoRA delta."""
         self.request("DELETE", f"/v1/subject-models/{model_id}")
+
+    # -- tuned video models ------------------------------------------------------------
+
+    def list_video_models(self, *, cursor: Optional[str] = None, limit: Optional[int] = None) -> TunedVideoModelPage:
+        """One page of this tenant's tuned video models (``tvm_...``), newest first."""
+        response = self.request("GET", "/v1/video-models", params={"cursor": cursor, "limit": limit})
+        return TunedVideoModelPage.model_validate(response.json())
+
+    def iter_video_models(self, *, page_size: int = 100) -> Iterator[TunedVideoModel]:
+        """Every tuned video model of this tenant (newest first), following the cursors."""
+        cursor = None
+        while True:
+            page = self.list_video_models(cursor=cursor, limit=page_size)
+            yield from page.items
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def get_video_model(self, model_id: str) -> TunedVideoModel:
+        return TunedVideoModel.model_validate(self.request("GET", f"/v1/video-models/{model_id}").json())
+
+    def delete_video_model(self, model_id: str) -> None:
+        """Delete a tuned video model and its stored artifacts."""
+        self.request("DELETE", f"/v1/video-models/{model_id}")
 
     # -- service -----------------------------------------------------------------------
 

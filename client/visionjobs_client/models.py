@@ -542,6 +542,28 @@ class SubjectModelList(BaseModel):
     items: list[SubjectModel]
 
 
+class TunedVideoModel(BaseModel):
+    """A Tune-A-Video tuning (``tvm_...``) a video edit kept; pass its id as ``tuned_model``."""
+
+    model_config = _RESPONSE
+
+    id: str
+    base_model: str
+    source_prompt: str
+    clip: dict[str, Any]
+    tune_steps: int
+    size_bytes: Optional[int] = None
+    job_id: str
+    created_at: datetime
+
+
+class TunedVideoModelPage(BaseModel):
+    model_config = _RESPONSE
+
+    items: list[TunedVideoModel]
+    next_cursor: Optional[str]
+
+
 #: job kind -> the model its result is parsed into
 RESULT_MODELS: dict[str, type[BaseModel]] = {
     "colorize": ColorizationResult,

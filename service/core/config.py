@@ -16,7 +16,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VISIONJOBS_", extra="ignore")
 
     # --- mode and auth ---
-    redis_url: str | None = Field(None, description="Redis URL; set = distributed mode (Redis job store + Celery broker).")
+    redis_url: str | None = Field(None, description="Redis URL (`redis://` or `rediss://` = TLS); set = distributed mode "
+                                                    "(Redis job store + Celery broker). With sentinels: scheme, "
+                                                    "database and credentials only.")
     api_keys: str = Field("", description="Comma-separated API keys; `name:key` names the tenant. Each key is a tenant.")
     allow_anonymous: bool = Field(False, description="Serve one anonymous tenant when no keys are set (always on for `visionjobs run`).")
     data_dir: Path = Field(Path("./data"), description="Embedded job store and local object store directory.")
@@ -96,6 +98,26 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(5.0, description="How often API and workers look for expired leases, seconds.")
     progress_interval_s: float = Field(0.25, description="Least time between two progress writes of one job, seconds.")
 
+    # --- Redis: failover, TLS, ACL users (README "Redis: failover, TLS, ACL users") ---
+    redis_sentinels: str = Field("", description="Comma-separated host:port of Redis Sentinels; set = distributed mode, "
+                                                 "the primary found (and followed on failover) through them.")
+    redis_master_name: str = Field("visionjobs", description="The Sentinel name of the primary.")
+    redis_username: str | None = Field(None, description="Redis ACL user (default: the URL's, else `default`).")
+    redis_password: str | None = Field(None, description="Redis password (default: the URL's).")
+    redis_sentinel_username: str | None = Field(None, description="ACL user of the sentinels.")
+    redis_sentinel_password: str | None = Field(None, description="Password of the sentinels (their requirepass).")
+    redis_sentinel_tls: bool = Field(False, description="The sentinels speak TLS too (same CA and client certificate).")
+    redis_tls_ca_file: Path | None = Field(None, description="CA bundle that signs the Redis server certificate "
+                                                             "(rediss://; default: the system CAs).")
+    redis_tls_cert_file: Path | None = Field(None, description="Client certificate for Redis TLS (mutual TLS).")
+    redis_tls_key_file: Path | None = Field(None, description="Private key of the client certificate.")
+    redis_tls_verify: bool = Field(True, description="Verify the Redis server certificate and host name.")
+    redis_wait_replicas: int = Field(1, ge=0, description="A submission answers 202 only once its job reached this "
+                                                          "many replicas (Redis WAIT), when the primary has replicas; "
+                                                          "0 = never wait.")
+    redis_wait_timeout_ms: int = Field(1000, ge=1, le=4000, description="How long a submission waits for its replicas; then "
+                                                               "503 + Retry-After, and the job is withdrawn.")
+
     redis_pool_size: int = Field(64, description="Redis connections of one API process's request path (an asyncio "
                                                  "pool; waits hold none). The reaper and webhook deliverer have their own.")
 
@@ -126,7 +148,17 @@ class Settings(BaseSettings):
 
     @property
     def embedded(self) -> bool:
-        return not self.redis_url
+        return not (self.redis_url or self.redis_sentinels)
+
+    @property
+    def distributed(self) -> bool:
+        return not self.embedded
+
+    def redis_target(self):
+        """Where the job store and the Celery broker are (service/store/connection.py)."""
+        from service.store.connection import RedisTarget
+
+        return RedisTarget.from_settings(self)
 
     def key_map(self) -> dict[str, str]:
         """API key -> tenant id."""

@@ -11,11 +11,12 @@ from service.schemas.subject import (
     SubjectModelRequest, SubjectModelResult, TuningSettings,
 )
 from service.schemas.video import (
-    KvSharing, VideoEditRequest, VideoEditResult, VideoGenerationRequest, VideoGenerationResult, video_frame_count,
+    KvSharing, TunedVideoModel, TunedVideoModelPage, VideoEditRequest, VideoEditResult, VideoGenerationRequest,
+    VideoGenerationResult, video_frame_count,
 )
 
 __all__ = ["AnomalyFitRequest", "AnomalyFitResult", "AnomalyModel", "AnomalyModelList", "AnomalyScoreRequest",
            "AnomalyScoreResult", "ThresholdsPatch", "ColorizationRequest", "ColorizationResult", "Guidance", "ImageOutput", "Job", "JobError", "JobPage",
-           "JobStatus", "KvSharing", "Problem", "Stroke", "Upload", "VideoEditRequest", "VideoEditResult", "VideoGenerationRequest", "VideoGenerationResult",
+           "JobStatus", "KvSharing", "Problem", "Stroke", "TunedVideoModel", "TunedVideoModelPage", "Upload", "VideoEditRequest", "VideoEditResult", "VideoGenerationRequest", "VideoGenerationResult",
            "video_frame_count", "PriorPreservation", "SubjectGenerationRequest", "SubjectGenerationResult", "SubjectModel",
            "SubjectModelList", "SubjectModelRequest", "SubjectModelResult", "TuningSettings"]

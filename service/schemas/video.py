@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -154,3 +154,23 @@ class VideoEditResult(BaseModel):
     tune_seconds: float
     videos: list[EditedVideo]
     seed: int
+
+
+class TunedVideoModel(BaseModel):
+    """A Tune-A-Video tuning (`tvm_...`) kept by a video edit: reused with `tuned_model`."""
+
+    id: str
+    base_model: str = Field(description="The base model tuned (the model profile's Tune-A-Video base).")
+    source_prompt: str = Field(description="What the tuned clip shows.")
+    clip: dict[str, Any] = Field(description="How the clip was sampled: frames, width, height, indices, frame_stride, "
+                                             "start_frame, source_frames, source_size, source_fps.")
+    tune_steps: int
+    size_bytes: int | None = Field(None, description="Bytes of the stored artifacts (trained parameters, metadata, "
+                                                     "the clip's latents); null on tunings recorded without it.")
+    job_id: str = Field(description="The video edit job that tuned it.")
+    created_at: datetime
+
+
+class TunedVideoModelPage(BaseModel):
+    items: list[TunedVideoModel]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last.")

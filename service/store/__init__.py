@@ -10,10 +10,11 @@ from service.store.base import JobStore
 
 
 def build_job_store(settings: Settings) -> JobStore:
-    if settings.redis_url:
+    if settings.distributed:
         from service.store.redis_store import RedisJobStore
 
-        return RedisJobStore(settings.redis_url, retention_s=settings.retention_s)
+        return RedisJobStore(settings.redis_target(), retention_s=settings.retention_s,
+                             wait_replicas=settings.redis_wait_replicas, wait_timeout_ms=settings.redis_wait_timeout_ms)
     from service.store.sqlite_store import SqliteJobStore
 
     return SqliteJobStore(settings.data_dir / "jobs.sqlite3", retention_s=settings.retention_s)

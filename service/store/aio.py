@@ -88,7 +88,8 @@ class AsyncJobStore(abc.ABC):
     async def get_resource(self, kind: str, resource_id: str) -> dict[str, Any] | None: ...
 
     @abc.abstractmethod
-    async def list_resources(self, kind: str, tenant: str) -> list[dict[str, Any]]: ...
+    async def list_resources(self, kind: str, tenant: str, cursor: str | None = None,
+                             limit: int | None = None) -> list[dict[str, Any]]: ...
 
     @abc.abstractmethod
     async def charge_bytes(self, tenant: str, ledger: str, item: str, nbytes: int, ttl_s: float,
@@ -119,6 +120,16 @@ class AsyncJobStore(abc.ABC):
     @abc.abstractmethod
     async def listen(self, hub: ChangeSink) -> None:
         """Run until cancelled, feeding every job change into the hub."""
+
+    async def mark_accepted(self, job_id: str, ttl_s: float) -> bool:
+        """mark_dispatched, and make the job durable as the store can (Redis: on a replica when
+        the primary has some). False: not durable in time; the caller withdraws the job."""
+        await self.mark_dispatched(job_id, ttl_s)
+        return True
+
+    async def withdraw(self, job_id: str, tenant: str, idempotency_key: str | None) -> None:
+        """Undo an accepted-but-not-durable job: canceled, its Idempotency-Key freed."""
+        await self.request_cancel(job_id)
 
     @property
     def redis(self):

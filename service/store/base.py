@@ -83,6 +83,14 @@ class UploadRecord:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class QueueStats:
+    """One kind's autoscaling signal (/metrics)."""
+    depth: int = 0                 # queued jobs
+    oldest_age_s: float = 0.0      # how long the oldest queued job has waited (0: none queued)
+    busy_workers: int = 0          # worker processes running a job of this kind (a batch counts once)
+
+
 @dataclass
 class Claim:
     """Outcome of a claim: `job` is set only when this caller now owns the attempt."""
@@ -237,8 +245,10 @@ class JobStore(abc.ABC):
         """The doc with `id` and `tenant` added, or None."""
 
     @abc.abstractmethod
-    def list_resources(self, kind: str, tenant: str) -> list[dict[str, Any]]:
-        """Newest first."""
+    def list_resources(self, kind: str, tenant: str, cursor: str | None = None,
+                       limit: int | None = None) -> list[dict[str, Any]]:
+        """Newest first (ids are time-sortable); with `cursor`, only ids older than it; at most
+        `limit` of them (all without)."""
 
     @abc.abstractmethod
     def touch_resource(self, kind: str, resource_id: str) -> None:
@@ -300,6 +310,17 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def counts(self) -> dict[tuple[str, str], int]:
         """(kind, status) -> number of known jobs, for /metrics."""
+
+    def release(self, job_id: str, attempt: int) -> bool:
+        """Hand a running attempt's job back to the queue (a worker stopping): queued again at
+        once, with one more attempt allowed so the hand-back costs none. False when the attempt no
+        longer owns the job, or a cancel is pending (the lease then decides). Default: not
+        supported, the lease decides."""
+        return False
+
+    @abc.abstractmethod
+    def queue_stats(self, kinds: list[str]) -> dict[str, "QueueStats"]:
+        """kind -> queue depth, oldest queued age and busy workers, for /metrics (autoscaling)."""
 
     def close(self) -> None:  # pragma: no cover - optional
         pass

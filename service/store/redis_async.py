@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import redis
 import redis.asyncio as aioredis
@@ -17,12 +18,14 @@ from redis.backoff import ExponentialBackoff
 from service.store import redis_lua, redis_store
 from service.store.aio import AsyncJobStore, ChangeSink
 from service.store.base import StoreUnavailable
+from service.store.connection import RedisTarget, as_target
 from service.store.redis_ops import Batch, Call, Compute, RedisOps, Script
 
 log = logging.getLogger("visionjobs.store")
 POOL_WAIT_S = 2.0  # a request waits this long for a free connection, then gets 503
 SPARE = 8  # connections beyond pool_size for direct users of the client (the rate limiter's leases)
 _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+REPLICAS_TTL_S = 1.0  # how stale the count of the primary's replicas may be (a new one is waited for within it)
 
 
 async def run_async(op, client, scripts, cpu=None) -> tuple[object, int]:
@@ -58,23 +61,26 @@ async def run_async(op, client, scripts, cpu=None) -> tuple[object, int]:
 class AsyncRedisJobStore(AsyncJobStore):
     recheck_s = 5.0
 
-    def __init__(self, url: str, *, prefix: str = "vj:", retention_s: int = 7 * 86400, pool_size: int = 64,
-                 cpu=None):
+    def __init__(self, url: RedisTarget | str, *, prefix: str = "vj:", retention_s: int = 7 * 86400,
+                 pool_size: int = 64, cpu=None, wait_replicas: int = 1, wait_timeout_ms: int = 1000):
+        target = as_target(url)
+        self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
         options = dict(decode_responses=True, socket_connect_timeout=redis_store.CONNECT_TIMEOUT_S,
                        health_check_interval=30)
         # same failure policy as the sync store: one quick retry on a fresh connection, no retry of timeouts
-        pool = aioredis.ConnectionPool.from_url(
-            url, max_connections=pool_size + SPARE, socket_timeout=redis_store.SOCKET_TIMEOUT_S,
+        pool = target.async_pool(
+            max_connections=pool_size + SPARE, socket_timeout=redis_store.SOCKET_TIMEOUT_S,
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1, supported_errors=(redis.ConnectionError,)), **options)
         self.r = aioredis.Redis(connection_pool=pool)
         # at most pool_size operations at once; the others queue here (up to POOL_WAIT_S). A semaphore
         # costs nothing while free, unlike redis-py's BlockingConnectionPool (a condition per command).
         self._slots = asyncio.Semaphore(pool_size)
-        self._listen_client = aioredis.Redis.from_url(url, **options)  # the one pub/sub connection
+        self._listen_client = target.async_client(**options)  # the one pub/sub connection
         self.p, self.retention_s, self.cpu, self.pool_size = prefix, retention_s, cpu, pool_size
         self.ops = RedisOps(prefix, retention_s)
         self._scripts = {name: self.r.register_script(src) for name, src in redis_lua.SCRIPTS.items()}
         self.commands_sent = 0
+        self._replica_count, self._replicas_at = 0, -REPLICAS_TTL_S
 
     @property
     def redis(self):
@@ -139,6 +145,28 @@ class AsyncRedisJobStore(AsyncJobStore):
     async def mark_dispatched(self, job_id, ttl_s):
         await self._do(self.ops.mark_dispatched(job_id, ttl_s))
 
+    async def mark_accepted(self, job_id, ttl_s):
+        replicas = min(self.wait_replicas, await self._replicas()) if self.wait_replicas else 0
+        if not replicas:  # a lone primary: nothing to wait for (AOF everysec is its only durability)
+            await self.mark_dispatched(job_id, ttl_s)
+            return True
+        acked = await self._do(self.ops.mark_replicated(job_id, ttl_s, replicas, self.wait_timeout_ms))
+        if acked < replicas:
+            log.error("job %s reached %d of %d replicas within %d ms", job_id, acked, replicas, self.wait_timeout_ms)
+            self._replicas_at = 0.0  # look again: a replica may have gone
+        return acked >= replicas
+
+    async def _replicas(self) -> int:
+        """Replicas connected to the primary, looked up at most every REPLICAS_TTL_S per process."""
+        now = time.monotonic()
+        if now - self._replicas_at > REPLICAS_TTL_S:
+            self._replica_count = await self._do(self.ops.connected_replicas())
+            self._replicas_at = now
+        return self._replica_count
+
+    async def withdraw(self, job_id, tenant, idempotency_key):
+        await self._do(self.ops.withdraw(job_id, tenant, idempotency_key))
+
     async def versions(self, job_ids):
         return await self._do(self.ops.versions(list(job_ids)))
 
@@ -155,8 +183,8 @@ class AsyncRedisJobStore(AsyncJobStore):
     async def get_resource(self, kind, resource_id):
         return await self._do(self.ops.get_resource(kind, resource_id))
 
-    async def list_resources(self, kind, tenant):
-        return await self._do(self.ops.list_resources(kind, tenant))
+    async def list_resources(self, kind, tenant, cursor=None, limit=None):
+        return await self._do(self.ops.list_resources(kind, tenant, cursor, limit))
 
     async def charge_bytes(self, tenant, ledger, item, nbytes, ttl_s, limit):
         return await self._do(self.ops.charge_bytes(tenant, ledger, item, nbytes, ttl_s, limit))

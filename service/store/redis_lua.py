@@ -232,6 +232,22 @@ return 1
 """
 
 
+# ARGV: prefix, id, attempt. A stopping worker hands its job back. Returns 1 when re-queued.
+RELEASE = _NOW + _EVENT + """
+local p, id = ARGV[1], ARGV[2]
+local jk = p .. 'job:' .. id
+local f = redis.call('HMGET', jk, 'status', 'attempt', 'kind', 'cancel_requested', 'created_at')
+if f[1] ~= 'running' or f[2] ~= ARGV[3] or f[4] == '1' then return 0 end
+redis.call('ZREM', p .. 'leases', id)
+redis.call('HSET', jk, 'status', 'queued', 'stage', 'handed back by a stopping worker', 'worker', '', 'progress', 0)
+redis.call('HINCRBY', jk, 'max_attempts', 1)
+redis.call('ZADD', p .. 'queue:' .. f[3], math.floor(tonumber(f[5]) * 1000), id)
+move(p, jk, id, f[3], 'running', 'queued')
+bump(p, id)
+return 1
+"""
+
+
 # Per-tenant byte ledgers (stored-bytes quotas). ARGV: prefix, ledger, tenant, item, bytes, ttl_s, limit
 # (0 = none). Entries whose time ran out are dropped first; then the item is added unless that would
 # pass the limit. Returns {1|0, bytes used (before this item), seconds until the oldest entry expires}.
@@ -258,7 +274,7 @@ return {1, used, tostring(wait)}
 """
 
 # ARGV: prefix, ledger, tenant, item
-RELEASE = """
+RELEASE_BYTES = """
 local base = ARGV[1] .. 'bytes:' .. ARGV[2] .. ':' .. ARGV[3]
 local size = redis.call('HGET', base .. ':sizes', ARGV[4])
 if size then
@@ -272,4 +288,4 @@ return 0
 
 # name -> source: both drivers (sync and asyncio) register these same strings
 SCRIPTS = {"CREATE": CREATE, "CLAIM": CLAIM, "HEARTBEAT": HEARTBEAT, "FINISH": FINISH, "CANCEL": CANCEL, "REAP": REAP,
-           "DISCARD": DISCARD, "CHARGE": CHARGE, "RELEASE": RELEASE}
+           "RELEASE": RELEASE, "DISCARD": DISCARD, "CHARGE": CHARGE, "RELEASE_BYTES": RELEASE_BYTES}

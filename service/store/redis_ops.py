@@ -18,9 +18,9 @@ import json
 import time
 from typing import Any
 
+from service.store.base import ALL_STATES, QUEUED, Claim, IdempotencyMismatch, JobRecord, QueueStats, UploadRecord
 from service.store.redis_resources import ResourceOps
 from service.store.redis_steps import Batch, Call, Compute, Script, call  # noqa: F401 - the drivers import them here
-from service.store.base import ALL_STATES, QUEUED, Claim, IdempotencyMismatch, JobRecord, UploadRecord
 from service.store.summary import summarize_params
 
 WORKER_LOST = json.dumps({"code": "worker_lost",
@@ -34,6 +34,9 @@ LIST_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord) if f.name != "
 # what clients see of a job (status reads, waits): the worker-side fields keep their defaults
 VIEW_FIELDS = ("id", "tenant", "kind", "params", "status", "progress", "stage", "attempt", "created_at", "started_at",
                "finished_at", "error", "result", "model_profile", "version", "webhook_deliveries")
+# the key's value is "<job id>|<fingerprint>" (a bare id: made before fingerprints)
+_FREE_KEY = ("local v = redis.call('GET', KEYS[1]) if v == ARGV[1] or (v and string.sub(v, 1, #ARGV[1] + 1) == "
+             "ARGV[1] .. '|') then return redis.call('DEL', KEYS[1]) end return 0")
 HEAVY_BYTES = 64 * 1024  # decoding more than this runs off the event loop (async driver)
 VERSIONS_CHUNK = 500     # versions(): job ids per pipeline
 
@@ -231,10 +234,32 @@ class RedisOps(ResourceOps):
     def mark_dispatched(self, job_id: str, ttl_s: float):
         yield call("set", f"{self.p}sent:{job_id}", 1, ex=max(1, int(ttl_s)))
 
+    def mark_replicated(self, job_id: str, ttl_s: float, replicas: int, timeout_ms: int):
+        """mark_dispatched, then WAIT on the same connection: WAIT covers what its own connection
+        wrote last, and replication is one ordered stream, so the job and its broker message
+        (written before) are on `replicas` replicas once it answers that many. Returns the count."""
+        _, acked = yield Batch((call("set", f"{self.p}sent:{job_id}", 1, ex=max(1, int(ttl_s))),
+                                call("wait", replicas, timeout_ms)))
+        return int(acked)
+
+    def connected_replicas(self):
+        info = yield call("info", "replication")
+        return int(info.get("connected_slaves", 0))
+
+    def withdraw(self, job_id: str, tenant: str, idempotency_key: str | None):
+        """A job the API could not make durable: canceled (a worker given its message drops it),
+        and its Idempotency-Key freed, so the client's retry makes a new job."""
+        yield Script("CANCEL", (self.p, job_id, self.retention_s))
+        if idempotency_key:
+            yield call("eval", _FREE_KEY, 1, f"{self.p}idem:{tenant}:{idempotency_key}", job_id)
+
     # --- worker side ---
     def claim(self, job_id: str, worker: str, lease_s: float):
         reason = yield Script("CLAIM", (self.p, job_id, worker, lease_s))
         return Claim((yield from self.get_job(job_id)) if reason == "claimed" else None, reason)
+
+    def release(self, job_id: str, attempt: int):
+        return bool((yield Script("RELEASE", (self.p, job_id, attempt))))
 
     def heartbeat(self, job_id: str, attempt: int, lease_s: float, *, progress=None, stage=None, result=None):
         stop = yield Script("HEARTBEAT", (self.p, job_id, attempt, lease_s,
@@ -282,6 +307,22 @@ class RedisOps(ResourceOps):
 
     def queue_depth(self, kind: str):
         return (yield call("zcard", f"{self.p}queue:{kind}"))
+
+    def queue_stats(self, kinds: list[str]):
+        """Two round trips plus one per scrape for the running jobs' (kind, worker) pairs."""
+        calls = [call("zrange", f"{self.p}queue:{k}", 0, 0, withscores=True) for k in kinds]
+        calls += [call("zcard", f"{self.p}queue:{k}") for k in kinds] + [call("zrange", f"{self.p}leases", 0, -1)]
+        answers = yield Batch(tuple(calls))
+        heads, depths, running = answers[:len(kinds)], answers[len(kinds):-1], answers[-1]
+        owners = (yield Batch(tuple(call("hmget", self.job_key(j), ["kind", "worker"]) for j in running))) \
+            if running else []
+        busy: dict[str, set] = {}
+        for kind, worker in owners:
+            if kind and worker:
+                busy.setdefault(kind, set()).add(worker)
+        now = time.time()
+        return {k: QueueStats(int(d), max(0.0, now - head[0][1] / 1000) if head else 0.0, len(busy.get(k, ())))
+                for k, head, d in zip(kinds, heads, depths)}
 
     def claim_due_webhooks(self, limit: int = 20):
         due = yield call("zrangebyscore", f"{self.p}webhooks", "-inf", time.time(), start=0, num=limit)

@@ -44,8 +44,11 @@ class ResourceOps:
         raw = yield call("get", f"{self.p}res:{kind}:{resource_id}")
         return json.loads(raw) if raw else None
 
-    def list_resources(self, kind: str, tenant: str):
-        ids = yield call("zrevrangebylex", f"{self.p}res:{kind}:tenant:{tenant}", "+", "-")
+    def list_resources(self, kind: str, tenant: str, cursor: str | None = None, limit: int | None = None):
+        # every member has score 0, so lexicographic order is id order (ids are time-sortable)
+        page = {"start": 0, "num": limit} if limit else {}
+        ids = yield call("zrevrangebylex", f"{self.p}res:{kind}:tenant:{tenant}", f"({cursor}" if cursor else "+", "-",
+                         **page)
         if not ids:
             return []
         docs = yield Batch(tuple(call("get", f"{self.p}res:{kind}:{i}") for i in ids))
@@ -64,7 +67,7 @@ class ResourceOps:
         yield Batch((call("delete", f"{self.p}res:{kind}:{resource_id}"),
                      call("zrem", f"{self.p}res:{kind}:tenant:{doc['tenant']}", resource_id),
                      call("zrem", f"{self.p}res_used", f"{kind}|{resource_id}")))
-        yield Script("RELEASE", (self.p, ARTIFACTS, doc["tenant"], f"{kind}|{resource_id}"))
+        yield Script("RELEASE_BYTES", (self.p, ARTIFACTS, doc["tenant"], f"{kind}|{resource_id}"))
         return True
 
     # --- stored-bytes ledgers ---
@@ -77,7 +80,7 @@ class ResourceOps:
         return int((yield call("get", f"{self.p}bytes:{ledger}:{tenant}:total")) or 0)
 
     def release_bytes(self, tenant: str, ledger: str, item: str):
-        yield Script("RELEASE", (self.p, ledger, tenant, item))
+        yield Script("RELEASE_BYTES", (self.p, ledger, tenant, item))
 
     # --- capabilities ---
     def put_capabilities(self, kind: str, worker: str, caps: dict[str, Any]):

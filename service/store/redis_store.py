@@ -13,6 +13,7 @@ from redis.retry import Retry
 
 from service.store import redis_lua
 from service.store.base import JobStore, StoreFull, StoreUnavailable
+from service.store.connection import RedisTarget, as_target
 from service.store.redis_ops import Batch, Call, Compute, RedisOps, Script
 
 # Connection handling: fail fast, so the API answers 503 within a few seconds while Redis is down
@@ -63,16 +64,18 @@ def run_sync(op, client, scripts) -> tuple[object, int]:
 
 
 class RedisJobStore(JobStore):
-    def __init__(self, url: str, *, prefix: str = "vj:", retention_s: int = 7 * 86400):
+    def __init__(self, url: RedisTarget | str, *, prefix: str = "vj:", retention_s: int = 7 * 86400,
+                 wait_replicas: int = 1, wait_timeout_ms: int = 1000):
         # One quick retry on a fresh connection covers pooled sockets a Redis restart left dead;
         # redis-py's default (10 retries, backoff up to 1 s) would hold a request for seconds.
         # Timeouts are not retried: the command may have run (a Lua transition twice is wrong),
         # and a silent Redis then costs one SOCKET_TIMEOUT_S, not several.
-        self.url = url
-        self.r = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT_S,
-                                      socket_timeout=SOCKET_TIMEOUT_S, health_check_interval=30,
-                                      retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1,
-                                                  supported_errors=(redis.ConnectionError,)))
+        self.target = as_target(url)
+        self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
+        self.r = self.target.sync_client(decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT_S,
+                                         socket_timeout=SOCKET_TIMEOUT_S, health_check_interval=30,
+                                         retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1,
+                                                     supported_errors=(redis.ConnectionError,)))
         self.p = prefix
         self.retention_s = retention_s
         self.ops = RedisOps(prefix, retention_s)
@@ -100,7 +103,8 @@ class RedisJobStore(JobStore):
     def open_async(self, *, pool_size: int = 64, cpu=None):
         from service.store.redis_async import AsyncRedisJobStore
 
-        return AsyncRedisJobStore(self.url, prefix=self.p, retention_s=self.retention_s, pool_size=pool_size, cpu=cpu)
+        return AsyncRedisJobStore(self.target, prefix=self.p, retention_s=self.retention_s, pool_size=pool_size,
+                                  cpu=cpu, wait_replicas=self.wait_replicas, wait_timeout_ms=self.wait_timeout_ms)
 
     # --- API side ---
     def create_job(self, job, idempotency_key=None, fingerprint=""):
@@ -168,6 +172,9 @@ class RedisJobStore(JobStore):
         return self._do(self.ops.finish(job_id, attempt, status, result=result, error=error,
                                         model_profile=model_profile))
 
+    def release(self, job_id, attempt):
+        return self._do(self.ops.release(job_id, attempt))
+
     def reap_expired(self, now=None, limit: int = 100):
         return self._do(self.ops.reap_expired(limit))
 
@@ -204,8 +211,8 @@ class RedisJobStore(JobStore):
     def get_resource(self, kind, resource_id):
         return self._do(self.ops.get_resource(kind, resource_id))
 
-    def list_resources(self, kind, tenant):
-        return self._do(self.ops.list_resources(kind, tenant))
+    def list_resources(self, kind, tenant, cursor=None, limit=None):
+        return self._do(self.ops.list_resources(kind, tenant, cursor, limit))
 
     def touch_resource(self, kind, resource_id):
         self._do(self.ops.touch_resource(kind, resource_id))
@@ -246,6 +253,9 @@ class RedisJobStore(JobStore):
 
     def counts(self):
         return self._do(self.ops.counts())
+
+    def queue_stats(self, kinds):
+        return self._do(self.ops.queue_stats(list(kinds)))
 
     def close(self):
         self.r.close()

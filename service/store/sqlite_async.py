@@ -77,8 +77,8 @@ class AsyncSqliteJobStore(AsyncJobStore):
     async def get_resource(self, kind, resource_id):
         return await self._call(self.sync.get_resource, kind, resource_id)
 
-    async def list_resources(self, kind, tenant):
-        return await self._call(self.sync.list_resources, kind, tenant)
+    async def list_resources(self, kind, tenant, cursor=None, limit=None):
+        return await self._call(self.sync.list_resources, kind, tenant, cursor, limit)
 
     async def charge_bytes(self, tenant, ledger, item, nbytes, ttl_s, limit):
         return await self._call(self.sync.charge_bytes, tenant, ledger, item, nbytes, ttl_s, limit)

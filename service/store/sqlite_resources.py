@@ -80,9 +80,9 @@ class SqliteResources:
         row = self._db().execute("SELECT doc FROM resources WHERE kind=? AND id=?", (kind, resource_id)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def list_resources(self, kind, tenant):
-        rows = self._db().execute("SELECT doc FROM resources WHERE kind=? AND tenant=? ORDER BY id DESC",
-                                  (kind, tenant)).fetchall()
+    def list_resources(self, kind, tenant, cursor=None, limit=None):
+        rows = self._db().execute("SELECT doc FROM resources WHERE kind=? AND tenant=? AND (? IS NULL OR id < ?) "
+                                  "ORDER BY id DESC LIMIT ?", (kind, tenant, cursor, cursor, limit or -1)).fetchall()
         return [json.loads(r[0]) for r in rows]
 
     def update_resource(self, kind, resource_id, tenant, doc):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from service.store.base import (
     CANCELED, FAILED, FINAL_STATES, QUEUED, RUNNING, SUCCEEDED, Claim, IdempotencyMismatch, JobRecord, JobStore,
-    StoreFull, StoreUnavailable, UploadRecord,
+    QueueStats, StoreFull, StoreUnavailable, UploadRecord,
 )
 from service.store.sqlite_resources import SqliteResources
 from service.store.summary import summarize_params
@@ -390,9 +390,19 @@ class SqliteJobStore(SqliteResources, JobStore):
         with self._changed:
             self._changed.wait(timeout)
 
+    # --- operations ---
     def ping(self):
         self._db().execute("SELECT 1").fetchone()
 
     def counts(self):
         rows = self._db().execute("SELECT kind, status, COUNT(*) FROM jobs GROUP BY kind, status").fetchall()
         return {(k, s): n for k, s, n in rows}
+
+    def queue_stats(self, kinds):
+        db, now = self._db(), time.time()
+        queued = {k: (n, oldest) for k, n, oldest in db.execute(
+            "SELECT kind, COUNT(*), MIN(created_at) FROM jobs WHERE status=? GROUP BY kind", (QUEUED,))}
+        busy = dict(db.execute("SELECT kind, COUNT(DISTINCT json_extract(doc, '$.worker')) FROM jobs "
+                               "WHERE status=? GROUP BY kind", (RUNNING,)).fetchall())
+        return {k: QueueStats(queued.get(k, (0, None))[0],
+                              max(0.0, now - queued[k][1]) if k in queued else 0.0, busy.get(k, 0)) for k in kinds}

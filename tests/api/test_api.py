@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 
@@ -167,6 +168,9 @@ def test_health_ready_metrics(client, upload_id):
     text = client.get("/metrics").text
     assert 'visionjobs_jobs{kind="colorize",state="queued"} 1.0' in text
     assert 'visionjobs_queue_depth{kind="colorize"} 1.0' in text
+    assert 'visionjobs_workers_busy{kind="colorize"} 0.0' in text
+    age = float(re.search(r'^visionjobs_queue_oldest_age_seconds\{kind="colorize"\} (\S+)$', text, re.M).group(1))
+    assert 0 <= age < 60
 
 
 def test_signed_file_urls(client, ctx):

@@ -119,3 +119,57 @@ def test_a_clip_too_short_for_the_official_stride_fails_naming_what_it_needs(liv
     job = wait(live, r.json()["id"])
     assert job["status"] == "failed" and job["error"]["code"] == "invalid_input"
     assert "4 frames every 2 from frame 0 need 7" in job["error"]["message"]
+
+
+def test_tuned_models_are_listed_read_and_deleted_with_their_artifacts(live, ctx):
+    video = upload(live, clip_mp4())
+    r = live.post("/v1/video-edits", json={"video": video, "source_prompt": "a man", "edits": ["a robot"],
+                                           "tune_steps": 1, "frames": 2, "width": 64, "height": 64, "steps": 1,
+                                           "seed": 1}, headers=auth(ALICE))
+    job = wait(live, r.json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    model_id = job["result"]["tuned_model_id"]
+
+    page = live.get("/v1/video-models", headers=auth(ALICE)).json()
+    assert [m["id"] for m in page["items"]] == [model_id] and page["next_cursor"] is None
+    model = live.get(f"/v1/video-models/{model_id}", headers=auth(ALICE)).json()
+    assert model["job_id"] == job["id"] and model["source_prompt"] == "a man" and model["tune_steps"] == 1
+    assert (model["clip"]["frames"], model["clip"]["width"], model["clip"]["height"]) == (2, 64, 64)
+    prefix = ctx.store.get_resource("tuned_video_model", model_id)["prefix"]
+    names = ("weights.safetensors", "meta.json", "latents.safetensors")
+    assert model["size_bytes"] == sum(len(ctx.objects.get(prefix + n)) for n in names) > 0
+
+    # another tenant sees nothing of it and cannot delete it
+    assert live.get("/v1/video-models", headers=auth(BOB)).json()["items"] == []
+    assert live.get(f"/v1/video-models/{model_id}", headers=auth(BOB)).status_code == 404
+    assert live.delete(f"/v1/video-models/{model_id}", headers=auth(BOB)).status_code == 404
+    assert all(ctx.objects.exists(prefix + n) for n in names)
+
+    assert live.delete(f"/v1/video-models/{model_id}", headers=auth(ALICE)).status_code == 204
+    assert not any(ctx.objects.exists(prefix + n) for n in names)
+    assert live.get(f"/v1/video-models/{model_id}", headers=auth(ALICE)).status_code == 404
+    assert live.delete(f"/v1/video-models/{model_id}", headers=auth(ALICE)).status_code == 404
+    r = live.post("/v1/video-edits", json={"tuned_model": model_id, "edits": ["a cat"]}, headers=auth(ALICE))
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "tuned_model"
+
+
+def test_tuned_models_page_newest_first(client, ctx):
+    from service.store.base import new_id
+
+    ids = [new_id("tvm") for _ in range(5)]
+    for i in ids:
+        ctx.store.put_resource("tuned_video_model", i, "alice", {
+            "prefix": f"tuned/alice/{i}/", "base_model_id": "tiny", "source_prompt": "p", "clip": {}, "tune_steps": 1,
+            "job_id": "job_" + i[4:], "created_at": 0})
+    seen, cursor = [], None
+    while True:
+        page = client.get("/v1/video-models", params={"limit": 2, **({"cursor": cursor} if cursor else {})},
+                          headers=auth(ALICE)).json()
+        assert len(page["items"]) <= 2
+        seen += [m["id"] for m in page["items"]]
+        if not (cursor := page["next_cursor"]):
+            break
+    assert seen == ids[::-1]
+    for bad in ({"limit": 0}, {"limit": 101}, {"cursor": "job_" + "0" * 24}):
+        r = client.get("/v1/video-models", params=bad, headers=auth(ALICE))
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] in ("limit", "cursor"), r.text

@@ -133,6 +133,15 @@ def test_submit_video_generate_and_edit(vj, tmp_path):
            "--steps", "2", "--wait", "--out", tmp_path / "re", "--json")
     assert json.loads(r.stdout)["result"]["tuning"] == "skipped" and (tmp_path / "re" / "edit_0.mp4").is_file()
     vj("submit", "video-edit", "--edit", "x", code=2)  # neither a clip nor a tuned model
+    tuned = edited["result"]["tuned_model_id"]
+    listed = vj("tuned-models", "list").stdout.splitlines()
+    assert listed[0].split()[:2] == ["ID", "FRAMES"]
+    row = next(line for line in listed if line.startswith(tuned))
+    assert row.split()[1:3] == ["4x64x64", "2"] and row.endswith("a man")
+    assert tuned in [m["id"] for m in json.loads(vj("tuned-models", "list", "--all", "--json").stdout)["items"]]
+    assert vj("tuned-models", "delete", tuned).stdout.strip() == f"deleted {tuned}"
+    assert tuned not in vj("tuned-models", "list", "--all").stdout
+    assert "404 not_found" in vj("tuned-models", "delete", tuned, code=3).stderr
 
 
 def test_submit_anomaly_fit_from_a_directory_then_score(vj, tmp_path):

@@ -189,6 +189,42 @@ def test_video_edit_then_reuse_the_tuning(client, tmp_path):
     assert reuse.result.tuning == "skipped" and reuse.result.videos[0].frames == 4
 
 
+def test_tuned_video_models_listed_read_and_deleted(service, client):
+    from tests.api.test_video_edit_api import clip_mp4
+
+    done = client.wait(client.edit_video(clip_mp4(frames=4, size=64), source_prompt="a man", edits=["a robot"],
+                                         tune_steps=1, frames=2, frame_stride=1, width=64, height=64, steps=1, seed=1),
+                       timeout=120)
+    assert done.status == vc.JobStatus.succeeded, done.error
+    model_id = done.result.tuned_model_id
+    model = client.get_video_model(model_id)
+    assert isinstance(model, vc.TunedVideoModel) and model.job_id == done.id and model.clip["frames"] == 2
+    assert model.size_bytes and model.size_bytes > 0
+    assert model_id in [m.id for m in client.iter_video_models(page_size=1)]
+    with service.client(BOB) as bob:
+        assert model_id not in [m.id for m in bob.iter_video_models()]
+        with pytest.raises(vc.NotFound):
+            bob.get_video_model(model_id)
+        with pytest.raises(vc.NotFound):
+            bob.delete_video_model(model_id)
+
+    async def go():
+        async with service.aclient() as vj:
+            page = await vj.list_video_models(limit=100)
+            assert isinstance(page, vc.TunedVideoModelPage) and model_id in [m.id for m in page.items]
+            assert model_id in [m.id async for m in vj.iter_video_models(page_size=1)]
+            assert (await vj.get_video_model(model_id)).size_bytes == model.size_bytes
+            await vj.delete_video_model(model_id)
+            with pytest.raises(vc.NotFound):
+                await vj.get_video_model(model_id)
+
+    asyncio.run(go())
+    assert model_id not in [m.id for m in client.iter_video_models()]
+    with pytest.raises(vc.ValidationError) as err:  # its artifacts are gone: an edit cannot reuse it
+        client.edit_video(tuned_model=model_id, edits=["a bear"])
+    assert err.value.fields == ["tuned_model"]
+
+
 def test_anomaly_fit_score_and_manage_the_model(client, tmp_path):
     from tests.models.anomaly_data import make_benchmark, paste_defect
 

@@ -23,7 +23,7 @@ from tests.client.conftest import route_absent
 # Models that must be in the committed spec under the same name.
 CORE = [m.Job, m.JobPage, m.JobError, m.Upload, m.ImageOutput, m.ColorizationRequest, m.ColorizationResult, m.Stroke,
         m.Guidance, m.ColorizationParity, m.VideoGenerationRequest, m.VideoGenerationResult, m.VideoOutput, m.KvSharing, m.VideoEditRequest,
-        m.VideoEditResult, m.EditedVideo]
+        m.VideoEditResult, m.EditedVideo, m.TunedVideoModel, m.TunedVideoModelPage]
 # The anomaly kinds' models: checked whenever the spec has the anomaly routes.
 ANOMALY = [m.AnomalyFitRequest, m.AnomalyScoreRequest, m.ValidationSet, m.ThresholdsPatch, m.AnomalyFitResult, m.TrainingRecord,
            m.AnomalyScoreResult, m.ScoredImage, m.BoxOut, m.AnomalyModel, m.AnomalyModelList]

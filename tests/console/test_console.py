@@ -215,6 +215,11 @@ def test_anomaly_result_shows_heat_map_and_boxes(page, service):
     figures = page.locator("figure.anomaly")
     figures.first.wait_for()
     assert figures.count() == len(items)
+    table = page.locator("table.scores tbody tr")
+    assert table.count() == len(items)  # a score table: image, raw score, label
+    for row, item in zip(table.all(), items):
+        cells = row.locator("th, td").all_inner_texts()
+        assert cells[0] == item["image"] and cells[3] == ("anomalous" if item["label"] else "normal")
     for i, item in enumerate(items):
         fig = page.locator(f"figure.anomaly[data-image='{item['image']}']")
         heat = fig.locator("img.heat")

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import venv
 
+import pytest
+
 from tests.deploy.test_compose_and_dockerfile import DOCKERFILE, ROOT, parse_dockerfile, stage_chain
 from tests.deploy.test_lock import LOCK_PATH, pip_installs
 
@@ -40,6 +42,8 @@ def test_script_maps_the_worker_installs():
     assert '/v/bin/pip install -c /l/lock.txt "$(ls /w/*.whl)[ml]"' in script
 
 
+# its own subprocess timeouts bound it; the suite-wide 300 s is too short on a loaded machine
+@pytest.mark.timeout(1800)
 def test_a_fresh_env_from_the_worker_install_runs_every_kind(tmp_path):
     env_dir, wheels = tmp_path / "env", tmp_path / "wheels"
     venv.create(env_dir, with_pip=True)

@@ -174,6 +174,30 @@ def test_resources_are_tenant_indexed_and_deletable(store):
     assert store.get_resource("other-kind", b) is None
 
 
+def test_resources_page_newest_first_after_a_cursor(store):
+    ids = [new_id("tvm") for _ in range(5)]
+    for i in ids:
+        store.put_resource("tuned", i, "t1", {})
+    store.put_resource("tuned", new_id("tvm"), "t2", {})
+    newest = ids[::-1]
+    assert [d["id"] for d in store.list_resources("tuned", "t1", limit=2)] == newest[:2]
+    assert [d["id"] for d in store.list_resources("tuned", "t1", cursor=newest[1], limit=2)] == newest[2:4]
+    assert [d["id"] for d in store.list_resources("tuned", "t1", cursor=newest[3])] == newest[4:]
+    assert store.list_resources("tuned", "t1", cursor=newest[4], limit=2) == []
+
+
+    async def async_side():  # the API reads through the async store
+        astore = store.open_async()
+        try:
+            return [d["id"] for d in await astore.list_resources("tuned", "t1", cursor=newest[0], limit=3)]
+        finally:
+            await astore.aclose()
+
+    import asyncio
+
+    assert asyncio.run(async_side()) == newest[1:4]
+
+
 def test_active_jobs_count_queued_and_running_only(store):
     a, _ = make_job(store)
     b, _ = make_job(store)
@@ -329,3 +353,21 @@ def test_an_artifacts_stored_bytes_count_until_it_is_deleted(store):
     assert store.bytes_used("t1", ARTIFACTS) == 400
     assert store.delete_resource("anomaly_model", "anm_1")
     assert store.bytes_used("t1", ARTIFACTS) == 300
+
+
+def test_queue_stats_give_depth_oldest_age_and_busy_workers_per_kind(store):
+    old = JobRecord(id=new_id("job"), tenant="t1", kind="colorize", params={}, created_at=time.time() - 42)
+    store.create_job(old)
+    running = [make_job(store)[0] for _ in range(3)]
+    make_job(store, kind="video.edit")
+    assert store.claim(old.id, "host-a:1", 30).job is not None
+    store.claim(running[0].id, "host-a:1", 30)  # a batch: the same worker process holds two jobs
+    store.claim(running[1].id, "host-b:7", 30)
+    stats = store.queue_stats(["colorize", "video.edit", "anomaly.fit"])
+    assert stats["colorize"].depth == 1 and stats["colorize"].busy_workers == 2
+    assert 0 <= stats["colorize"].oldest_age_s < 30  # the oldest *queued* one: the 42 s old job runs
+    assert stats["video.edit"].depth == 1 and stats["video.edit"].busy_workers == 0
+    assert stats["anomaly.fit"].depth == 0 and stats["anomaly.fit"].oldest_age_s == 0.0
+    queued_old = JobRecord(id=new_id("job"), tenant="t1", kind="anomaly.fit", params={}, created_at=time.time() - 42)
+    store.create_job(queued_old)
+    assert 41 <= store.queue_stats(["anomaly.fit"])["anomaly.fit"].oldest_age_s < 60

@@ -58,13 +58,15 @@ def _tune(ctx: "JobContext", pipe, generator) -> tuple[dict, object, float]:
     model_id = "tvm_" + job.id.split("_", 1)[1]
     prefix = f"tuned/{job.tenant}/{model_id}/"
     ctx.control.check()  # a stale attempt must not overwrite the live one's tuning
-    objects.put(prefix + "weights.safetensors", art.weights, "application/octet-stream")
-    objects.put(prefix + "meta.json", art.meta_json().encode(), "application/json")
-    latent_bytes = tensor_to_bytes(latents)
-    objects.put(prefix + "latents.safetensors", latent_bytes, "application/octet-stream")
+    parts = {"weights.safetensors": (art.weights, "application/octet-stream"),
+             "meta.json": (art.meta_json().encode(), "application/json"),
+             "latents.safetensors": (tensor_to_bytes(latents), "application/octet-stream")}
+    for name, (data, content_type) in parts.items():
+        objects.put(prefix + name, data, content_type)
     record = {"prefix": prefix, "base_model_id": pipe.config.base_model_id, "source_prompt": p["source_prompt"],
               "clip": clip.settings, "job_id": job.id, "tune_steps": p["tune_steps"], "created_at": time.time(),
-              "stored_bytes": len(art.weights) + len(art.meta_json()) + len(latent_bytes)}
+              "size_bytes": sum(len(data) for data, _ in parts.values())}
+    record["stored_bytes"] = record["size_bytes"]  # counts against the artifact quota until deleted
     ctx.runner.store.put_resource(TUNED_VIDEO_MODEL, model_id, job.tenant, record)
     return {**record, "id": model_id}, latents, tune_seconds
 

@@ -1,11 +1,15 @@
-// Entry point: the API key form and a hash router (#/jobs, #/jobs/{id}, #/models/{id}, #/playground, #/subject).
+// Entry point: the API key form and a hash router (#/jobs, #/jobs/{id}, #/models, #/models/{id},
+// #/playground, #/subject, #/video, #/anomaly).
 import { api, ApiError, auth } from "./api.js";
 import { forgetInputs } from "./inputs.js";
 import { renderJobs } from "./jobs.js";
 import { renderDetail } from "./detail.js";
 import { renderModel } from "./models.js";
+import { renderModels } from "./modellist.js";
 import { renderPlayground } from "./playground.js";
 import { renderSubject } from "./subject.js";
+import { renderVideo } from "./video.js";
+import { renderAnomaly } from "./anomaly.js";
 import { h } from "./ui.js";
 
 const main = document.getElementById("main");
@@ -96,8 +100,11 @@ function route() {
   }
   if (page === "jobs" && arg) cleanup = renderDetail(main, decodeURIComponent(arg));
   else if (page === "models" && arg) cleanup = renderModel(main, decodeURIComponent(arg));
+  else if (page === "models") cleanup = renderModels(main);
   else if (page === "playground") cleanup = renderPlayground(main);
   else if (page === "subject") cleanup = renderSubject(main);
+  else if (page === "video") cleanup = renderVideo(main);
+  else if (page === "anomaly") cleanup = renderAnomaly(main);
   else cleanup = renderJobs(main);
 }
 

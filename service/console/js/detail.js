@@ -1,9 +1,9 @@
 // One job: status and progress (live over SSE), timeline, outputs, error and parameters.
 import { ApiError, cancelJob, FINAL, getJob, streamJob } from "./api.js";
-import { inputUrl } from "./inputs.js";
+import { inputName, inputUrl } from "./inputs.js";
 import { clear, fmtDuration, fmtTime, h, KIND_LABEL, messageBox, progressView, statusBadge, timeEl } from "./ui.js";
 import { subjectResult } from "./subject.js";
-import { anomalyView, compareView, figure, fmtNum, videoView } from "./views.js";
+import { anomalyView, compareView, figure, fmtNum, scoreTable, videoView } from "./views.js";
 
 export function renderDetail(main, id) {
   document.title = `${id} · visionjobs`;
@@ -119,7 +119,7 @@ export function renderDetail(main, id) {
       const row = h("div.figures");
       if (input) row.append(figure(input, "Input", { alt: `Input photo ${p.image}` }));
       r.images.forEach((im, i) => row.append(figure(im.url, `Result ${i + 1} · ${im.width}×${im.height}`,
-        { alt: `Colorized result ${i + 1}`, href: im.url })));
+        { alt: `Colorized result ${i + 1}`, href: im.url, download: im.url })));
       outBody.append(row);
       if (input && r.images.length) {
         outBody.append(h("h3", {}, "Before / after"), compareView(input, r.images[0].url, r.images[0]));
@@ -131,10 +131,11 @@ export function renderDetail(main, id) {
     } else if (job.kind === "anomaly.score") {
       const row = h("div.figures.anomaly-figures");
       const inputs = await Promise.all(r.items.map((it) => inputUrl(it.image)));
+      const names = new Map(await Promise.all(r.items.map(async (it) => [it.image, await inputName(it.image)])));
       if (run !== outputsRun) return;
       r.items.forEach((it, i) => row.append(anomalyView(it, i, inputs[i])));
-      outBody.append(h("p.small", {}, "Heat map: blue = normal, green = the threshold, red = most anomalous. "
-        + "Outlined boxes are the regions above the threshold."), row);
+      outBody.append(scoreTable(r.items, (id) => names.get(id)), h("p.small", {}, "Heat map: blue = normal, green = the threshold, red = most "
+        + "anomalous. Outlined boxes are the regions above the threshold."), row);
     } else if (job.kind === "anomaly.fit") {
       outBody.append(dl([["Model", h("a.model-link", { href: `#/models/${r.model_id}` }, h("code", {}, r.model_id))],
         ...Object.entries(r.test_metrics || {}).filter(([, v]) => typeof v === "number" && !Number.isInteger(v))
@@ -147,12 +148,8 @@ export function renderDetail(main, id) {
       if (metrics.length) outBody.append(dl(metrics.map(([k, v]) => [k, fmtNum(v)])));
     } else if (job.kind === "video.edit") {
       const row = h("div.figures");
-      r.videos.forEach((v) => {
-        const fig = videoView(v, v.prompt);
-        if (v.gif_url) fig.querySelector("figcaption").append(h("div.small", {}, h("a", { href: v.gif_url, target: "_blank", rel: "noopener" }, "GIF")));
-        row.append(fig);
-      });
-      outBody.append(row, dl([["Tuned model", h("code", {}, r.tuned_model_id)],
+      r.videos.forEach((v) => row.append(videoView(v, v.prompt)));
+      outBody.append(row, dl([["Tuned model", h("a", { href: "#/models" }, h("code", {}, r.tuned_model_id))],
         ["Tuning", `${r.tuning}${r.tuning === "ran" ? ` (${fmtDuration(r.tune_seconds * 1000)})` : ""}`], ["Seed", String(r.seed)]]));
     } else if (job.kind === "subject.generate" || job.kind === "subject.tune") {
       const inputs = await Promise.all((p.subject_images || []).map((u) => inputUrl(u)));

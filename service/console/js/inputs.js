@@ -57,6 +57,13 @@ export async function inputUrl(uploadId) {
   return u;
 }
 
+/** The file name of the input kept under `uploadId` (a File keeps its name in IndexedDB), or null. */
+export async function inputName(uploadId) {
+  if (!uploadId) return null;
+  const entry = await run("readonly", (s) => s.get(uploadId));
+  return entry?.blob?.name || null;
+}
+
 export async function forgetInputs() {
   urls.forEach((u) => URL.revokeObjectURL(u));
   urls.clear();

@@ -2,6 +2,7 @@
 // (new jobs, final states); active jobs also stream their progress over SSE. Browsers allow
 // about six connections per host over HTTP/1.1, so at most MAX_STREAMS jobs stream at once.
 import { cancelJob, FINAL, listJobs, streamJob } from "./api.js";
+import { jobText, jobThumb } from "./summary.js";
 import { clear, h, KIND_LABEL, messageBox, progressView, relTime, statusBadge, timeEl } from "./ui.js";
 
 const MAX_STREAMS = 3;
@@ -24,8 +25,9 @@ export function renderJobs(main) {
     h("option", { value: "" }, "All"),
     ...Object.entries(KIND_LABEL).map(([k, label]) => h("option", { value: k }, label)));
   const tbody = h("tbody");
-  const empty = h("p.empty-note", { hidden: true }, "No jobs yet. Submit one from the ",
-    h("a", { href: "#/playground" }, "colorize playground"), " or through the API.");
+  const empty = h("p.empty-note", { hidden: true }, "No jobs yet. Submit one from a form (",
+    h("a", { href: "#/playground" }, "colorize"), ", ", h("a", { href: "#/subject" }, "subject"), ", ",
+    h("a", { href: "#/video" }, "video"), ", ", h("a", { href: "#/anomaly" }, "anomaly"), ") or through the API.");
   const more = h("button.secondary", { type: "button", hidden: true, onclick: () => load(true) }, "Load more");
   const live = h("span.live", { "aria-live": "off" }, "live");
 
@@ -37,9 +39,9 @@ export function renderJobs(main) {
       h("button.secondary", { type: "button", onclick: () => reload() }, "Refresh")),
     msg.root,
     h("div.table-wrap", {},
-      h("table.jobs", {},
+      h("table.jobs.job-list", {},
         h("caption.sr-only", {}, "Jobs, newest first"),
-        h("colgroup", {}, h("col.c-id"), h("col.c-kind"), h("col.c-status"), h("col.c-progress"), h("col.c-created"),
+        h("colgroup", {}, h("col.c-job"), h("col.c-kind"), h("col.c-status"), h("col.c-progress"), h("col.c-created"),
           h("col.c-actions")),
         h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Job"), h("th", { scope: "col" }, "Kind"),
           h("th", { scope: "col" }, "Status"), h("th", { scope: "col" }, "Progress"), h("th", { scope: "col" }, "Created"),
@@ -49,13 +51,18 @@ export function renderJobs(main) {
 
   function row(job) {
     const progress = progressView(`Progress of ${job.id}`);
-    const statusCell = h("td");
+    const statusCell = h("td.c-status", { dataset: { label: "Status" } });
     const actionCell = h("td.actions");
-    const created = h("td", {}, timeEl(job.created_at, relTime(job.created_at)));
+    const created = h("td.c-created", { dataset: { label: "Created" } }, timeEl(job.created_at, relTime(job.created_at)));
+    const thumb = h("span.thumb", { "aria-hidden": "true" });
+    const text = jobText(job);
     const tr = h("tr", { dataset: { jobId: job.id } },
-      h("th", { scope: "row" }, h("a.job-link", { href: `#/jobs/${job.id}` }, h("code", {}, job.id))),
-      h("td", {}, KIND_LABEL[job.kind] || job.kind), statusCell, h("td", {}, progress.root), created, actionCell);
-    const entry = { job: null, tr, progress, statusCell, actionCell, created, stream: null, canceling: false };
+      h("th.c-job", { scope: "row" }, h("a.job-link", { href: `#/jobs/${job.id}` }, thumb,
+        h("span.job-summary", {}, h("span.job-text", { title: text }, text || KIND_LABEL[job.kind] || job.kind),
+          h("code", {}, job.id)))),
+      h("td.c-kind", { dataset: { label: "Kind" } }, KIND_LABEL[job.kind] || job.kind), statusCell,
+      h("td.c-progress", {}, progress.root), created, actionCell);
+    const entry = { job: null, tr, progress, statusCell, actionCell, created, thumb, stream: null, canceling: false };
     rows.set(job.id, entry);
     update(entry, job);
     return entry;
@@ -69,6 +76,7 @@ export function renderJobs(main) {
     entry.tr.dataset.status = job.status;
     entry.progress.update(job);
     if (statusChanged) {
+      showThumb(entry, job);
       clear(entry.statusCell).append(statusBadge(job.status));
       clear(entry.actionCell);
       if (!FINAL.has(job.status)) {
@@ -78,6 +86,13 @@ export function renderJobs(main) {
         entry.actionCell.append(btn);
       }
     }
+  }
+
+  async function showThumb(entry, job) {
+    const src = await jobThumb(job);
+    if (!src || stopped || entry.thumb.dataset.src === src) return;
+    entry.thumb.dataset.src = src;
+    entry.thumb.replaceChildren(h("img", { src, alt: "", loading: "lazy", width: 48, height: 48 }));
   }
 
   async function cancel(entry, btn) {

@@ -309,7 +309,7 @@ export function renderPlayground(main) {
         h("div", {},
           h("div.figures.thumbs", {}, figure(photo.url, "Input", { alt: "Input photo" }),
             ...images.map((im, i) => figure(im.url, `Result ${i + 1} · seed ${job.result.seed}`,
-              { alt: `Colorized result ${i + 1}`, href: im.url }))),
+              { alt: `Colorized result ${i + 1}`, href: im.url, download: im.url }))),
           h("p.small", {}, h("a", { href: `#/jobs/${job.id}` }, "Open the job page"),
             job.model_profile ? ` · ${job.model_profile} model profile` : ""))));
     result.hidden = false;

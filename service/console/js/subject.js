@@ -242,7 +242,7 @@ export function subjectResult(job) {
     return box;
   }
   box.append(h("div.figures", {}, ...r.images.map((im, i) => figure(im.url, `Image ${i + 1} · ${im.width}×${im.height}`,
-    { alt: `Generated image ${i + 1} of the subject`, href: im.url }))));
+    { alt: `Generated image ${i + 1} of the subject`, href: im.url, download: im.url }))));
   const rows = [["Method", r.method === "expert" ? "expert (DreamBooth-LoRA)" : "in-context (BLIP-Diffusion)"],
     ["Tuning", r.tuning], ["Seed", String(r.seed)]];
   if (r.subject_model) rows.push(["Subject model", h("code", {}, r.subject_model)]);

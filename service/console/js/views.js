@@ -22,10 +22,25 @@ export function compareView(beforeUrl, afterUrl, { width, height } = {}) {
   return root;
 }
 
-export function figure(src, caption, { alt, width, height, href } = {}) {
+/** The file name a result URL ends in (signed URLs carry their query after it). */
+export function fileName(url, fallback = "download") {
+  try {
+    return decodeURIComponent(new URL(url, location.href).pathname.split("/").pop()) || fallback;
+  } catch {
+    return fallback;
+  }
+}
+
+/** A download button for a result file (same origin, so `download` names the saved file). */
+export function downloadLink(url, label = "Download", name) {
+  const file = name || fileName(url);
+  return h("a.button.download", { href: url, download: file, "aria-label": `${label} ${file}` }, label);
+}
+
+export function figure(src, caption, { alt, width, height, href, download } = {}) {
   const img = h("img", { src, alt: alt || caption, loading: "lazy", width, height });
   return h("figure.output", {}, href ? h("a", { href, target: "_blank", rel: "noopener" }, img) : img,
-    h("figcaption", {}, caption));
+    h("figcaption", {}, caption, download ? h("div.downloads", {}, downloadLink(download)) : null));
 }
 
 /**
@@ -75,8 +90,20 @@ export function anomalyView(item, index, inputUrl) {
       h("div.small", {}, `score ${fmtNum(item.score)} · normalised ${fmtNum(item.normalized_score)} · `
         + `${item.boxes.length} ${item.boxes.length === 1 ? "region" : "regions"}`),
       controls,
-      h("div.small", {}, h("a", { href: item.mask_url, target: "_blank", rel: "noopener" }, "mask"), " · ",
-        h("a", { href: item.anomaly_map_url, target: "_blank", rel: "noopener" }, "anomaly map (16-bit PNG)"))));
+      h("div.downloads", {}, downloadLink(item.heat_map_url, "Heat map"), downloadLink(item.mask_url, "Mask"),
+        downloadLink(item.anomaly_map_url, "Anomaly map"),
+        item.segmentation_url ? downloadLink(item.segmentation_url, "Segmentation") : null),
+      h("div.small", {}, "Anomaly map: a 16-bit PNG of the raw scores.")));
+}
+
+/** One row per scored image: its name (`nameOf(upload id)`, else the id), scores, label, regions. */
+export function scoreTable(items, nameOf = () => null) {
+  return h("div.table-wrap", {}, h("table.scores", {}, h("caption.sr-only", {}, "Score of each image"),
+    h("thead", {}, h("tr", {}, ...["Image", "Score", "Normalised", "Label", "Regions"].map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", {}, ...items.map((it) => h("tr", { dataset: { image: it.image } },
+      h("th", { scope: "row" }, nameOf(it.image) || it.image), h("td.num", {}, fmtNum(it.score)),
+      h("td.num", {}, fmtNum(it.normalized_score)), h("td", {}, it.label ? "anomalous" : "normal"),
+      h("td.num", {}, String(it.boxes.length)))))));
 }
 
 export function fmtNum(x) {
@@ -88,5 +115,6 @@ export function videoView(v, caption, poster) {
   return h("figure.output.video", {},
     h("video", { src: v.url, controls: true, preload: "metadata", poster, width: v.width, height: v.height,
       playsinline: true, loop: true, "aria-label": caption }),
-    h("figcaption", {}, caption, h("div.small", {}, `${v.width}×${v.height} · ${v.frames} frames at ${v.fps} fps`)));
+    h("figcaption", {}, caption, h("div.small", {}, `${v.width}×${v.height} · ${v.frames} frames at ${v.fps} fps`),
+      h("div.downloads", {}, downloadLink(v.url, "MP4"), v.gif_url ? downloadLink(v.gif_url, "GIF") : null)));
 }
