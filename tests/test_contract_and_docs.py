@@ -24,7 +24,8 @@ def test_openapi_documents_the_contract():
     spec = create_app().openapi()
     job = spec["components"]["schemas"]["Job"]["properties"]
     assert set(job) == {"id", "kind", "status", "progress", "stage", "queue_position", "attempt", "created_at",
-                        "started_at", "finished_at", "params", "error", "result", "model_profile", "webhook"}
+                        "started_at", "finished_at", "params", "error", "result", "model_profile", "webhook",
+                        "weights_fingerprint", "metrics"}
     assert "multipart/form-data" in spec["paths"]["/v1/uploads"]["post"]["requestBody"]["content"]
     assert "202" in spec["paths"]["/v1/colorizations"]["post"]["responses"]
 

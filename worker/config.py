@@ -22,6 +22,8 @@ class WorkerSettings(Settings):
                                                       "worker process exits so the launcher replaces it.")
     batch_max: int = Field(1, ge=1, le=16, description="Dynamic batching: colorize jobs with the same working size and "
                                                        "settings run as one batch of up to this many (4 suits GPUs).")
+    job_log_bytes: int = Field(32768, ge=0, le=2**20, description="Bound of each job's log (stage changes, warnings, "
+                               "a failure's traceback summary): its last lines within this many bytes are kept.")
     device: str = Field("auto", description="torch device for pipelines: auto | cpu | cuda.")
     channels_last: bool = Field(True, description="Channels-last UNet/ControlNet on CUDA.")
     controlcolor_repo: str = Field("UPstud/ColorCtrl", description="Hub repository `models fetch` takes the Control "

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Mapping, Optional, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Optional, Union
 
 import httpx
 from pydantic import BaseModel
@@ -19,7 +20,7 @@ from visionjobs_client._base import (
 from visionjobs_client.client import PathLike
 from visionjobs_client.errors import ApiConnectionError, WaitTimeout
 from visionjobs_client.models import (
-    AnomalyModel, AnomalyModelList, Job, JobPage, JobStatus, SubjectModel, SubjectModelList, ThresholdsPatch, Upload,
+    AnomalyModel, AnomalyModelList, Job, JobLogs, JobPage, JobStatus, SubjectModel, SubjectModelList, ThresholdsPatch, Upload,
 )
 from visionjobs_client.uploads import UploadSource, encode
 
@@ -145,6 +146,10 @@ class AsyncClient(BaseClient, JobMethods[Awaitable[Job]]):
                 return
             cursor = page.next_cursor
 
+    async def logs(self, job: JobRef) -> JobLogs:
+        """The job's log so far (stage changes, warnings, a failure's traceback summary)."""
+        return JobLogs.model_validate((await self.request("GET", f"/v1/jobs/{job_id_of(job)}/logs")).json())
+
     async def cancel(self, job: JobRef) -> Job:
         return Job.model_validate((await self.request("POST", f"/v1/jobs/{job_id_of(job)}/cancel")).json())
 
@@ -164,7 +169,7 @@ class AsyncClient(BaseClient, JobMethods[Awaitable[Job]]):
             current = await self.get_job(job, wait=slice_s)
 
     async def stream(self, job: JobRef, *, timeout: Optional[float] = None, last_event_id: Optional[str] = None,
-                     reconnects: int = 5) -> AsyncIterator[Job]:
+                     reconnects: int = 5, on_log: Optional[Callable[[int, str], Any]] = None) -> AsyncIterator[Job]:
         job_id = job_id_of(job)
         deadline = final_deadline(timeout)
         last = last_event_id
@@ -186,6 +191,9 @@ class AsyncClient(BaseClient, JobMethods[Awaitable[Job]]):
                             continue
                         if event.event == "gone":
                             return
+                        if event.event == "log" and on_log is not None:
+                            line = json.loads(event.data)
+                            on_log(int(line["index"]), str(line["line"]))
                         if event.event != "job":
                             continue
                         if event.id is not None:

@@ -1,11 +1,12 @@
 """The synchronous client."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 import httpx
 from pydantic import BaseModel
@@ -17,7 +18,7 @@ from visionjobs_client._base import (
 )
 from visionjobs_client.errors import ApiConnectionError, WaitTimeout
 from visionjobs_client.models import (
-    AnomalyModel, AnomalyModelList, Job, JobPage, JobStatus, SubjectModel, SubjectModelList, ThresholdsPatch, Upload,
+    AnomalyModel, AnomalyModelList, Job, JobLogs, JobPage, JobStatus, SubjectModel, SubjectModelList, ThresholdsPatch, Upload,
 )
 from visionjobs_client.uploads import UploadSource, encode
 
@@ -149,6 +150,10 @@ class Client(BaseClient, JobMethods[Job]):
                 return
             cursor = page.next_cursor
 
+    def logs(self, job: JobRef) -> JobLogs:
+        """The job's log so far (stage changes, warnings, a failure's traceback summary)."""
+        return JobLogs.model_validate((self.request("GET", f"/v1/jobs/{job_id_of(job)}/logs")).json())
+
     def cancel(self, job: JobRef) -> Job:
         """Cancel: a queued job at once, a running one within one step; a final job comes back unchanged."""
         return Job.model_validate(self.request("POST", f"/v1/jobs/{job_id_of(job)}/cancel").json())
@@ -172,11 +177,12 @@ class Client(BaseClient, JobMethods[Job]):
             current = self.get_job(job, wait=slice_s)
 
     def stream(self, job: JobRef, *, timeout: Optional[float] = None, last_event_id: Optional[str] = None,
-               reconnects: int = 5) -> Iterator[Job]:
+               reconnects: int = 5, on_log: Optional[Callable[[int, str], Any]] = None) -> Iterator[Job]:
         """Job states as the server publishes them (server-sent events), until a final one.
 
         A dropped connection is resumed with ``Last-Event-ID`` (so no state is repeated), up
-        to ``reconnects`` times in a row. ``timeout``: ``WaitTimeout`` if not final by then."""
+        to ``reconnects`` times in a row. ``timeout``: ``WaitTimeout`` if not final by then.
+        ``on_log(index, line)``: called for each line of the job's log as the worker writes it."""
         job_id = job_id_of(job)
         deadline = final_deadline(timeout)
         last = last_event_id
@@ -194,6 +200,9 @@ class Client(BaseClient, JobMethods[Job]):
                     for event in sse.parse(response.iter_lines()):
                         if event.event == "gone":  # expired by retention while streaming
                             return
+                        if event.event == "log" and on_log is not None:
+                            line = json.loads(event.data)
+                            on_log(int(line["index"]), str(line["line"]))
                         if event.event != "job":
                             continue
                         if event.id is not None:

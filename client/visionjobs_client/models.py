@@ -559,6 +559,28 @@ JobResult = Union[dict[str, Any], ColorizationResult, VideoGenerationResult, Vid
                   AnomalyScoreResult, SubjectGenerationResult, SubjectModelResult, None]
 
 
+class JobMetrics(BaseModel):
+    """Where a final job's time went, in seconds."""
+
+    model_config = _RESPONSE
+
+    queue_s: float
+    load_s: float
+    run_s: Optional[float] = None
+    upload_s: float
+
+
+class JobLogs(BaseModel):
+    """GET /v1/jobs/{id}/logs: the kept lines of the job's log, oldest first."""
+
+    model_config = _RESPONSE
+
+    job_id: str
+    total: int
+    dropped: int
+    lines: list[str]
+
+
 class Job(BaseModel):
     model_config = _RESPONSE
 
@@ -576,6 +598,8 @@ class Job(BaseModel):
     error: Optional[JobError]
     result: JobResult = Field(union_mode="left_to_right")
     model_profile: Optional[str]
+    weights_fingerprint: Optional[str] = None
+    metrics: Optional[JobMetrics] = None
     webhook: Optional[WebhookState] = None
 
     @model_validator(mode="before")

@@ -55,6 +55,9 @@ class JobRecord:
     version: int = 0
     webhook_events: str | None = None  # ",succeeded,failed," : the states that trigger a delivery
     webhook_deliveries: dict[str, Any] | None = None  # event -> delivery state
+    logs: dict[str, Any] | None = None  # {"total": lines ever written, "lines": the last ones kept}
+    metrics: dict[str, float] | None = None  # queue_s, load_s, run_s, upload_s (worker-measured)
+    weights_fingerprint: str | None = None  # what the final attempt's models were loaded from
 
     @property
     def final(self) -> bool:
@@ -62,6 +65,17 @@ class JobRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# the worker-owned fields heartbeat/finish may set through `extra`
+EXTRA_FIELDS = frozenset({"logs", "metrics", "weights_fingerprint"})
+
+
+def check_extra(extra: dict[str, Any] | None) -> dict[str, Any]:
+    unknown = set(extra or ()) - EXTRA_FIELDS
+    if unknown:
+        raise ValueError(f"not worker-owned job fields: {sorted(unknown)}")
+    return {k: v for k, v in (extra or {}).items() if v is not None}
 
 
 @dataclass
@@ -143,10 +157,12 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def heartbeat(self, job_id: str, attempt: int, lease_s: float, *,
-                  progress: float | None = None, stage: str | None = None, result: dict | None = None) -> bool:
+                  progress: float | None = None, stage: str | None = None, result: dict | None = None,
+                  extra: dict[str, Any] | None = None) -> bool:
         """Renew the lease (and optionally report progress) while this attempt owns the job.
         `result` (with `progress` only): the partial result of a running job (a training's
-        per-epoch history), replaced by the final one at `finish`.
+        per-epoch history), replaced by the final one at `finish`. `extra`: other JobRecord
+        fields the worker owns (EXTRA_FIELDS: logs, metrics) written with the beat.
         Returns True when the job should stop: cancel requested, or the attempt lost ownership."""
 
     def should_stop(self, job_id: str, attempt: int) -> bool:
@@ -156,9 +172,11 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def finish(self, job_id: str, attempt: int, status: str, *, result: dict | None = None,
-               error: dict | None = None, model_profile: str | None = None) -> JobRecord | None:
+               error: dict | None = None, model_profile: str | None = None,
+               extra: dict[str, Any] | None = None) -> JobRecord | None:
         """Move this attempt's running job to a final state. None if it no longer owns it.
-        Without a `result`, the partial result the attempt reported (heartbeat) stays."""
+        Without a `result`, the partial result the attempt reported (heartbeat) stays.
+        `extra`: as for heartbeat (logs, metrics, weights_fingerprint)."""
 
     @abc.abstractmethod
     def reap_expired(self, now: float | None = None) -> list[str]:

@@ -136,15 +136,16 @@ class RedisJobStore(JobStore):
     def claim(self, job_id, worker, lease_s):
         return self._do(self.ops.claim(job_id, worker, lease_s))
 
-    def heartbeat(self, job_id, attempt, lease_s, *, progress=None, stage=None, result=None):
-        return self._do(self.ops.heartbeat(job_id, attempt, lease_s, progress=progress, stage=stage, result=result))
+    def heartbeat(self, job_id, attempt, lease_s, *, progress=None, stage=None, result=None, extra=None):
+        return self._do(self.ops.heartbeat(job_id, attempt, lease_s, progress=progress, stage=stage, result=result,
+                                           extra=extra))
 
     def should_stop(self, job_id, attempt):
         return self._do(self.ops.should_stop(job_id, attempt))
 
-    def finish(self, job_id, attempt, status, *, result=None, error=None, model_profile=None):
+    def finish(self, job_id, attempt, status, *, result=None, error=None, model_profile=None, extra=None):
         return self._do(self.ops.finish(job_id, attempt, status, result=result, error=error,
-                                        model_profile=model_profile))
+                                        model_profile=model_profile, extra=extra))
 
     def reap_expired(self, now=None, limit: int = 100):
         return self._do(self.ops.reap_expired(limit))

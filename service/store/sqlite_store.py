@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from service.store.base import (
-    CANCELED, FAILED, FINAL_STATES, QUEUED, RUNNING, SUCCEEDED, Claim, JobRecord, JobStore, UploadRecord,
+    CANCELED, FAILED, FINAL_STATES, QUEUED, RUNNING, SUCCEEDED, Claim, JobRecord, JobStore, UploadRecord, check_extra,
 )
 from service.store.summary import summarize_params
 
@@ -143,7 +143,7 @@ class SqliteJobStore(JobStore):
 
     def list_jobs(self, tenant, *, kind=None, status=None, cursor=None, limit=20):
         # the document without its params (SQLite drops them while reading), and the summary
-        sql = "SELECT json_remove(doc, '$.params'), summary, id FROM jobs WHERE tenant=? AND (expires_at IS NULL OR expires_at>?)"
+        sql = "SELECT json_remove(doc, '$.params', '$.logs'), summary, id FROM jobs WHERE tenant=? AND (expires_at IS NULL OR expires_at>?)"
         args = [tenant, time.time()]
         for column, value in (("kind", kind), ("status", status)):
             if value:
@@ -255,7 +255,8 @@ class SqliteJobStore(JobStore):
         self._notify(job)
         return Claim(job, "claimed")
 
-    def heartbeat(self, job_id, attempt, lease_s, *, progress=None, stage=None, result=None):
+    def heartbeat(self, job_id, attempt, lease_s, *, progress=None, stage=None, result=None, extra=None):
+        extra = check_extra(extra)
         with self._tx() as db:
             job = self._get(db, job_id)
             if job is None or job.status != RUNNING or job.attempt != attempt:
@@ -264,15 +265,19 @@ class SqliteJobStore(JobStore):
                 job.progress, job.stage = float(progress), stage
                 if result is not None:
                     job.result = result
+            for name, value in extra.items():
+                setattr(job, name, value)
+            if progress is not None or extra:
                 self._save(db, job, time.time() + lease_s)
             else:
                 db.execute("UPDATE jobs SET lease_until=? WHERE id=?", (time.time() + lease_s, job_id))
-        if progress is not None:
+        if progress is not None or extra:
             self._notify(job)
         return job.cancel_requested
 
-    def finish(self, job_id, attempt, status, *, result=None, error=None, model_profile=None):
+    def finish(self, job_id, attempt, status, *, result=None, error=None, model_profile=None, extra=None):
         assert status in FINAL_STATES
+        extra = check_extra(extra)
         with self._tx() as db:
             job = self._get(db, job_id)
             if job is None or job.status != RUNNING or job.attempt != attempt:
@@ -281,6 +286,8 @@ class SqliteJobStore(JobStore):
             job.error = error
             job.result = job.result if result is None else result  # none: a partial result stays
             job.model_profile = model_profile or job.model_profile
+            for name, value in extra.items():
+                setattr(job, name, value)
             if status == SUCCEEDED:
                 job.progress = 1.0
             self._save(db, job)

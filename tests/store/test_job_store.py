@@ -4,6 +4,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from service.store.base import JobRecord, UploadRecord, new_id
 
 
@@ -241,3 +243,22 @@ def test_partial_result_while_running_and_after_a_failure(store):
     assert store.get_job(job.id).result == partial
     done = store.finish(job.id, claimed.attempt, "canceled", error={"code": "canceled", "message": "x"})
     assert done.result == partial and store.get_job(job.id).result == partial  # what it did stays visible
+
+
+def test_worker_owned_fields_written_with_a_beat_and_the_final_write(store):
+    job, _ = store.create_job(JobRecord(id=new_id("job"), tenant="t", kind="colorize", params={}))
+    claimed = store.claim(job.id, "w1", 30).job
+    logs = {"total": 2, "lines": ["a", "b"]}
+    store.heartbeat(job.id, claimed.attempt, 30, extra={"logs": logs})
+    running = store.get_job(job.id)
+    assert running.logs == logs and running.version > claimed.version  # a beat with logs wakes readers
+    store.finish(job.id, claimed.attempt, "succeeded", result={}, extra={
+        "logs": {"total": 3, "lines": ["a", "b", "c"]}, "metrics": {"queue_s": 0.5, "load_s": 0.0, "run_s": 1.0,
+                                                                     "upload_s": 0.1},
+        "weights_fingerprint": "tiny:0123"})
+    done = store.get_job(job.id)
+    assert done.logs["total"] == 3 and done.metrics["run_s"] == 1.0 and done.weights_fingerprint == "tiny:0123"
+    listed = store.list_jobs("t")[0][0]
+    assert listed.logs is None and listed.metrics["queue_s"] == 0.5  # list pages carry no logs
+    with pytest.raises(ValueError):
+        store.heartbeat(job.id, claimed.attempt, 30, extra={"status": "failed"})

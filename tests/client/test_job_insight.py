@@ -1,0 +1,47 @@
+"""What a job tells about itself: its log (streamed while it runs), its time split and the
+weights it ran with; and what the service tells about its kinds (GET /v1/kinds)."""
+from __future__ import annotations
+
+import pytest
+
+import visionjobs_client as vc
+from tests.helpers import photo
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    with service.client() as c:
+        yield c
+
+
+def test_logs_stream_while_the_job_runs_and_stay_readable_after(client):
+    job = client.colorize(photo(128, 96), steps=6, seed=4)
+    received: list[tuple[int, str, bool]] = []  # (index, line, the job was final when it came)
+    final = [False]
+    states = []
+    for state in client.stream(job, timeout=120, on_log=lambda i, line: received.append((i, line, final[0]))):
+        states.append(state)
+        final[0] = state.final
+    assert states[-1].status == vc.JobStatus.succeeded
+    assert received, "no log frames"
+    assert [i for i, _, _ in received] == list(range(len(received)))  # each line once, in order
+    assert not received[0][2]  # the first lines came while the job ran, not after the end
+    text = [line for _, line, _ in received]
+    assert any("stage: loading model" in line for line in text)
+    logs = client.logs(job)
+    assert logs.lines == text and logs.total == len(text) and logs.dropped == 0
+    done = states[-1]
+    assert done.metrics is not None and done.metrics.queue_s >= 0 and done.metrics.run_s > 0
+    assert done.metrics.load_s >= 0 and done.metrics.upload_s > 0  # the output PNG was written
+    assert done.weights_fingerprint and done.weights_fingerprint.startswith("tiny:")
+
+
+def test_a_reconnect_with_last_event_id_sends_only_newer_log_lines(client):
+    job = client.wait(client.colorize(photo(64, 64), steps=1, seed=5), timeout=120)
+    received = []
+    list(client.stream(job.id, last_event_id="1", on_log=lambda i, line: received.append(i)))
+    assert received == []
+    list(client.stream(job.id, on_log=lambda i, line: received.append(i)))
+    assert received == list(range(client.logs(job).total))
