@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from service.schemas.common import (
-    JobRequest, MAX_PROMPT, MAX_SEED, MAX_STEPS, REQUEST, UPLOAD_ID, Prompt, RequiredPrompt,
+    JobRequest, MAX_PROMPT, MAX_SEED, MAX_STEPS, REQUEST, INPUT_REF, INPUT_HELP, Prompt, RequiredPrompt,
 )
 
 SEGMENT_LATENT_FRAMES = 13  # 49 pixel frames: the CogVideoX clip; the VAE compresses time 4x
@@ -98,8 +98,10 @@ class VideoEditRequest(JobRequest):
     or reuse an earlier tuning with `tuned_model` (tuning and the clip settings are skipped)."""
 
     model_config = REQUEST
+    INPUTS: ClassVar[tuple[str, ...]] = ("video",)  # upload ids, URLs or data: URIs
 
-    video: str | None = Field(None, pattern=UPLOAD_ID, description="Upload id of the clip (MP4, WebM, MOV or GIF).")
+    video: str | None = Field(None, pattern=INPUT_REF, description="Upload id of the clip (MP4, WebM, MOV or GIF)."
+                                                                     + INPUT_HELP)
     tuned_model: str | None = Field(None, pattern=TUNED_MODEL_ID, description="A tuned model id from an earlier edit.")
     source_prompt: Prompt | None = Field(None, max_length=MAX_PROMPT, description="What the clip shows (with `video`).")
     edits: list[RequiredPrompt] = Field(min_length=1, max_length=8, description="One edited video per prompt.")

@@ -45,3 +45,31 @@ def test_a_reconnect_with_last_event_id_sends_only_newer_log_lines(client):
     assert received == []
     list(client.stream(job.id, on_log=lambda i, line: received.append(i)))
     assert received == list(range(client.logs(job).total))
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """A local static file server (allow-listed for URL inputs in the test service)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield tmp_path, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_a_url_input_is_fetched_by_the_service_and_the_job_runs_on_it(client, file_server):
+    folder, base = file_server
+    photo(48, 40).save(folder / "street.png")
+    job = client.wait(client.colorize(f"{base}/street.png", steps=1, seed=3), timeout=120)
+    assert job.status == vc.JobStatus.succeeded, job.error
+    upload = client.get_upload(job.params["image"])
+    assert upload.filename == "street.png" and (upload.width, upload.height) == (48, 40)
+    assert (job.result.images[0].width, job.result.images[0].height) == (48, 40)
+    with pytest.raises(vc.ValidationError) as err:  # not allow-listed: refused before any connection
+        client.colorize("http://10.20.30.40/street.png")
+    assert err.value.problem.errors[0]["field"] == "image"
