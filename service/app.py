@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from service.api.deps import AppContext
 from service.api.routes import (
-    anomaly, colorizations, console, files, health, jobs, subject_generations, subject_models, uploads, videos,
+    anomaly, colorizations, console, files, health, jobs, kinds, subject_generations, subject_models, uploads, videos,
 )
 from service.core.config import Settings, get_settings
 from service.api.openapi_doc import install as install_openapi
@@ -128,7 +128,7 @@ def create_app(ctx: AppContext | None = None, *, run_reaper: bool = True) -> Fas
     limits = ctx.settings if ctx else get_settings()
     app.add_middleware(BodyLimitMiddleware, json_limit=limits.max_body_bytes, upload_limit=limits.max_upload_bytes)
     # the status-read routes first: a request walks the route table in order
-    for module in (jobs, health, uploads, colorizations, videos, anomaly, subject_generations, subject_models, files,
-                   console):
+    for module in (jobs, health, uploads, colorizations, videos, anomaly, subject_generations, subject_models, kinds,
+                   files, console):
         app.include_router(module.router)
     return app

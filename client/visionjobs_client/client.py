@@ -18,7 +18,7 @@ from visionjobs_client._base import (
 )
 from visionjobs_client.errors import ApiConnectionError, WaitTimeout
 from visionjobs_client.models import (
-    AnomalyModel, AnomalyModelList, Job, JobLogs, JobPage, JobStatus, SubjectModel, SubjectModelList, ThresholdsPatch, Upload,
+    AnomalyModel, AnomalyModelList, Job, JobLogs, JobPage, JobStatus, KindList, SubjectModel, SubjectModelList, ThresholdsPatch, Upload,
 )
 from visionjobs_client.uploads import UploadSource, encode
 
@@ -149,6 +149,10 @@ class Client(BaseClient, JobMethods[Job]):
             if not page.next_cursor:
                 return
             cursor = page.next_cursor
+
+    def kinds(self) -> KindList:
+        """Every job kind: its route, input and result JSON schemas, the live workers serving it."""
+        return KindList.model_validate((self.request("GET", "/v1/kinds")).json())
 
     def logs(self, job: JobRef) -> JobLogs:
         """The job's log so far (stage changes, warnings, a failure's traceback summary)."""

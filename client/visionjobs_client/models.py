@@ -559,6 +559,39 @@ JobResult = Union[dict[str, Any], ColorizationResult, VideoGenerationResult, Vid
                   AnomalyScoreResult, SubjectGenerationResult, SubjectModelResult, None]
 
 
+class KindWorker(BaseModel):
+    """A live worker serving a kind, as it last reported itself."""
+
+    model_config = _RESPONSE
+
+    worker: Optional[str]
+    profile: Optional[str]
+    weights_fingerprint: Optional[str]
+    ready: bool
+    missing: list[str] = []
+    features: dict[str, list[str]] = {}
+
+
+class KindInfo(BaseModel):
+    """GET /v1/kinds: a job kind, its route, its input and result JSON schemas, its live workers."""
+
+    model_config = _RESPONSE
+
+    name: str
+    description: str
+    path: str
+    queue: str
+    input_schema: dict[str, Any]
+    result_schema: dict[str, Any]
+    workers: list[KindWorker]
+
+
+class KindList(BaseModel):
+    model_config = _RESPONSE
+
+    items: list[KindInfo]
+
+
 class JobMetrics(BaseModel):
     """Where a final job's time went, in seconds."""
 

@@ -73,3 +73,35 @@ def test_a_url_input_is_fetched_by_the_service_and_the_job_runs_on_it(client, fi
     with pytest.raises(vc.ValidationError) as err:  # not allow-listed: refused before any connection
         client.colorize("http://10.20.30.40/street.png")
     assert err.value.problem.errors[0]["field"] == "image"
+
+
+def test_kinds_list_every_kind_with_a_schema_that_validates_a_real_request(client):
+    import jsonschema
+
+    from service.kinds import KINDS
+
+    upl = client.upload(photo(64, 48)).id
+    real = {"colorize": {"image": upl, "steps": 1, "seed": 2},
+            "video.generate": {"prompts": ["a cat walks", "a cat runs"], "steps": 2},
+            "video.edit": {"video": upl, "source_prompt": "a car", "edits": ["a red car"]},
+            "anomaly.fit": {"name": "bottles", "images": [upl, upl]},
+            "anomaly.score": {"model_id": "anm_" + "0" * 24, "images": [upl]},
+            "subject.generate": {"subject_images": [upl], "subject_class": "dog", "prompt": "a dog on a beach"},
+            "subject.tune": {"subject_images": [upl], "subject_class": "dog"}}
+    listed = {k.name: k for k in client.kinds().items}
+    assert set(listed) == set(KINDS) == set(real)
+    for name, info in listed.items():
+        jsonschema.Draft202012Validator.check_schema(info.input_schema)
+        jsonschema.validate(real[name], info.input_schema)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**real[name], "surprise": 1}, info.input_schema)  # the API's 422 too
+        assert info.path.startswith("/v1/") and info.result_schema.get("properties"), name
+        assert info.workers and all(w.profile == "tiny" and w.weights_fingerprint for w in info.workers), name
+    colorize = listed["colorize"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"image": upl, "steps": "many"}, colorize.input_schema)
+    # the real request runs, and the job records the weights its worker reports
+    job = client.wait(client.submit("colorize", real["colorize"]), timeout=120)
+    assert job.status == vc.JobStatus.succeeded
+    jsonschema.validate(job.model_dump(mode="json")["result"], colorize.result_schema)
+    assert job.weights_fingerprint in {w.weights_fingerprint for w in colorize.workers}
