@@ -90,8 +90,9 @@ class Webhook(BaseModel):
 
     url: str = Field(max_length=2048, pattern=r"^https?://", description="Public http(s) endpoint to POST events to.")
     events: list[WebhookEvent] = Field(["succeeded", "failed", "canceled"], min_length=1, max_length=4)
-    secret: str = Field(min_length=16, max_length=256, description="HMAC-SHA256 key for X-Visionjobs-Signature; "
-                                                                    "never shown again.")
+    secret: str = Field(min_length=16, max_length=256, description="HMAC-SHA256 key of the Standard Webhooks "
+                        "signature (`webhook-signature`; a `whsec_<base64>` secret: the bytes it encodes); never "
+                        "shown again.")
 
 
 class JobRequest(BaseModel):

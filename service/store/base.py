@@ -220,6 +220,14 @@ class JobStore(abc.ABC):
     def record_webhook(self, job_id: str, event: str, state: dict[str, Any]) -> None:
         """Delivery state, shown on the job."""
 
+    def webhook_snapshot(self, job_id: str, event: str) -> JobRecord | None:
+        """The job as it was when it entered `event` (written atomically with the transition
+        that enqueued the delivery): the payload of every attempt of that delivery."""
+        return None
+
+    def drop_webhook_snapshot(self, job_id: str, event: str) -> None:
+        """Forget the snapshot once its delivery is over (delivered or given up)."""
+
     # --- tenant-owned resources made by jobs (tuned video models, anomaly models) ---
     @abc.abstractmethod
     def put_resource(self, kind: str, resource_id: str, tenant: str, doc: dict[str, Any]) -> None:

@@ -25,11 +25,17 @@ local function bump(p, id)
   redis.call('PUBLISH', p .. 'changes', id .. ' ' .. v .. ' ' .. (f[1] or ''))
   return v
 end
--- the webhook outbox: jobs that subscribed to `status` get a due delivery (member id|status)
+-- the webhook outbox: jobs that subscribed to `status` get a due delivery (member id|status) and
+-- a copy of the job as of the event (the delivery's payload, whenever it is sent). Every caller
+-- runs bump() right after hook(): the copy carries the version that bump gives the job.
 local function hook(p, jk, id, status)
   local events = redis.call('HGET', jk, 'webhook_events')
   if events and string.find(events, ',' .. status .. ',', 1, true) then
     redis.call('ZADD', p .. 'webhooks', 'NX', now, id .. '|' .. status)
+    local sk = p .. 'hooksnap:' .. id .. '|' .. status
+    redis.call('COPY', jk, sk, 'REPLACE')
+    redis.call('HINCRBY', sk, 'version', 1)
+    redis.call('EXPIRE', sk, 30 * 86400)
   end
 end
 local function inactive(p, jk, id)

@@ -312,6 +312,13 @@ class RedisOps:
     def schedule_webhook(self, job_id: str, event: str, delay_s: float):
         yield call("zadd", f"{self.p}webhooks", {f"{job_id}|{event}": time.time() + delay_s})
 
+    def webhook_snapshot(self, job_id: str, event: str):
+        raw = yield call("hgetall", f"{self.p}hooksnap:{job_id}|{event}")
+        return (yield Compute(decode, (raw,), heavy=_wire(raw) > HEAVY_BYTES)) if raw else None
+
+    def drop_webhook_snapshot(self, job_id: str, event: str):
+        yield call("delete", f"{self.p}hooksnap:{job_id}|{event}")
+
     def record_webhook(self, job_id: str, event: str, state: dict[str, Any]):
         key = self.job_key(job_id)
         raw = yield call("hget", key, "webhook_deliveries")

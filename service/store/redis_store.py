@@ -174,6 +174,12 @@ class RedisJobStore(JobStore):
     def schedule_webhook(self, job_id, event, delay_s):
         self._do(self.ops.schedule_webhook(job_id, event, delay_s))
 
+    def webhook_snapshot(self, job_id, event):
+        return self._do(self.ops.webhook_snapshot(job_id, event))
+
+    def drop_webhook_snapshot(self, job_id, event):
+        return self._do(self.ops.drop_webhook_snapshot(job_id, event))
+
     def record_webhook(self, job_id, event, state):
         self._do(self.ops.record_webhook(job_id, event, state))
 

@@ -31,6 +31,8 @@ CREATE INDEX IF NOT EXISTS jobs_tenant_kind ON jobs (tenant, kind, id);
 CREATE INDEX IF NOT EXISTS jobs_tenant_kind_status ON jobs (tenant, kind, status, id);
 CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY, expires_at REAL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS webhooks (job_id TEXT, event TEXT, due_at REAL, PRIMARY KEY (job_id, event));
+CREATE TABLE IF NOT EXISTS webhook_snapshots (job_id TEXT, event TEXT, expires_at REAL, doc TEXT,
+  PRIMARY KEY (job_id, event));
 CREATE TABLE IF NOT EXISTS resources (kind TEXT, id TEXT, tenant TEXT, doc TEXT, PRIMARY KEY (kind, id));
 CREATE INDEX IF NOT EXISTS resources_tenant ON resources (kind, tenant, id);
 CREATE TABLE IF NOT EXISTS capabilities (kind TEXT, worker TEXT, seen_at REAL, doc TEXT,
@@ -90,6 +92,9 @@ class SqliteJobStore(JobStore):
         """Outbox: a transition into a subscribed state enqueues its delivery in the same transaction."""
         if job.webhook_events and f",{job.status}," in job.webhook_events:
             db.execute("INSERT OR IGNORE INTO webhooks VALUES (?,?,?)", (job.id, job.status, time.time()))
+            # the job as of the event: the delivery's payload, whenever it is sent
+            db.execute("INSERT OR REPLACE INTO webhook_snapshots VALUES (?,?,?,?)",
+                       (job.id, job.status, time.time() + 30 * 86400, json.dumps(job.to_dict())))
 
     def _notify(self, *jobs: JobRecord):
         with self._changed:
@@ -320,6 +325,7 @@ class SqliteJobStore(JobStore):
             db.execute("DELETE FROM jobs WHERE expires_at IS NOT NULL AND expires_at<?", (wall,))
             db.execute("DELETE FROM uploads WHERE expires_at<?", (wall,))
             db.execute("DELETE FROM idempotency WHERE expires_at<?", (wall,))
+            db.execute("DELETE FROM webhook_snapshots WHERE expires_at<?", (wall,))
         if rows:
             self._notify(*changed)
         return requeued
@@ -347,6 +353,15 @@ class SqliteJobStore(JobStore):
     def schedule_webhook(self, job_id, event, delay_s):
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO webhooks VALUES (?,?,?)", (job_id, event, time.time() + delay_s))
+
+    def webhook_snapshot(self, job_id, event):
+        row = self._db().execute("SELECT doc FROM webhook_snapshots WHERE job_id=? AND event=?",
+                                 (job_id, event)).fetchone()
+        return self._load(row)
+
+    def drop_webhook_snapshot(self, job_id, event):
+        with self._tx() as db:
+            db.execute("DELETE FROM webhook_snapshots WHERE job_id=? AND event=?", (job_id, event))
 
     def record_webhook(self, job_id, event, state):
         with self._tx() as db:

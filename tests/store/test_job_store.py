@@ -262,3 +262,20 @@ def test_worker_owned_fields_written_with_a_beat_and_the_final_write(store):
     assert listed.logs is None and listed.metrics["queue_s"] == 0.5  # list pages carry no logs
     with pytest.raises(ValueError):
         store.heartbeat(job.id, claimed.attempt, 30, extra={"status": "failed"})
+
+
+def test_each_webhook_event_keeps_the_job_as_of_the_event(store):
+    job = JobRecord(id=new_id("job"), tenant="t1", kind="colorize", params={"p": 1}, webhook_events=",running,succeeded,")
+    store.create_job(job)
+    claimed = store.claim(job.id, "w", 30).job
+    store.heartbeat(job.id, 1, 30, progress=0.5, stage="denoising 1/2")
+    store.finish(job.id, 1, "succeeded", result={"images": []})
+    running, done = store.webhook_snapshot(job.id, "running"), store.webhook_snapshot(job.id, "succeeded")
+    assert running.status == "running" and running.progress == 0.0 and running.result is None
+    assert running.version == claimed.version and running.params == {"p": 1}
+    assert done.status == "succeeded" and done.result == {"images": []} and done.version == store.get_job(job.id).version
+    store.drop_webhook_snapshot(job.id, "running")
+    assert store.webhook_snapshot(job.id, "running") is None and store.webhook_snapshot(job.id, "succeeded")
+    quiet, _ = make_job(store)
+    store.claim(quiet.id, "w", 30)
+    assert store.webhook_snapshot(quiet.id, "running") is None  # no webhook: no copy
