@@ -21,7 +21,7 @@ from service.core.security import KeyRing
 from service.dispatch import CeleryDispatcher, Dispatcher, LocalDispatcher
 from service.jobs import render
 from service.limits import BodyLimitMiddleware, RateLimiter
-from service.metrics import build_registry
+from service.metrics import build_registry, instrument
 from service.offload import Offload
 from service.webhooks import WebhookDeliverer
 from service.reaper import Reaper
@@ -125,6 +125,7 @@ def create_app(ctx: AppContext | None = None, *, run_reaper: bool = True) -> Fas
                   description="GPU inference jobs for vision diffusion methods: submit, poll or stream, cancel, download.")
     install_handlers(app)
     install_openapi(app)
+    app.state.http_registry = instrument(app)
     limits = ctx.settings if ctx else get_settings()
     app.add_middleware(BodyLimitMiddleware, json_limit=limits.max_body_bytes, upload_limit=limits.max_upload_bytes)
     # the status-read routes first: a request walks the route table in order

@@ -67,9 +67,11 @@ def execute_batch(runner, jobs: list[JobRecord], run_batch) -> dict[str, str]:
             if isinstance(outcome, BaseException):
                 ctx.control.log.failure(outcome)
             extra = runner.final_extra(ctx, run_s)
-            with_store_retry(f"finish {job.id}", lambda: runner.store.finish(
+            done = with_store_retry(f"finish {job.id}", lambda: runner.store.finish(
                 job.id, job.attempt, status, result=result, error=error, model_profile=ctx.reported_profile(),
                 extra=extra))
+            if done:
+                runner.observe(job, extra)
             statuses[job.id] = status
             log.info("job %s -> %s (batch of %d)", job.id, status, len(jobs))
     if any(v != SUCCEEDED for v in statuses.values()):

@@ -94,6 +94,13 @@ class Runner:
             fingerprint = None
         return {"logs": ctx.control.log.snapshot(), "metrics": metrics, "weights_fingerprint": fingerprint}
 
+    def observe(self, job: JobRecord, extra: dict) -> None:
+        """The final job's time split into the per-kind histograms of /metrics (best effort)."""
+        try:
+            self.store.observe_job_metrics(job.kind, extra.get("metrics") or {})
+        except Exception as exc:
+            log.warning("job %s: metrics not counted: %s", job.id, exc)
+
     def pipeline(self, model: str, kind: str | None = None):
         """The warm pipeline of a `models.profiles` entry under the profile of `kind` (default:
         the entry's own name, for entries named like their kind)."""
@@ -221,5 +228,7 @@ class Runner:
             done = with_store_retry(f"finish {job.id}", lambda: self.store.finish(
                 job.id, job.attempt, status, result=result, error=error, model_profile=ctx.reported_profile(),
                 extra=extra))
+        if done:
+            self.observe(job, extra)
         log.info("job %s -> %s%s", job.id, status, "" if done else " (not recorded: ownership lost)")
         return status

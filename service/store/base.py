@@ -67,6 +67,15 @@ class JobRecord:
         return asdict(self)
 
 
+# bucket bounds (seconds) of the job-time histograms; the last bucket is +Inf
+METRIC_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+JOB_METRICS = ("queue_s", "load_s", "run_s", "upload_s")
+
+
+def bucket_of(value: float) -> int:
+    return next((i for i, bound in enumerate(METRIC_BUCKETS) if value <= bound), len(METRIC_BUCKETS))
+
+
 # the worker-owned fields heartbeat/finish may set through `extra`
 EXTRA_FIELDS = frozenset({"logs", "metrics", "weights_fingerprint"})
 
@@ -251,6 +260,15 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def get_capabilities(self, kind: str, max_age_s: float = 120.0) -> list[dict[str, Any]]:
         """Capabilities reported by workers of `kind` within the last `max_age_s` seconds."""
+
+    # --- per-kind histograms of the jobs' time split (metrics), for /metrics ---
+    def observe_job_metrics(self, kind: str, metrics: dict[str, float]) -> None:
+        """Count a finished job's `metrics` (queue_s, load_s, run_s, upload_s) into the per-kind
+        histograms every API process exposes (kept in the store: workers have no HTTP port)."""
+
+    def job_metric_histograms(self) -> dict[tuple[str, str], tuple[list[int], float, int]]:
+        """(kind, metric) -> (count per bucket of METRIC_BUCKETS, the last one +Inf; sum; count)."""
+        return {}
 
     # --- operations ---
     @abc.abstractmethod

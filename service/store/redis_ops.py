@@ -19,7 +19,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from service.store.base import ALL_STATES, QUEUED, Claim, JobRecord, UploadRecord, check_extra
+from service.store.base import (
+    ALL_STATES, JOB_METRICS, METRIC_BUCKETS, QUEUED, Claim, JobRecord, UploadRecord, bucket_of, check_extra,
+)
 from service.store.summary import summarize_params
 
 WORKER_LOST = json.dumps({"code": "worker_lost",
@@ -318,6 +320,33 @@ class RedisOps:
 
     def drop_webhook_snapshot(self, job_id: str, event: str):
         yield call("delete", f"{self.p}hooksnap:{job_id}|{event}")
+
+    def observe_job_metrics(self, kind: str, metrics: dict[str, float]):
+        key, calls = f"{self.p}jobhist", []
+        for name in JOB_METRICS:
+            value = metrics.get(name)
+            if value is None:
+                continue
+            calls += [call("hincrby", key, f"{kind}|{name}|{bucket_of(value)}", 1),
+                      call("hincrbyfloat", key, f"{kind}|{name}|sum", float(value)),
+                      call("hincrby", key, f"{kind}|{name}|count", 1)]
+        if calls:
+            yield Batch(tuple(calls))
+
+    def job_metric_histograms(self):
+        raw = yield call("hgetall", f"{self.p}jobhist")
+        out: dict[tuple[str, str], tuple[list[int], float, int]] = {}
+        for field, value in raw.items():
+            kind, name, slot = field.rsplit("|", 2)
+            buckets, total, count = out.get((kind, name), ([0] * (len(METRIC_BUCKETS) + 1), 0.0, 0))
+            if slot == "sum":
+                total = float(value)
+            elif slot == "count":
+                count = int(value)
+            else:
+                buckets[int(slot)] = int(value)
+            out[(kind, name)] = (buckets, total, count)
+        return out
 
     def record_webhook(self, job_id: str, event: str, state: dict[str, Any]):
         key = self.job_key(job_id)

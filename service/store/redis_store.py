@@ -180,6 +180,12 @@ class RedisJobStore(JobStore):
     def drop_webhook_snapshot(self, job_id, event):
         return self._do(self.ops.drop_webhook_snapshot(job_id, event))
 
+    def observe_job_metrics(self, kind, metrics):
+        return self._do(self.ops.observe_job_metrics(kind, metrics))
+
+    def job_metric_histograms(self):
+        return self._do(self.ops.job_metric_histograms())
+
     def record_webhook(self, job_id, event, state):
         self._do(self.ops.record_webhook(job_id, event, state))
 

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from service.store.base import (
-    CANCELED, FAILED, FINAL_STATES, QUEUED, RUNNING, SUCCEEDED, Claim, JobRecord, JobStore, UploadRecord, check_extra,
+    CANCELED, FAILED, FINAL_STATES, JOB_METRICS, METRIC_BUCKETS, QUEUED, RUNNING, SUCCEEDED, Claim, JobRecord, JobStore,
+    UploadRecord, bucket_of, check_extra,
 )
 from service.store.summary import summarize_params
 
@@ -31,6 +32,8 @@ CREATE INDEX IF NOT EXISTS jobs_tenant_kind ON jobs (tenant, kind, id);
 CREATE INDEX IF NOT EXISTS jobs_tenant_kind_status ON jobs (tenant, kind, status, id);
 CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY, expires_at REAL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS webhooks (job_id TEXT, event TEXT, due_at REAL, PRIMARY KEY (job_id, event));
+CREATE TABLE IF NOT EXISTS job_metric_hist (kind TEXT, metric TEXT, slot TEXT, value REAL,
+  PRIMARY KEY (kind, metric, slot));
 CREATE TABLE IF NOT EXISTS webhook_snapshots (job_id TEXT, event TEXT, expires_at REAL, doc TEXT,
   PRIMARY KEY (job_id, event));
 CREATE TABLE IF NOT EXISTS resources (kind TEXT, id TEXT, tenant TEXT, doc TEXT, PRIMARY KEY (kind, id));
@@ -362,6 +365,31 @@ class SqliteJobStore(JobStore):
     def drop_webhook_snapshot(self, job_id, event):
         with self._tx() as db:
             db.execute("DELETE FROM webhook_snapshots WHERE job_id=? AND event=?", (job_id, event))
+
+    def observe_job_metrics(self, kind, metrics):
+        rows = []
+        for name in JOB_METRICS:
+            value = metrics.get(name)
+            if value is not None:
+                rows += [(kind, name, str(bucket_of(value)), 1.0), (kind, name, "sum", float(value)),
+                         (kind, name, "count", 1.0)]
+        if rows:
+            with self._tx() as db:
+                db.executemany("INSERT INTO job_metric_hist VALUES (?,?,?,?) ON CONFLICT (kind, metric, slot) "
+                               "DO UPDATE SET value = value + excluded.value", rows)
+
+    def job_metric_histograms(self):
+        out = {}
+        for kind, name, slot, value in self._db().execute("SELECT kind, metric, slot, value FROM job_metric_hist"):
+            buckets, total, count = out.get((kind, name), ([0] * (len(METRIC_BUCKETS) + 1), 0.0, 0))
+            if slot == "sum":
+                total = value
+            elif slot == "count":
+                count = int(value)
+            else:
+                buckets[int(slot)] = int(value)
+            out[(kind, name)] = (buckets, total, count)
+        return out
 
     def record_webhook(self, job_id, event, state):
         with self._tx() as db:

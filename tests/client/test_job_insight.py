@@ -105,3 +105,26 @@ def test_kinds_list_every_kind_with_a_schema_that_validates_a_real_request(clien
     assert job.status == vc.JobStatus.succeeded
     jsonschema.validate(job.model_dump(mode="json")["result"], colorize.result_schema)
     assert job.weights_fingerprint in {w.weights_fingerprint for w in colorize.workers}
+
+
+def test_metrics_show_job_time_histograms_http_requests_and_live_workers(service, client):
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict:
+        text = httpx.get(f"{service.url}/metrics", timeout=30).text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    before = scrape().get(("visionjobs_job_run_seconds_count", (("kind", "colorize"),)), 0)
+    job = client.wait(client.colorize(photo(64, 64), steps=1, seed=6), timeout=120)
+    client.get_job(job)
+    after = scrape()
+    assert after[("visionjobs_job_run_seconds_count", (("kind", "colorize"),))] == before + 1
+    for name in ("queue", "load", "run", "upload"):
+        assert ("visionjobs_job_%s_seconds_bucket" % name, (("kind", "colorize"), ("le", "+Inf"))) in after
+    assert after[("visionjobs_workers_live", (("kind", "colorize"),))] >= 1
+    assert after[("visionjobs_workers_ready", (("kind", "colorize"),))] >= 1
+    reads = [v for (name, labels), v in after.items() if name == "http_requests_total"
+             and dict(labels).get("handler") == "/v1/jobs/{job_id}" and dict(labels).get("method") == "GET"]
+    assert reads and sum(reads) >= 1  # by route template, not by job id

@@ -279,3 +279,16 @@ def test_each_webhook_event_keeps_the_job_as_of_the_event(store):
     quiet, _ = make_job(store)
     store.claim(quiet.id, "w", 30)
     assert store.webhook_snapshot(quiet.id, "running") is None  # no webhook: no copy
+
+
+def test_job_metric_histograms_count_per_kind_and_bucket(store):
+    from service.store.base import METRIC_BUCKETS
+
+    store.observe_job_metrics("colorize", {"queue_s": 0.01, "load_s": 3.0, "run_s": 7.5, "upload_s": 0.2})
+    store.observe_job_metrics("colorize", {"queue_s": 0.02, "load_s": 0.0, "run_s": 9999.0, "upload_s": 0.1})
+    store.observe_job_metrics("video.edit", {"queue_s": 1.0, "load_s": 0.0, "upload_s": 0.1})  # no run_s: failed early
+    hists = store.job_metric_histograms()
+    buckets, total, count = hists[("colorize", "run_s")]
+    assert count == 2 and total == pytest.approx(10006.5) and sum(buckets) == 2
+    assert buckets[METRIC_BUCKETS.index(10.0)] == 1 and buckets[-1] == 1  # 7.5 s <= 10 s; 9999 s: +Inf
+    assert hists[("colorize", "queue_s")][0][0] == 2 and ("video.edit", "run_s") not in hists

@@ -43,5 +43,6 @@ async def readyz(ctx: Ctx) -> dict:
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
 async def metrics(request: Request, ctx: Ctx) -> PlainTextResponse:
     # the collectors read the store with the sync client: in a pool thread, never on the loop
-    body = await ctx.offload("cpu", render_metrics, request.app.state.registry)
+    body = await ctx.offload("cpu", render_metrics, request.app.state.registry,
+                             getattr(request.app.state, "http_registry", None))
     return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")
