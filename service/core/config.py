@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     webhook_tenant_concurrency: int = Field(2, ge=1, description="Webhook deliveries in flight per tenant per API "
                                                                  "process; more wait in the outbox.")
 
+    cors_origins: str = Field("", description="Comma-separated origins (https://app.example.com) whose browser "
+                                              "pages may call the API (CORS); empty = no CORS headers at all.")
     url_input_allow_hosts: str = Field("", description="Comma-separated hosts or CIDR networks URL inputs may be "
                                                        "fetched from even when private or loopback (default: public "
                                                        "addresses only).")
@@ -115,6 +117,9 @@ class Settings(BaseSettings):
 
     def webhook_allow_list(self) -> list[str]:
         return [h.strip() for h in self.webhook_allow_hosts.split(",") if h.strip()]
+
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     def url_input_allow_list(self) -> list[str]:
         return [h.strip() for h in self.url_input_allow_hosts.split(",") if h.strip()]
