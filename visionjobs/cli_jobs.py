@@ -38,8 +38,10 @@ class ApiFailure(click.ClickException):
 
 def register(main: click.Group) -> None:
     """Add `submit`, `jobs` and `subject-models` to the `visionjobs` command group."""
+    from visionjobs.cli_anomaly import anomaly_models
     from visionjobs.cli_subject import subject_models  # also adds `submit subject` and `submit subject-tune`
 
+    main.add_command(anomaly_models)
     main.add_command(submit)
     main.add_command(jobs)
     main.add_command(subject_models)
@@ -85,9 +87,14 @@ class _Api:
         self.client.close()
         vc = _client_module()
         if isinstance(exc, vc.ApiError):
-            lines = [str(exc)] + [f"  {e.get('field')}: {e.get('message')}" + (f" (limit {e['limit']})" if "limit" in e else "")
-                                  for e in exc.errors]
-            raise ApiFailure("\n".join(lines)) from exc
+            listed = [f"  {e.get('field')}: {e.get('message')}" + (f" (limit {e['limit']})" if "limit" in e else "")
+                      for e in exc.errors]
+            # the detail repeats the first listed error: say it once
+            head = f"{exc.status} {exc.problem.code or exc.problem.title}" if listed else str(exc)
+            total = exc.problem.errors_total or 0
+            if listed and total > len(listed):
+                listed.append(f"  ... {total - len(listed)} more")
+            raise ApiFailure("\n".join([head] + listed)) from exc
         if isinstance(exc, (vc.ApiConnectionError, vc.WaitTimeout)):
             raise ApiFailure(str(exc)) from exc
         if isinstance(exc, (FileNotFoundError, TypeError, ValueError)) and not isinstance(exc, click.ClickException):
@@ -123,6 +130,10 @@ def _print_job(job, files: Optional[list[Path]] = None) -> None:
         click.echo(f"  model profile: {job.model_profile}")
     if job.error:
         click.echo(f"  error: {job.error.code}: {job.error.message}")
+    from visionjobs.cli_anomaly import result_lines
+
+    for line in result_lines(job):  # the ids the next step needs; an anomaly-scoring job's table
+        click.echo(line)
     if files:
         for path in files:
             click.echo(f"  wrote {path}")
@@ -216,7 +227,7 @@ def _finish(client, job, *, out: Optional[Path], as_json: bool) -> None:
     failed or was canceled."""
     files = None
     if out is not None and job.status.value == "succeeded":
-        files = client.download_outputs(job, out)
+        files = client.download_outputs(job, out / job.id)  # one folder per job: no job overwrites another's
     if as_json:
         body = _job_json(job)
         if files is not None:

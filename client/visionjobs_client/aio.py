@@ -17,7 +17,7 @@ from visionjobs_client._base import (
     MAX_LONG_POLL_S, RETRY_EXCEPTIONS, BaseClient, JobMethods, JobRef, drop_none, dump_body, final_deadline,
     job_id_of, output_files,
 )
-from visionjobs_client.client import PathLike
+from visionjobs_client.client import FILE_MODE, PathLike
 from visionjobs_client.errors import ApiConnectionError, WaitTimeout
 from visionjobs_client.models import (
     AnomalyModel, AnomalyModelList, Job, JobLogs, JobPage, JobStatus, KindList, SubjectModel, SubjectModelList, ThresholdsPatch, Upload,
@@ -243,6 +243,7 @@ class AsyncClient(BaseClient, JobMethods[Awaitable[Job]]):
                 with os.fdopen(fd, "wb") as fh:
                     async for chunk in response.aiter_bytes(chunk_size):
                         fh.write(chunk)
+                os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600: downloads get the usual mode (0644 under umask 022)
                 os.replace(tmp, dest)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)

@@ -25,6 +25,15 @@ from visionjobs_client.uploads import UploadSource, encode
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+def _file_mode() -> int:
+    mask = os.umask(0o022)  # read the process umask (set back at once)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()
+
+
 class Client(BaseClient, JobMethods[Job]):
     """Synchronous client of the visionjobs API.
 
@@ -255,6 +264,7 @@ class Client(BaseClient, JobMethods[Job]):
                 with os.fdopen(fd, "wb") as fh:
                     for chunk in response.iter_bytes(chunk_size):
                         fh.write(chunk)
+                os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600: downloads get the usual mode (0644 under umask 022)
                 os.replace(tmp, dest)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)

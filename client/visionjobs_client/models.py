@@ -453,6 +453,7 @@ class ScoredImage(BaseModel):
     model_config = _RESPONSE
 
     image: str
+    filename: Optional[str] = None
     score: float
     normalized_score: float
     label: bool

@@ -170,6 +170,7 @@ class BoxOut(BaseModel):
 
 class ScoredImage(BaseModel):
     image: str
+    filename: str | None = Field(None, description="The upload's file name (as uploaded, or the URL's last part).")
     score: float
     normalized_score: float
     label: bool
