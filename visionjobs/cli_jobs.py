@@ -277,11 +277,13 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _upload_ref(client, value: Optional[str]) -> Optional[str]:
-    """An upload id as given, else the file at that path, uploaded."""
+    """An upload id or an http(s):// / data: URL (the service fetches it) as given, else the file
+    at that path, uploaded."""
     if value is None:
         return None
     vc = _client_module()
-    if vc.is_upload_id(value) and not Path(value).exists():
+    if (vc.is_upload_id(value) and not Path(value).exists()) or value[:8].lower().startswith(("http://", "https://",
+                                                                                              "data:")):
         return value
     path = Path(value)
     if not path.is_file():

@@ -241,3 +241,21 @@ def test_submit_anomaly_fit_reverse_distillation_from_a_folder_dataset(vj, tmp_p
     assert fit["params"]["learning_rate"] == 0.01 and fit["params"]["seed"] == 3
     training = fit["result"]["training"]
     assert [h["epoch"] for h in training["history"]] == [1, 2] and fit["result"]["counts"]["test_abnormal"] == 2
+
+
+def test_submit_takes_a_url_input_the_service_fetches(vj, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    photo(40, 32).save(tmp_path / "remote.png")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/remote.png"
+        job = json.loads(vj("submit", "colorize", url, "--steps", "1", "--wait", "--json").stdout)
+    finally:
+        httpd.shutdown()
+    assert job["status"] == "succeeded" and job["params"]["image"].startswith("upl_")
