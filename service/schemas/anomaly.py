@@ -70,7 +70,7 @@ class AnomalyFitRequest(JobRequest):
     @model_validator(mode="after")
     def _source(self):
         if bool(self.images) == bool(self.archive):
-            raise ValueError("give normal images either as `images` (upload ids) or as one `archive` (ZIP upload)")
+            raise ValueError("images: give normal images either as `images` (upload ids) or as one `archive` (ZIP upload)")
         if self.archive and (self.abnormal or self.abnormal_masks is not None):
             raise ValueError("abnormal: with `archive`, abnormal images and masks come from its abnormal/ and mask/ "
                              "folders")

@@ -36,7 +36,7 @@ class KvSharing(BaseModel):
     def _windows(self):
         for name, (a, b), top in (("steps", self.steps, 50), ("layers", self.layers, 30)):
             if not 0 <= a < b <= top:
-                raise ValueError(f"{name} must be a window [a, b) with 0 <= a < b <= {top}")
+                raise ValueError(f"{name}: must be a window [a, b) with 0 <= a < b <= {top}")
         return self
 
 
@@ -64,9 +64,9 @@ class VideoGenerationRequest(JobRequest):
     def _prompts(self):
         for i, p in enumerate(self.prompts):
             if not p.strip() or len(p) > MAX_PROMPT:
-                raise ValueError(f"prompts[{i}] must have 1..{MAX_PROMPT} characters")
+                raise ValueError(f"prompts[{i}]: must have 1..{MAX_PROMPT} characters")
         if self.segments is not None and len(self.prompts) != 1:
-            raise ValueError("segments applies to a single prompt; with several prompts the layout follows from them")
+            raise ValueError("segments: applies to a single prompt; with several prompts the layout follows from them")
         return self
 
 
@@ -122,7 +122,7 @@ class VideoEditRequest(JobRequest):
     @model_validator(mode="after")
     def _source(self):
         if (self.video is None) == (self.tuned_model is None):
-            raise ValueError("give exactly one of `video` (tune on it) or `tuned_model` (reuse a tuning)")
+            raise ValueError("video: give exactly one of `video` (tune on it) or `tuned_model` (reuse a tuning)")
         if self.video is not None and not (self.source_prompt or "").strip():
             raise ValueError("source_prompt: describe the clip when tuning on `video`")
         fixed = {"tune_steps", "frames", "frame_stride", "start_frame", "width", "height", "source_prompt"} & self.model_fields_set
@@ -130,7 +130,7 @@ class VideoEditRequest(JobRequest):
             raise ValueError(f"{', '.join(sorted(fixed))}: fixed by the tuned model; leave out")
         for i, p in enumerate(self.edits):
             if not p.strip() or len(p) > MAX_PROMPT:
-                raise ValueError(f"edits[{i}] must have 1..{MAX_PROMPT} characters")
+                raise ValueError(f"edits[{i}]: must have 1..{MAX_PROMPT} characters")
         return self
 
 
