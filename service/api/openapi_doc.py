@@ -12,7 +12,7 @@ DESCRIPTIONS = {401: "Missing or unknown API key", 404: "Not found (or another t
                 413: "Request body too large", 415: "Unsupported media type", 422: "Invalid request (fields named)",
                 429: "Rate limit, job quota or open-wait cap exceeded (Retry-After)", 503: "Job store or queue unavailable (Retry-After)"}
 SSE_ITEM = {"type": "object", "required": ["data"], "properties": {
-    "event": {"enum": ["job", "gone"]}, "id": {"type": "string"},
+    "event": {"enum": ["job", "log", "gone"]}, "id": {"type": "string"},
     "data": {"type": "string", "contentMediaType": "application/json"}}}
 
 
