@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed
 LOCK := requirements/lock.txt
 TORCH := $(shell sed -n 's/^torch==//p' $(LOCK))
 
+# `make run HOST=0.0.0.0 PORT=9000`: where the embedded service listens.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
 .PHONY: run test openapi bench lock clean
 
 # torch first, at the locked version: the CPU build lies in the local wheel cache on dev/CI
@@ -24,7 +28,7 @@ lock: $(STAMP)
 	$(BIN)/python requirements/lock.py
 
 run: $(STAMP)
-	$(BIN)/visionjobs run
+	$(BIN)/visionjobs run --host $(HOST) --port $(PORT)
 
 # Headless Chromium for tests/console: Debian's package, driven by Playwright.
 CHROMIUM_INSTALL = apt-get update -q && apt-get install -y -q chromium

@@ -372,3 +372,25 @@ def _subject_loader(component: str):
 register(ModelSpec("subject.in_context", _subject_loader("in_context"), _subject.INCONTEXT_REQUIRED))
 register(ModelSpec("subject.expert", _subject_loader("expert"), _subject.EXPERT_REQUIRED))
 register(ModelSpec("subject.metrics", _subject_loader("metrics"), _subject.METRICS_REQUIRED))
+
+
+def weights_fingerprint(models: Sequence[str], profile: str, model_dir: str | Path | None) -> str:
+    """What the models of a kind are loaded from, as a short digest clients can compare: the
+    tiny profile's is its model names (its weights come from fixed seeds); the pretrained one's
+    covers each required file present (relative path, size, modification time)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{profile}\n".encode())
+    root = default_model_dir(model_dir)
+    for name in models:
+        digest.update(f"{name}\n".encode())
+        if profile == "tiny" or root is None or name not in REGISTRY:
+            continue
+        for alts in REGISTRY[name].required:
+            for rel in alts:
+                path = root / rel
+                if path.is_file():
+                    st = path.stat()
+                    digest.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+                    break
+    return f"{profile}:{digest.hexdigest()[:16]}"

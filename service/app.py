@@ -9,20 +9,22 @@ import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from service.api.deps import AppContext
 from service.api.routes import (
-    anomaly, colorizations, console, files, health, jobs, subject_generations, subject_models, uploads, video_models,
-    videos,
+    anomaly, colorizations, console, files, health, jobs, kinds, subject_generations, subject_models, uploads,
+    video_models, videos,
 )
 from service.core.config import Settings, get_settings
+from service.api.docs import install_docs
 from service.api.openapi_doc import install as install_openapi
 from service.core.errors import install_handlers
 from service.core.security import KeyRing
 from service.dispatch import CeleryDispatcher, Dispatcher, LocalDispatcher
 from service.jobs import render
 from service.limits import BodyLimitMiddleware, RateLimiter
-from service.metrics import build_registry
+from service.metrics import build_registry, instrument
 from service.offload import Offload
 from service.webhooks import WebhookDeliverer
 from service.reaper import Reaper
@@ -127,14 +129,21 @@ def create_app(ctx: AppContext | None = None, *, run_reaper: bool = True) -> Fas
             purger.stop()
         await close_request_path(ctx, tasks)
 
-    app = FastAPI(title="visionjobs", version=API_VERSION, lifespan=lifespan,
+    app = FastAPI(title="visionjobs", version=API_VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="GPU inference jobs for vision diffusion methods: submit, poll or stream, cancel, download.")
     install_handlers(app)
     install_openapi(app)
+    install_docs(app)  # /docs with its assets served here: works offline
+    app.state.http_registry = instrument(app)
     limits = ctx.settings if ctx else get_settings()
     app.add_middleware(BodyLimitMiddleware, json_limit=limits.max_body_bytes, upload_limit=limits.max_upload_bytes)
+    if limits.cors_origin_list():  # opt-in: browsers on these origins may call the API
+        app.add_middleware(CORSMiddleware, allow_origins=limits.cors_origin_list(), allow_credentials=False,
+                           allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+                           expose_headers=["Location", "Retry-After"], max_age=600)
     # the status-read routes first: a request walks the route table in order
     for module in (jobs, health, uploads, colorizations, videos, video_models, anomaly, subject_generations,
-                   subject_models, files, console):
+                   subject_models, kinds, files, console):
         app.include_router(module.router)
     return app

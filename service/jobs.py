@@ -188,7 +188,8 @@ def build_job(job: JobRecord, queue_position: int | None, objects: ObjectStore, 
     return Job(id=job.id, kind=job.kind, status=job.status, progress=min(max(job.progress, 0.0), 1.0),
                stage=job.stage, queue_position=queue_position, attempt=job.attempt,
                created_at=_ts(job.created_at), started_at=_ts(job.started_at), finished_at=_ts(job.finished_at),
-               params=params, error=job.error, result=result, model_profile=job.model_profile, webhook=webhook)
+               params=params, error=job.error, result=result, model_profile=job.model_profile, webhook=webhook,
+               weights_fingerprint=job.weights_fingerprint, metrics=job.metrics)
 
 
 def render(job: JobRecord, store: JobStore, objects: ObjectStore, base_url: str, ttl_s: int) -> Job:

@@ -47,6 +47,9 @@ class JobKind:
                 by workers, so the API refuses a feature no live worker has
     wants       params -> {feature: field}: the features a submission needs (torch-free: the
                 API calls it), checked against the live workers' `capabilities`
+    path        the submission route, e.g. "/v1/colorizations"
+    request     "module:Model": the request body's pydantic model (GET /v1/kinds shows its JSON schema)
+    result      "module:Model": the result's pydantic model
     """
 
     name: str
@@ -60,6 +63,9 @@ class JobKind:
     capabilities: str | None = None
     wants: Callable[[dict], dict[str, str]] | None = None
     queue: str = ""
+    path: str = ""
+    request: str | None = None
+    result: str | None = None
 
     def __post_init__(self):
         if not self.queue:
@@ -129,28 +135,35 @@ def _anomaly_fit_wants(params: dict) -> dict[str, str]:
 declare(JobKind(
     "anomaly.fit", "anomaly model fit: PatchCore (fitted) or Reverse Distillation (trained, resumable)",
     handler="worker.jobs.anomaly:fit", models=("anomaly",), warmup="worker.jobs.anomaly:warmup",
-    capabilities="worker.jobs.anomaly:capabilities", wants=_anomaly_fit_wants))
+    capabilities="worker.jobs.anomaly:capabilities", wants=_anomaly_fit_wants,
+    path="/v1/anomaly-models", request="service.schemas.anomaly:AnomalyFitRequest", result="service.schemas.anomaly:AnomalyFitResult"))
 declare(JobKind(
     "anomaly.score", "anomaly scoring (either model): score, label, maps, segmentation, boxes",
-    handler="worker.jobs.anomaly:score", models=("anomaly",), warmup="worker.jobs.anomaly:warmup"))
+    handler="worker.jobs.anomaly:score", models=("anomaly",), warmup="worker.jobs.anomaly:warmup",
+    path="/v1/anomaly-scores", request="service.schemas.anomaly:AnomalyScoreRequest", result="service.schemas.anomaly:AnomalyScoreResult"))
 declare(JobKind(
     "colorize", "Control Color image colorization",
     handler="worker.jobs.colorize:run", models=("colorize",), warmup="worker.jobs.colorize:warmup",
     batch_key="worker.jobs.colorize:batch_key", run_batch="worker.jobs.colorize:run_batch",
-    capabilities="worker.jobs.colorize:capabilities"))
+    capabilities="worker.jobs.colorize:capabilities",
+    path="/v1/colorizations", request="service.schemas.colorization:ColorizationRequest", result="service.schemas.colorization:ColorizationResult"))
 declare(JobKind(
     "video.edit", "Tune-A-Video one-shot tuning and editing",
-    handler="worker.jobs.video_edit:run", models=("video.edit",)))
+    handler="worker.jobs.video_edit:run", models=("video.edit",),
+    path="/v1/video-edits", request="service.schemas.video:VideoEditRequest", result="service.schemas.video:VideoEditResult"))
 declare(JobKind(
     "video.generate", "DiTCtrl multi-prompt long video on CogVideoX",
     handler="worker.jobs.video_generate:run", models=("video.generate",), optional_models=("video.cscv",),
-    capabilities="worker.jobs.video_generate:capabilities", wants=_video_generate_wants))
+    capabilities="worker.jobs.video_generate:capabilities", wants=_video_generate_wants,
+    path="/v1/video-generations", request="service.schemas.video:VideoGenerationRequest", result="service.schemas.video:VideoGenerationResult"))
 declare(JobKind(
     "subject.generate", "Subject-driven generation: in-context (BLIP-Diffusion) or expert (DreamBooth-LoRA)",
     # both methods' models: a worker of this kind serves either (`method` per request)
     handler="worker.jobs.subject:generate", models=("subject.in_context", "subject.expert"),
     optional_models=("subject.metrics",), warmup="worker.jobs.subject:warmup_incontext",
-    capabilities="worker.jobs.subject:capabilities", wants=_subject_generate_wants))
+    capabilities="worker.jobs.subject:capabilities", wants=_subject_generate_wants,
+    path="/v1/subject-generations", request="service.schemas.subject:SubjectGenerationRequest", result="service.schemas.subject:SubjectGenerationResult"))
 declare(JobKind(
     "subject.tune", "DreamBooth-LoRA tuning of a subject model (sbm_...)",
-    handler="worker.jobs.subject:tune", models=("subject.expert",), warmup="worker.jobs.subject:warmup_expert"))
+    handler="worker.jobs.subject:tune", models=("subject.expert",), warmup="worker.jobs.subject:warmup_expert",
+    path="/v1/subject-models", request="service.schemas.subject:SubjectModelRequest", result="service.schemas.subject:SubjectModelResult"))

@@ -6,6 +6,7 @@ requests that need storage, never status reads, renders or queue sends:
     storage   object-store calls (boto3, local file I/O)
     queue     Celery sends (the broker is a socket too)
     dns       resolving webhook targets at submission
+    egress    fetching URL inputs (service/url_inputs.py)
     cpu       decoding, rendering and serialising big jobs and pages, /metrics, archive checks
     decode    image decoding of uploads (their own pool: a flood of uploads leaves renders alone)
 """
@@ -15,7 +16,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-POOLS = {"storage": 16, "queue": 8, "dns": 4, "cpu": 4, "decode": 4}
+POOLS = {"storage": 16, "queue": 8, "dns": 4, "cpu": 4, "decode": 4, "egress": 4}
 
 
 class Offload:

@@ -2,8 +2,15 @@
 state enqueue a delivery in the job store's outbox atomically; deliverers in the API process
 POST it, signed, retrying with backoff, and record the delivery state on the job.
 
-Signature: `X-Visionjobs-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>` with
-`X-Visionjobs-Timestamp: <unix seconds>`; receivers should reject timestamps older than 5 min.
+Signed on the Standard Webhooks scheme (https://www.standardwebhooks.com): `webhook-id` (one per
+delivery, the same on every retry), `webhook-timestamp` (unix seconds) and `webhook-signature:
+v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`; the key is the secret's UTF-8 bytes, or
+for a `whsec_<base64>` secret (the standard's own form) the bytes it encodes. Any Standard Webhooks
+library verifies it (`standardwebhooks.Webhook(key).verify(body, headers)`). Deprecated, sent for
+one more version: `X-Visionjobs-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
+
+The body is `{event, job}` with the job as it was when it entered the event's state (a snapshot
+the store writes with the transition), not as it is when the delivery is sent.
 
 Every attempt goes through service/egress.py: resolved once, connected to exactly the checked
 address, non-public destinations refused (unless VISIONJOBS_WEBHOOK_ALLOW_HOSTS lists the host
@@ -16,6 +23,8 @@ slots and never delay another tenant's deliveries.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -51,7 +60,23 @@ def validate_request(webhook: dict | None, allow: list[str]) -> str | None:
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The deprecated house signature (X-Visionjobs-Signature), kept for one version."""
     return "v1=" + hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def signing_key(secret: str) -> bytes:
+    """The Standard Webhooks key: a `whsec_<base64>` secret's bytes, else the secret's UTF-8 bytes."""
+    if secret.startswith("whsec_"):
+        try:
+            return base64.b64decode(secret[len("whsec_"):] + "==")
+        except (binascii.Error, ValueError):
+            pass
+    return secret.encode()
+
+
+def sign_standard(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    digest = hmac.new(signing_key(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
 
 
 def signed_headers(secret: str, body: bytes, *, event: str, delivery_id: str,
@@ -59,7 +84,10 @@ def signed_headers(secret: str, body: bytes, *, event: str, delivery_id: str,
     """Every header of a delivery: the one place that decides how deliveries are signed."""
     timestamp = int(time.time()) if timestamp is None else timestamp
     return {"Content-Type": "application/json", "User-Agent": "visionjobs-webhooks",
+            "webhook-id": delivery_id, "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign_standard(secret, delivery_id, timestamp, body),
             "X-Visionjobs-Event": event, "X-Visionjobs-Delivery": delivery_id,
+            # deprecated (one more version): the house scheme, for receivers not yet on the standard
             "X-Visionjobs-Timestamp": str(timestamp), "X-Visionjobs-Signature": sign(secret, timestamp, body)}
 
 
@@ -171,7 +199,11 @@ class WebhookDeliverer(threading.Thread):
             return None
         state = dict((job.webhook_deliveries or {}).get(event) or {"attempts": 0})
         state["attempts"] += 1
-        body = json.dumps({"event": event, "job": self.render_job(self.ctx, job).model_dump(mode="json")}).encode()
+        # the job as of the event (deliveries enqueued before snapshots existed: as it is now);
+        # the delivery state is the live job's, the snapshot's is from before this delivery began
+        snapshot = store.webhook_snapshot(job_id, event) or job
+        snapshot.webhook_deliveries = job.webhook_deliveries
+        body = json.dumps({"event": event, "job": self.render_job(self.ctx, snapshot).model_dump(mode="json")}).encode()
         headers = signed_headers(hook["secret"], body, event=event, delivery_id=f"{job_id}:{event}")
         try:
             # resolved and checked again (DNS may have changed since submission); the status line is
@@ -192,5 +224,7 @@ class WebhookDeliverer(threading.Thread):
             state.update(status="retrying", next_attempt_at=time.time() + delay)
             store.schedule_webhook(job_id, event, delay)
         store.record_webhook(job_id, event, state)
+        if state["status"] != "retrying":
+            store.drop_webhook_snapshot(job_id, event)
         log.info("webhook %s %s -> %s (attempt %d)", job_id, event, state["status"], state["attempts"])
         return state

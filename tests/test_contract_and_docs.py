@@ -24,7 +24,8 @@ def test_openapi_documents_the_contract():
     spec = create_app().openapi()
     job = spec["components"]["schemas"]["Job"]["properties"]
     assert set(job) == {"id", "kind", "status", "progress", "stage", "queue_position", "attempt", "created_at",
-                        "started_at", "finished_at", "params", "error", "result", "model_profile", "webhook"}
+                        "started_at", "finished_at", "params", "error", "result", "model_profile", "webhook",
+                        "weights_fingerprint", "metrics"}
     assert "multipart/form-data" in spec["paths"]["/v1/uploads"]["post"]["requestBody"]["content"]
     assert "202" in spec["paths"]["/v1/colorizations"]["post"]["responses"]
 
@@ -64,3 +65,24 @@ def test_api_process_never_imports_the_ml_stack():
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_first_run_the_quick_start_sample_make_run_options_and_clean_packaging():
+    import re
+    import tomllib
+
+    from PIL import Image
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    sample = re.search(r"file=@(\S+)", quick).group(1)
+    with Image.open(root / sample) as img:  # the photo the quick start uploads is in the repository
+        assert img.size == (256, 256) and (root / sample).stat().st_size < 64 * 1024
+    assert "source .venv/bin/activate" in quick and "make run HOST=" in quick
+    makefile = (root / "Makefile").read_text()
+    assert re.search(r"^\t\$\(BIN\)/visionjobs run --host \$\(HOST\) --port \$\(PORT\)$", makefile, re.M)
+    for path in ("pyproject.toml", "client/pyproject.toml"):  # a `license` table makes setuptools warn on every install
+        meta = tomllib.loads((root / path).read_text())
+        assert meta["project"]["license"] == "Apache-2.0", path
+        assert meta["build-system"]["requires"] == ["setuptools>=77"], path

@@ -37,10 +37,12 @@ class ApiFailure(click.ClickException):
 
 
 def register(main: click.Group) -> None:
-    """Add `submit`, `jobs`, `subject-models` and `tuned-models` to the `visionjobs` command group."""
+    """Add `submit`, `jobs`, `anomaly-models`, `subject-models` and `tuned-models` to the `visionjobs` command group."""
+    from visionjobs.cli_anomaly import anomaly_models
     from visionjobs.cli_subject import subject_models  # also adds `submit subject` and `submit subject-tune`
     from visionjobs.cli_tuned import tuned_models
 
+    main.add_command(anomaly_models)
     main.add_command(submit)
     main.add_command(jobs)
     main.add_command(subject_models)
@@ -87,9 +89,14 @@ class _Api:
         self.client.close()
         vc = _client_module()
         if isinstance(exc, vc.ApiError):
-            lines = [str(exc)] + [f"  {e.get('field')}: {e.get('message')}" + (f" (limit {e['limit']})" if "limit" in e else "")
-                                  for e in exc.errors]
-            raise ApiFailure("\n".join(lines)) from exc
+            listed = [f"  {e.get('field')}: {e.get('message')}" + (f" (limit {e['limit']})" if "limit" in e else "")
+                      for e in exc.errors]
+            # the detail repeats the first listed error: say it once
+            head = f"{exc.status} {exc.problem.code or exc.problem.title}" if listed else str(exc)
+            total = exc.problem.errors_total or 0
+            if listed and total > len(listed):
+                listed.append(f"  ... {total - len(listed)} more")
+            raise ApiFailure("\n".join([head] + listed)) from exc
         if isinstance(exc, (vc.ApiConnectionError, vc.WaitTimeout)):
             raise ApiFailure(str(exc)) from exc
         if isinstance(exc, (FileNotFoundError, TypeError, ValueError)) and not isinstance(exc, click.ClickException):
@@ -125,6 +132,10 @@ def _print_job(job, files: Optional[list[Path]] = None) -> None:
         click.echo(f"  model profile: {job.model_profile}")
     if job.error:
         click.echo(f"  error: {job.error.code}: {job.error.message}")
+    from visionjobs.cli_anomaly import result_lines
+
+    for line in result_lines(job):  # the ids the next step needs; an anomaly-scoring job's table
+        click.echo(line)
     if files:
         for path in files:
             click.echo(f"  wrote {path}")
@@ -218,7 +229,7 @@ def _finish(client, job, *, out: Optional[Path], as_json: bool) -> None:
     failed or was canceled."""
     files = None
     if out is not None and job.status.value == "succeeded":
-        files = client.download_outputs(job, out)
+        files = client.download_outputs(job, out / job.id)  # one folder per job: no job overwrites another's
     if as_json:
         body = _job_json(job)
         if files is not None:
@@ -268,11 +279,13 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _upload_ref(client, value: Optional[str]) -> Optional[str]:
-    """An upload id as given, else the file at that path, uploaded."""
+    """An upload id or an http(s):// / data: URL (the service fetches it) as given, else the file
+    at that path, uploaded."""
     if value is None:
         return None
     vc = _client_module()
-    if vc.is_upload_id(value) and not Path(value).exists():
+    if (vc.is_upload_id(value) and not Path(value).exists()) or value[:8].lower().startswith(("http://", "https://",
+                                                                                              "data:")):
         return value
     path = Path(value)
     if not path.is_file():

@@ -8,10 +8,11 @@ This module knows no kind: the runner passes the kind's resolved declaration (wo
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import ExitStack
 
 from service.store.base import SUCCEEDED, JobRecord
-from worker.control import JobControl
+from worker.joblog import capture
 from worker.model_cache import release_memory
 from worker.outcomes import classify, with_store_retry
 
@@ -49,11 +50,12 @@ def execute_batch(runner, jobs: list[JobRecord], run_batch) -> dict[str, str]:
     """Run `jobs` through `run_batch(ctxs)` and write each job's final state; job id -> status."""
     s = runner.settings
     with ExitStack() as stack:
-        controls = [stack.enter_context(JobControl(runner.store, job, lease_s=s.lease_s,
-                                                   progress_interval_s=s.progress_interval_s,
-                                                   time_limit_s=s.job_time_limit_s)) for job in jobs]
+        controls = [stack.enter_context(runner.job_control(job)) for job in jobs]
         ctxs = [runner.context(job, control) for job, control in zip(jobs, controls)]
-        outcomes = run_batch(ctxs)
+        started = time.perf_counter()
+        with capture(controls[0].log):  # one thread runs the batch: its warnings go to the first job's log
+            outcomes = run_batch(ctxs)
+        run_s = time.perf_counter() - started
         statuses = {}
         for ctx, outcome in zip(ctxs, outcomes):
             job = ctx.job
@@ -62,8 +64,14 @@ def execute_batch(runner, jobs: list[JobRecord], run_batch) -> dict[str, str]:
                 statuses[job.id] = "ownership_lost"
                 continue
             status, result, error = verdict
-            with_store_retry(f"finish {job.id}", lambda: runner.store.finish(
-                job.id, job.attempt, status, result=result, error=error, model_profile=ctx.reported_profile()))
+            if isinstance(outcome, BaseException):
+                ctx.control.log.failure(outcome)
+            extra = runner.final_extra(ctx, run_s)
+            done = with_store_retry(f"finish {job.id}", lambda: runner.store.finish(
+                job.id, job.attempt, status, result=result, error=error, model_profile=ctx.reported_profile(),
+                extra=extra))
+            if done:
+                runner.observe(job, extra)
             statuses[job.id] = status
             log.info("job %s -> %s (batch of %d)", job.id, status, len(jobs))
     if any(v != SUCCEEDED for v in statuses.values()):

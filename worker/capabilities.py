@@ -5,6 +5,7 @@ One report per (kind, worker), renewed every REPORT_INTERVAL_S (the API counts r
 than two minutes as live workers):
 
     profile   the kind's resolved profile (tiny | pretrained)
+    worker    the worker's name (host:pid); weights_fingerprint  what its models load from
     ready     True when every model the kind declares can load under that profile
     missing   the files (relative to the model dir) that keep it from being ready
     features  {feature: [missing files]} from the kind's `capabilities` probe; [] = available
@@ -29,7 +30,8 @@ def kind_capabilities(runner, kind: str) -> dict:
     profile = runner.profile_for(kind)
     missing = [] if profile == "tiny" else [m for model in spec.models
                                             for m in missing_weights(model, runner.settings.model_dir)]
-    caps: dict = {"profile": profile, "ready": not missing, "missing": missing, "features": {}}
+    caps: dict = {"profile": profile, "ready": not missing, "missing": missing, "features": {},
+                  "worker": runner.name, "weights_fingerprint": runner.weights_fingerprint(kind)}
     probe = runtime(kind).capabilities
     if probe is not None:
         caps["features"] = {name: list(files) for name, files in probe(runner).items()}

@@ -26,6 +26,8 @@ class WorkerSettings(Settings):
                                    "lets its job run this long; a job still running then is handed back to the "
                                    "queue (stopped at its next step, re-queued at once, no attempt spent). Keep it "
                                    "under the orchestrator's grace period (Kubernetes: 30 s) minus ~5 s.")
+    job_log_bytes: int = Field(32768, ge=0, le=2**20, description="Bound of each job's log (stage changes, warnings, "
+                               "a failure's traceback summary): its last lines within this many bytes are kept.")
     device: str = Field("auto", description="torch device for pipelines: auto | cpu | cuda.")
     channels_last: bool = Field(True, description="Channels-last UNet/ControlNet on CUDA.")
     controlcolor_repo: str = Field("UPstud/ColorCtrl", description="Hub repository `models fetch` takes the Control "

@@ -3,6 +3,8 @@ worker's runtime (settings, stores, device, warm models). Handlers import this m
 the runner: the runner imports the handlers (through worker/registry.py), not the reverse."""
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Hashable, Protocol
 
@@ -71,9 +73,19 @@ class JobContext:
     def device(self) -> str:
         return self.runner.device
 
+    @contextmanager
+    def timed(self, what: str):
+        """Adds the block's wall time to the job's `metrics[what]` (load_s, upload_s)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.control.timings[what] = self.control.timings.get(what, 0.0) + time.perf_counter() - start
+
     def cached(self, key: Hashable, loader):
         """A warm object (fitted model, tuned weights) shared between jobs; `loader()` on a miss."""
-        return self.runner.cache.get(key, loader)
+        with self.timed("load_s"):
+            return self.runner.cache.get(key, loader)
 
     def read_upload(self, upload_id: str, field: str) -> bytes:
         rec = self.runner.store.get_upload(upload_id)
@@ -87,9 +99,11 @@ class JobContext:
     def write_output(self, name: str, data: bytes, content_type: str) -> str:
         self.control.check()  # a stale attempt must not overwrite the live one's files
         key = f"jobs/{self.job.id}/{name}"
-        self.runner.objects.put(key, data, content_type)
+        with self.timed("upload_s"):
+            self.runner.objects.put(key, data, content_type)
         return key
 
     def pipeline(self, model: str):
         """The warm pipeline of a `models.profiles` entry, under this job kind's profile."""
-        return self.runner.pipeline(model, self.job.kind)
+        with self.timed("load_s"):
+            return self.runner.pipeline(model, self.job.kind)

@@ -26,6 +26,7 @@ import time
 
 from service.store.base import FAILED, JobRecord, JobStore, StoreUnavailable
 from worker.errors import JobCanceled, JobHandedBack, JobTimeout, OwnershipLost
+from worker.joblog import JobLog
 
 log = logging.getLogger("visionjobs.worker")
 STORE_RETRY_S = 1.0  # after a failed store call, steps skip the store this long
@@ -116,8 +117,10 @@ watchdog = Watchdog()
 
 class JobControl:
     def __init__(self, store: JobStore, job: JobRecord, *, lease_s: float, progress_interval_s: float,
-                 time_limit_s: float, grace_s: float | None = None):
+                 time_limit_s: float, grace_s: float | None = None, log_bytes: int = 32768):
         self.store, self.job = store, job
+        self.log = JobLog(job.logs, log_bytes, job.attempt)  # the job's own log (worker/joblog.py)
+        self.timings = {"load_s": 0.0, "upload_s": 0.0}  # added to by the job's context
         self.lease_s, self.interval_s, self.time_limit_s = lease_s, progress_interval_s, time_limit_s
         self.started = time.monotonic()
         self.hard_deadline = self.started + time_limit_s + (watchdog.grace_s if grace_s is None else grace_s)
@@ -150,8 +153,10 @@ class JobControl:
         message = (f"the job ran longer than its limit of {self.time_limit_s:g} s (ended by the watchdog "
                    f"during: {self._stage})")
         try:
+            self.log.add("ERROR", message)
             done = self.store.finish(self.job.id, self.job.attempt, FAILED,
-                                     error={"code": JobTimeout.code, "message": message})
+                                     error={"code": JobTimeout.code, "message": message},
+                                     extra={"logs": self.log.snapshot()})
         except Exception as exc:
             # The store is away: a worker process exits all the same (the stuck call holds the
             # device), and the lease, no longer renewed, hands the job to the reaper.
@@ -164,7 +169,7 @@ class JobControl:
     def _beat(self):
         while not self._done.wait(self.lease_s / 3):
             try:
-                if self.store.heartbeat(self.job.id, self.job.attempt, self.lease_s):
+                if self.store.heartbeat(self.job.id, self.job.attempt, self.lease_s, extra=self._logs()):
                     self._stop.set()
             except Exception as exc:  # keep trying: the lease has slack for two missed beats
                 log.warning("heartbeat for %s failed: %s", self.job.id, exc)
@@ -181,6 +186,7 @@ class JobControl:
         # clients see progress only grow (stages computed separately may round a hair lower)
         progress = self._progress = round(max(progress, self._progress), 6)
         self._stage = stage
+        force = self.log.stage(stage) or force  # a new stage reaches the job's log (and clients) at once
         now = time.monotonic()
         if now < self._store_retry_at:  # the store just failed: do not stall every step on it
             self.check()
@@ -189,7 +195,7 @@ class JobControl:
             if force or now - self._last_write >= self.interval_s:
                 self._last_write = now
                 stop = self.store.heartbeat(self.job.id, self.job.attempt, self.lease_s, progress=progress,
-                                            stage=stage, result=result)
+                                            stage=stage, result=result, extra=self._logs())
             else:
                 stop = self.store.should_stop(self.job.id, self.job.attempt)
         except StoreUnavailable as exc:
@@ -198,6 +204,11 @@ class JobControl:
         if stop:
             self._stop.set()
         self.check()
+
+    def _logs(self) -> dict | None:
+        """The log for the next store write, when it has new lines."""
+        pending = self.log.pending()
+        return None if pending is None else {"logs": pending}
 
     def _store_down(self, exc: Exception) -> None:
         now = time.monotonic()

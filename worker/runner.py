@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 from service.kinds import KINDS
 from service.storage.base import ObjectStore
@@ -20,6 +21,7 @@ from worker.config import WorkerSettings
 from worker.context import JobContext
 from worker.control import JobControl, watchdog
 from worker.errors import JobCanceled, JobFailed, JobHandedBack, ModelsNotReady, OwnershipLost
+from worker.joblog import capture
 from worker.model_cache import ModelCache, release_memory
 from worker.outcomes import STORE_WAIT_S, is_out_of_memory, with_store_retry  # noqa: F401  (re-exported)
 from worker.registry import runtime
@@ -37,6 +39,7 @@ class Runner:
         self.cache = ModelCache(int(settings.model_cache_gb * 2**30))
         self._device: str | None = None
         self.profiles: dict[str, str] = {}  # job kind (or model name) -> resolved profile
+        self._fingerprints: dict[str, str] = {}
 
     @property
     def device(self) -> str:
@@ -57,6 +60,46 @@ class Runner:
             models = list(KINDS[kind].models) if kind in KINDS else [kind]
             self.profiles[kind] = resolve_profile(self.settings.model_profile, self.settings.model_dir, models)
         return self.profiles[kind]
+
+    def weights_fingerprint(self, kind: str) -> str | None:
+        """A digest of what the kind's models load from (models.profiles.weights_fingerprint),
+        once per kind: jobs record it, capability reports publish it."""
+        if kind not in KINDS:
+            return None
+        if kind not in self._fingerprints:
+            from models.profiles import weights_fingerprint
+
+            spec = KINDS[kind]
+            self._fingerprints[kind] = weights_fingerprint([*spec.models, *spec.optional_models],
+                                                           self.profile_for(kind), self.settings.model_dir)
+        return self._fingerprints[kind]
+
+    def job_control(self, job: JobRecord) -> JobControl:
+        s = self.settings
+        return JobControl(self.store, job, lease_s=s.lease_s, progress_interval_s=s.progress_interval_s,
+                          time_limit_s=s.job_time_limit_s, log_bytes=s.job_log_bytes)
+
+    def final_extra(self, ctx: JobContext, run_s: float | None) -> dict:
+        """The worker-owned fields of a final write: the job's log, its time split, its weights."""
+        job, timings = ctx.job, ctx.control.timings
+        metrics = {"queue_s": max(0.0, (job.started_at or job.created_at) - job.created_at),
+                   "load_s": timings.get("load_s", 0.0), "upload_s": timings.get("upload_s", 0.0)}
+        if run_s is not None:
+            metrics["run_s"] = max(0.0, run_s - metrics["load_s"] - metrics["upload_s"])
+        metrics = {k: round(v, 4) for k, v in metrics.items()}
+        try:
+            fingerprint = self.weights_fingerprint(job.kind)
+        except Exception as exc:  # a fingerprint is information, never a reason to lose a result
+            log.warning("no weights fingerprint for %s: %s", job.kind, exc)
+            fingerprint = None
+        return {"logs": ctx.control.log.snapshot(), "metrics": metrics, "weights_fingerprint": fingerprint}
+
+    def observe(self, job: JobRecord, extra: dict) -> None:
+        """The final job's time split into the per-kind histograms of /metrics (best effort)."""
+        try:
+            self.store.observe_job_metrics(job.kind, extra.get("metrics") or {})
+        except Exception as exc:
+            log.warning("job %s: metrics not counted: %s", job.id, exc)
 
     def pipeline(self, model: str, kind: str | None = None):
         """The warm pipeline of a `models.profiles` entry under the profile of `kind` (default:
@@ -143,12 +186,11 @@ class Runner:
             batch = partners(self, job, rt.batch_key)
             if len(batch) > 1:
                 return execute_batch(self, batch, rt.run_batch)[job.id]
-        control = JobControl(self.store, job, lease_s=self.settings.lease_s,
-                             progress_interval_s=self.settings.progress_interval_s,
-                             time_limit_s=self.settings.job_time_limit_s)
+        control = self.job_control(job)
         ctx = self.context(job, control)
         status, result, error = FAILED, None, None
-        with control:
+        started = time.perf_counter()
+        with control, capture(control.log):
             try:
                 if rt is None:
                     raise JobFailed(f"this worker has no handler for kind {job.kind!r}", "unsupported_kind")
@@ -171,20 +213,27 @@ class Runner:
                 return "store_unavailable"
             except JobCanceled as exc:
                 status, error = CANCELED, {"code": exc.code, "message": str(exc)}
+                control.log.add("INFO", f"canceled: {exc}")
             except JobFailed as exc:
                 error = {"code": exc.code, "message": str(exc)}
+                control.log.add("ERROR", f"{exc.code}: {exc}")
             except Exception as exc:
                 if is_out_of_memory(exc):
                     error = {"code": "out_of_memory", "message": f"the device ran out of memory: {exc}"[:500]}
                 else:
                     log.exception("job %s failed", job.id)
                     error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:500]}
+                control.log.failure(exc)
             finally:
                 if status != SUCCEEDED:
                     release_memory()
+            extra = self.final_extra(ctx, time.perf_counter() - started)
             # Still inside the lease heartbeat: a store outage here delays the final write, it does
             # not lose it (the heartbeat renews the lease as soon as the store answers again).
             done = with_store_retry(f"finish {job.id}", lambda: self.store.finish(
-                job.id, job.attempt, status, result=result, error=error, model_profile=ctx.reported_profile()))
+                job.id, job.attempt, status, result=result, error=error, model_profile=ctx.reported_profile(),
+                extra=extra))
+        if done:
+            self.observe(job, extra)
         log.info("job %s -> %s%s", job.id, status, "" if done else " (not recorded: ownership lost)")
         return status

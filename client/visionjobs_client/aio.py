@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Mapping, Optional, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Optional, Union
 
 import httpx
 from pydantic import BaseModel
@@ -16,11 +17,11 @@ from visionjobs_client._base import (
     MAX_LONG_POLL_S, RETRY_EXCEPTIONS, BaseClient, JobMethods, JobRef, drop_none, dump_body, final_deadline,
     job_id_of, output_files,
 )
-from visionjobs_client.client import PathLike
+from visionjobs_client.client import FILE_MODE, PathLike
 from visionjobs_client.errors import ApiConnectionError, WaitTimeout
 from visionjobs_client.models import (
-    AnomalyModel, AnomalyModelList, Job, JobPage, JobStatus, SubjectModel, SubjectModelList, ThresholdsPatch,
-    TunedVideoModel, TunedVideoModelPage, Upload,
+    AnomalyModel, AnomalyModelList, Job, JobLogs, JobPage, JobStatus, KindList, SubjectModel, SubjectModelList,
+    ThresholdsPatch, TunedVideoModel, TunedVideoModelPage, Upload,
 )
 from visionjobs_client.uploads import UploadSource, encode
 
@@ -146,6 +147,14 @@ class AsyncClient(BaseClient, JobMethods[Awaitable[Job]]):
                 return
             cursor = page.next_cursor
 
+    async def kinds(self) -> KindList:
+        """Every job kind: its route, input and result JSON schemas, the live workers serving it."""
+        return KindList.model_validate((await self.request("GET", "/v1/kinds")).json())
+
+    async def logs(self, job: JobRef) -> JobLogs:
+        """The job's log so far (stage changes, warnings, a failure's traceback summary)."""
+        return JobLogs.model_validate((await self.request("GET", f"/v1/jobs/{job_id_of(job)}/logs")).json())
+
     async def cancel(self, job: JobRef) -> Job:
         return Job.model_validate((await self.request("POST", f"/v1/jobs/{job_id_of(job)}/cancel")).json())
 
@@ -165,7 +174,7 @@ class AsyncClient(BaseClient, JobMethods[Awaitable[Job]]):
             current = await self.get_job(job, wait=slice_s)
 
     async def stream(self, job: JobRef, *, timeout: Optional[float] = None, last_event_id: Optional[str] = None,
-                     reconnects: int = 5) -> AsyncIterator[Job]:
+                     reconnects: int = 5, on_log: Optional[Callable[[int, str], Any]] = None) -> AsyncIterator[Job]:
         job_id = job_id_of(job)
         deadline = final_deadline(timeout)
         last = last_event_id
@@ -187,6 +196,9 @@ class AsyncClient(BaseClient, JobMethods[Awaitable[Job]]):
                             continue
                         if event.event == "gone":
                             return
+                        if event.event == "log" and on_log is not None:
+                            line = json.loads(event.data)
+                            on_log(int(line["index"]), str(line["line"]))
                         if event.event != "job":
                             continue
                         if event.id is not None:
@@ -232,6 +244,7 @@ class AsyncClient(BaseClient, JobMethods[Awaitable[Job]]):
                 with os.fdopen(fd, "wb") as fh:
                     async for chunk in response.aiter_bytes(chunk_size):
                         fh.write(chunk)
+                os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600: downloads get the usual mode (0644 under umask 022)
                 os.replace(tmp, dest)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)

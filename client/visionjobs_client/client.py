@@ -1,11 +1,12 @@
 """The synchronous client."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 import httpx
 from pydantic import BaseModel
@@ -17,12 +18,21 @@ from visionjobs_client._base import (
 )
 from visionjobs_client.errors import ApiConnectionError, WaitTimeout
 from visionjobs_client.models import (
-    AnomalyModel, AnomalyModelList, Job, JobPage, JobStatus, SubjectModel, SubjectModelList, ThresholdsPatch,
-    TunedVideoModel, TunedVideoModelPage, Upload,
+    AnomalyModel, AnomalyModelList, Job, JobLogs, JobPage, JobStatus, KindList, SubjectModel, SubjectModelList,
+    ThresholdsPatch, TunedVideoModel, TunedVideoModelPage, Upload,
 )
 from visionjobs_client.uploads import UploadSource, encode
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _file_mode() -> int:
+    mask = os.umask(0o022)  # read the process umask (set back at once)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()
 
 
 class Client(BaseClient, JobMethods[Job]):
@@ -150,6 +160,14 @@ class Client(BaseClient, JobMethods[Job]):
                 return
             cursor = page.next_cursor
 
+    def kinds(self) -> KindList:
+        """Every job kind: its route, input and result JSON schemas, the live workers serving it."""
+        return KindList.model_validate((self.request("GET", "/v1/kinds")).json())
+
+    def logs(self, job: JobRef) -> JobLogs:
+        """The job's log so far (stage changes, warnings, a failure's traceback summary)."""
+        return JobLogs.model_validate((self.request("GET", f"/v1/jobs/{job_id_of(job)}/logs")).json())
+
     def cancel(self, job: JobRef) -> Job:
         """Cancel: a queued job at once, a running one within one step; a final job comes back unchanged."""
         return Job.model_validate(self.request("POST", f"/v1/jobs/{job_id_of(job)}/cancel").json())
@@ -173,11 +191,12 @@ class Client(BaseClient, JobMethods[Job]):
             current = self.get_job(job, wait=slice_s)
 
     def stream(self, job: JobRef, *, timeout: Optional[float] = None, last_event_id: Optional[str] = None,
-               reconnects: int = 5) -> Iterator[Job]:
+               reconnects: int = 5, on_log: Optional[Callable[[int, str], Any]] = None) -> Iterator[Job]:
         """Job states as the server publishes them (server-sent events), until a final one.
 
         A dropped connection is resumed with ``Last-Event-ID`` (so no state is repeated), up
-        to ``reconnects`` times in a row. ``timeout``: ``WaitTimeout`` if not final by then."""
+        to ``reconnects`` times in a row. ``timeout``: ``WaitTimeout`` if not final by then.
+        ``on_log(index, line)``: called for each line of the job's log as the worker writes it."""
         job_id = job_id_of(job)
         deadline = final_deadline(timeout)
         last = last_event_id
@@ -195,6 +214,9 @@ class Client(BaseClient, JobMethods[Job]):
                     for event in sse.parse(response.iter_lines()):
                         if event.event == "gone":  # expired by retention while streaming
                             return
+                        if event.event == "log" and on_log is not None:
+                            line = json.loads(event.data)
+                            on_log(int(line["index"]), str(line["line"]))
                         if event.event != "job":
                             continue
                         if event.id is not None:
@@ -243,6 +265,7 @@ class Client(BaseClient, JobMethods[Job]):
                 with os.fdopen(fd, "wb") as fh:
                     for chunk in response.iter_bytes(chunk_size):
                         fh.write(chunk)
+                os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600: downloads get the usual mode (0644 under umask 022)
                 os.replace(tmp, dest)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)

@@ -453,6 +453,7 @@ class ScoredImage(BaseModel):
     model_config = _RESPONSE
 
     image: str
+    filename: Optional[str] = None
     score: float
     normalized_score: float
     label: bool
@@ -581,6 +582,61 @@ JobResult = Union[dict[str, Any], ColorizationResult, VideoGenerationResult, Vid
                   AnomalyScoreResult, SubjectGenerationResult, SubjectModelResult, None]
 
 
+class KindWorker(BaseModel):
+    """A live worker serving a kind, as it last reported itself."""
+
+    model_config = _RESPONSE
+
+    worker: Optional[str]
+    profile: Optional[str]
+    weights_fingerprint: Optional[str]
+    ready: bool
+    missing: list[str] = []
+    features: dict[str, list[str]] = {}
+
+
+class KindInfo(BaseModel):
+    """GET /v1/kinds: a job kind, its route, its input and result JSON schemas, its live workers."""
+
+    model_config = _RESPONSE
+
+    name: str
+    description: str
+    path: str
+    queue: str
+    input_schema: dict[str, Any]
+    result_schema: dict[str, Any]
+    workers: list[KindWorker]
+
+
+class KindList(BaseModel):
+    model_config = _RESPONSE
+
+    items: list[KindInfo]
+
+
+class JobMetrics(BaseModel):
+    """Where a final job's time went, in seconds."""
+
+    model_config = _RESPONSE
+
+    queue_s: float
+    load_s: float
+    run_s: Optional[float] = None
+    upload_s: float
+
+
+class JobLogs(BaseModel):
+    """GET /v1/jobs/{id}/logs: the kept lines of the job's log, oldest first."""
+
+    model_config = _RESPONSE
+
+    job_id: str
+    total: int
+    dropped: int
+    lines: list[str]
+
+
 class Job(BaseModel):
     model_config = _RESPONSE
 
@@ -598,6 +654,8 @@ class Job(BaseModel):
     error: Optional[JobError]
     result: JobResult = Field(union_mode="left_to_right")
     model_profile: Optional[str]
+    weights_fingerprint: Optional[str] = None
+    metrics: Optional[JobMetrics] = None
     webhook: Optional[WebhookState] = None
 
     @model_validator(mode="before")

@@ -26,9 +26,12 @@ def is_upload_id(value: Any) -> bool:
 
 def upload_id_of(value: Any) -> Optional[str]:
     """The upload id when ``value`` already names an upload (an ``Upload`` or an id string that
-    is not also an existing file), else None: ``value`` is something to upload."""
+    is not also an existing file), else None: ``value`` is something to upload. An
+    ``https://`` URL or a ``data:`` URI is passed on as it is: the server fetches it."""
     if isinstance(value, Upload):
         return value.id
+    if isinstance(value, str) and value[:8].lower().startswith(("http://", "https://", "data:")):
+        return value
     if is_upload_id(value) and not os.path.exists(value):
         return value
     return None

@@ -12,7 +12,7 @@ DESCRIPTIONS = {401: "Missing or unknown API key", 404: "Not found (or another t
                 413: "Request body too large", 415: "Unsupported media type", 422: "Invalid request (fields named)",
                 429: "Rate limit, job quota or open-wait cap exceeded (Retry-After)", 503: "Job store or queue unavailable (Retry-After)"}
 SSE_ITEM = {"type": "object", "required": ["data"], "properties": {
-    "event": {"enum": ["job", "gone"]}, "id": {"type": "string"},
+    "event": {"enum": ["job", "log", "gone"]}, "id": {"type": "string"},
     "data": {"type": "string", "contentMediaType": "application/json"}}}
 
 
@@ -20,7 +20,24 @@ def _problem(code: int) -> dict:
     return {"description": DESCRIPTIONS[code], "content": {"application/problem+json": {"schema": PROBLEM_REF}}}
 
 
+def _input_paths() -> set[str]:
+    """Submission routes whose bodies take URL or data: inputs (fetched: a 415 when the content
+    is not an accepted type, as for an upload)."""
+    import importlib
+
+    from service.kinds import KINDS
+
+    out = set()
+    for kind in KINDS.values():
+        if kind.request:
+            module, _, name = kind.request.partition(":")
+            if getattr(getattr(importlib.import_module(module), name), "INPUTS", ()):
+                out.add(kind.path)
+    return out
+
+
 def build_openapi(app: FastAPI) -> dict:
+    input_paths = _input_paths()
     spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -38,7 +55,7 @@ def build_openapi(app: FastAPI) -> dict:
                 codes.add(422)
             if "requestBody" in op:
                 codes.add(413)
-            if path == "/v1/uploads" and method == "post":
+            if method == "post" and (path == "/v1/uploads" or path in input_paths):
                 codes.add(415)
             if path in ("/readyz",):
                 codes.add(503)

@@ -132,6 +132,16 @@ class Settings(BaseSettings):
     webhook_tenant_concurrency: int = Field(2, ge=1, description="Webhook deliveries in flight per tenant per API "
                                                                  "process; more wait in the outbox.")
 
+    cors_origins: str = Field("", description="Comma-separated origins (https://app.example.com) whose browser "
+                                              "pages may call the API (CORS); empty = no CORS headers at all.")
+    url_input_allow_hosts: str = Field("", description="Comma-separated hosts or CIDR networks URL inputs may be "
+                                                       "fetched from even when private or loopback (default: public "
+                                                       "addresses only).")
+    url_input_timeout_s: float = Field(30.0, gt=0, description="Total deadline of fetching one URL input (resolve, "
+                                                               "connect, TLS, the whole body), seconds.")
+    max_url_inputs: int = Field(16, ge=0, description="URL and data: inputs one request may give (each is fetched "
+                                                      "into an upload before the job is accepted); 0 = none.")
+
     refuse_unserved: bool = Field(True, description="Refuse a submission at once when no live worker can run its kind "
                                                     "(503 + Retry-After without one, 422 naming missing weights); "
                                                     "false: queue it for a worker still to come.")
@@ -145,6 +155,12 @@ class Settings(BaseSettings):
 
     def webhook_allow_list(self) -> list[str]:
         return [h.strip() for h in self.webhook_allow_hosts.split(",") if h.strip()]
+
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
+
+    def url_input_allow_list(self) -> list[str]:
+        return [h.strip() for h in self.url_input_allow_hosts.split(",") if h.strip()]
 
     @property
     def embedded(self) -> bool:

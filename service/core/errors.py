@@ -64,6 +64,25 @@ def _loc_to_field(loc) -> str:
     return ".".join(parts) or "body"
 
 
+# A model-level validator names the field it is about at the start of its message ("source_prompt:
+# describe the clip", "prompts[2]: ...", "a, b: fixed ..."): the problem then names that field
+# (below the model's own location), not the model, and drops pydantic's "Value error, " prefix.
+_NAMED = re.compile(r"^([A-Za-z_]\w*(?:\.\w+|\[\d+\])*)((?:, [A-Za-z_]\w*)*): (.+)$", re.DOTALL)
+
+
+def _field_and_message(err: dict) -> tuple[str, str]:
+    field, message = _loc_to_field(err.get("loc", ())), err.get("msg", "")
+    if err.get("type") != "value_error":
+        return field, message
+    message = message.removeprefix("Value error, ")
+    named = _NAMED.match(message)
+    if named:
+        inner = re.sub(r"\[(\d+)\]", r".\1", named.group(1))
+        field = inner if field == "body" else f"{field}.{inner}"
+        message = (f"(also {named.group(2)[2:]}) " if named.group(2) else "") + named.group(3)
+    return field, message
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -76,11 +95,14 @@ def install_handlers(app: FastAPI) -> None:
         found = exc.errors()
         errors, seen = [], set()
         for err in found[:MAX_LISTED_ERRORS]:
-            field = "body" if err.get("type") == "json_invalid" else _loc_to_field(err.get("loc", ()))
-            item = {"field": field, "message": err.get("msg", ""), "type": err.get("type")}
-            if (field, item["message"]) in seen:  # the same problem seen through two union members
+            if err.get("type") == "json_invalid":
+                field, message = "body", err.get("msg", "")
+            else:
+                field, message = _field_and_message(err)
+            item = {"field": field, "message": message, "type": err.get("type")}
+            if (field, message) in seen:  # the same problem seen through two union members
                 continue
-            seen.add((field, item["message"]))
+            seen.add((field, message))
             ctx = err.get("ctx") or {}
             for key in ("le", "ge", "lt", "gt", "max_length", "min_length"):
                 if key in ctx:

@@ -5,7 +5,7 @@ from service.schemas.anomaly import (
 )
 from service.schemas.colorization import ColorizationRequest, ColorizationResult, Guidance, Stroke
 from service.schemas.common import ImageOutput, JobError, JobStatus, Problem, Upload
-from service.schemas.jobs import Job, JobPage
+from service.schemas.jobs import Job, JobLogs, JobMetrics, JobPage
 from service.schemas.subject import (
     PriorPreservation, SubjectGenerationRequest, SubjectGenerationResult, SubjectModel, SubjectModelList,
     SubjectModelRequest, SubjectModelResult, TuningSettings,
@@ -16,7 +16,7 @@ from service.schemas.video import (
 )
 
 __all__ = ["AnomalyFitRequest", "AnomalyFitResult", "AnomalyModel", "AnomalyModelList", "AnomalyScoreRequest",
-           "AnomalyScoreResult", "ThresholdsPatch", "ColorizationRequest", "ColorizationResult", "Guidance", "ImageOutput", "Job", "JobError", "JobPage",
+           "AnomalyScoreResult", "ThresholdsPatch", "ColorizationRequest", "ColorizationResult", "Guidance", "ImageOutput", "Job", "JobError", "JobLogs", "JobMetrics", "JobPage",
            "JobStatus", "KvSharing", "Problem", "Stroke", "TunedVideoModel", "TunedVideoModelPage", "Upload", "VideoEditRequest", "VideoEditResult", "VideoGenerationRequest", "VideoGenerationResult",
            "video_frame_count", "PriorPreservation", "SubjectGenerationRequest", "SubjectGenerationResult", "SubjectModel",
            "SubjectModelList", "SubjectModelRequest", "SubjectModelResult", "TuningSettings"]

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from service.schemas.common import JobRequest, MAX_SEED, REQUEST, UPLOAD_ID, Text
+from service.schemas.common import JobRequest, MAX_SEED, REQUEST, INPUT_REF, INPUT_HELP, Text
 
 MODEL_ID = r"^anm_[0-9a-f]{24}$"
 MAX_TRAIN_IMAGES, MAX_SCORE_IMAGES, MAX_VALIDATION_IMAGES = 1000, 64, 200
@@ -35,13 +35,15 @@ class AnomalyFitRequest(JobRequest):
     folders). PatchCore (the default) fits in one pass; Reverse Distillation trains."""
 
     model_config = REQUEST
+    INPUTS: ClassVar[tuple[str, ...]] = ("images.*", "archive", "abnormal.*", "abnormal_masks.*", "validation.normal.*",
+                                         "validation.abnormal.*")  # upload ids, URLs or data: URIs
 
     name: Text = Field(min_length=1, max_length=200)
     model: AnomalyModelKind = Field("patchcore", description="patchcore (fitted, no training) or "
                                                              "reverse_distillation (trained: a longer job).")
     images: list[str] = Field([], max_length=MAX_TRAIN_IMAGES, description="Upload ids of normal images.")
     archive: str | None = Field(
-        None, pattern=UPLOAD_ID, description="Upload id of a ZIP: flat (every image normal) or with the folders "
+        None, pattern=INPUT_REF, description="Upload id (or URL) of a ZIP: flat (every image normal) or with the folders "
                                              "normal/ (or good/), abnormal/ and optionally mask/ (a mask named as its "
                                              "abnormal image, with or without a _mask suffix).")
     abnormal: list[str] = Field([], max_length=MAX_ABNORMAL_IMAGES,
@@ -68,7 +70,7 @@ class AnomalyFitRequest(JobRequest):
     @model_validator(mode="after")
     def _source(self):
         if bool(self.images) == bool(self.archive):
-            raise ValueError("give normal images either as `images` (upload ids) or as one `archive` (ZIP upload)")
+            raise ValueError("images: give normal images either as `images` (upload ids) or as one `archive` (ZIP upload)")
         if self.archive and (self.abnormal or self.abnormal_masks is not None):
             raise ValueError("abnormal: with `archive`, abnormal images and masks come from its abnormal/ and mask/ "
                              "folders")
@@ -98,6 +100,7 @@ def training_work(body: AnomalyFitRequest, normal_images: int) -> int:
 
 class AnomalyScoreRequest(JobRequest):
     model_config = REQUEST
+    INPUTS: ClassVar[tuple[str, ...]] = ("images.*",)  # upload ids, URLs or data: URIs
 
     model_id: str = Field(pattern=MODEL_ID)
     images: list[str] = Field(min_length=1, max_length=MAX_SCORE_IMAGES, description="Upload ids to score.")
@@ -173,6 +176,7 @@ class BoxOut(BaseModel):
 
 class ScoredImage(BaseModel):
     image: str
+    filename: str | None = Field(None, description="The upload's file name (as uploaded, or the URL's last part).")
     score: float
     normalized_score: float
     label: bool

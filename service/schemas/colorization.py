@@ -1,13 +1,13 @@
 """POST /v1/colorizations."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from service.schemas.common import (
     JobRequest,
-    ImageOutput, MAX_OUTPUTS, MAX_PROMPT, MAX_SEED, Prompt, MAX_STEPS, MAX_STROKE_POINTS, MAX_STROKE_WIDTH, MAX_STROKES, REQUEST, UPLOAD_ID,
+    ImageOutput, MAX_OUTPUTS, MAX_PROMPT, MAX_SEED, Prompt, MAX_STEPS, MAX_STROKE_POINTS, MAX_STROKE_WIDTH, MAX_STROKES, REQUEST, INPUT_REF, INPUT_HELP,
     field_error,
 )
 
@@ -74,14 +74,16 @@ PARITY_PRESETS = {"project": ColorizationParity(),
 class ColorizationRequest(JobRequest):
     model_config = REQUEST
 
-    image: str = Field(pattern=UPLOAD_ID, description="Upload id of the photo (grayscale or colour).")
+    INPUTS: ClassVar[tuple[str, ...]] = ("image", "stroke_image", "exemplar")
+
+    image: str = Field(pattern=INPUT_REF, description="Upload id of the photo (grayscale or colour)." + INPUT_HELP)
     prompt: Prompt = Field("", max_length=MAX_PROMPT, description="Optional text describing the colours.")
     negative_prompt: Prompt | None = Field(None, max_length=MAX_PROMPT,
                                         description="Default: the Control Color demo's negative prompt.")
     strokes: list[Stroke] = Field([], max_length=MAX_STROKES, fail_fast=True, description="Vector colour strokes (hints).")
-    stroke_image: str | None = Field(None, pattern=UPLOAD_ID,
+    stroke_image: str | None = Field(None, pattern=INPUT_REF,
                                      description="Upload id of an RGBA stroke image of the input's size; alpha > 0 marks strokes.")
-    exemplar: str | None = Field(None, pattern=UPLOAD_ID, description="Upload id of a colour exemplar image.")
+    exemplar: str | None = Field(None, pattern=INPUT_REF, description="Upload id of a colour exemplar image." + INPUT_HELP)
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random seed; chosen and returned when absent.")
     steps: int = Field(20, ge=1, le=MAX_STEPS, description="DDIM steps.")
     guidance: Guidance = Field(default_factory=Guidance)

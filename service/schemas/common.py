@@ -10,6 +10,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 UPLOAD_ID = r"^upl_[0-9a-f]{24}$"
+# Where an upload id is accepted, a URL or a data: URI is too: the API fetches it into an upload
+# first (service/url_inputs.py); each request model lists those fields in `INPUTS`.
+INPUT_REF = r"^(upl_[0-9a-f]{24}|[hH][tT][tT][pP][sS]?://\S+|data:[^,]*,.*)$"
+INPUT_HELP = " An `https://` URL or a `data:` URI is accepted too: it is fetched into an upload first."
 JOB_ID = r"^job_[0-9a-f]{24}$"
 MAX_STEPS, MAX_OUTPUTS, MAX_PROMPT = 100, 4, 1000
 MAX_SEED = 2**32 - 1
@@ -86,8 +90,9 @@ class Webhook(BaseModel):
 
     url: str = Field(max_length=2048, pattern=r"^https?://", description="Public http(s) endpoint to POST events to.")
     events: list[WebhookEvent] = Field(["succeeded", "failed", "canceled"], min_length=1, max_length=4)
-    secret: str = Field(min_length=16, max_length=256, description="HMAC-SHA256 key for X-Visionjobs-Signature; "
-                                                                    "never shown again.")
+    secret: str = Field(min_length=16, max_length=256, description="HMAC-SHA256 key of the Standard Webhooks "
+                        "signature (`webhook-signature`; a `whsec_<base64>` secret: the bytes it encodes); never "
+                        "shown again.")
 
 
 class JobRequest(BaseModel):

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from service.schemas.common import (
-    ImageOutput, JobRequest, MAX_OUTPUTS, MAX_PROMPT, MAX_SEED, MAX_STEPS, REQUEST, UPLOAD_ID, Prompt, RequiredPrompt,
+    ImageOutput, JobRequest, MAX_OUTPUTS, MAX_PROMPT, MAX_SEED, MAX_STEPS, REQUEST, INPUT_REF, INPUT_HELP, Prompt, RequiredPrompt,
 )
 
 SUBJECT_MODEL_ID = r"^sbm_[0-9a-f]{24}$"
@@ -21,19 +21,15 @@ MAX_TUNE_STEPS = 10_000  # the tuner's own limit; VISIONJOBS_MAX_TUNE_STEPS sets
 MAX_CLASS_IMAGES = 1000
 MAX_SIDE = 1024
 METRICS = ("clip_i", "clip_t", "dino")
-_UPLOAD = UPLOAD_ID[1:-1]
 
 
 def _subject_image(value: str) -> str:
-    if not re.fullmatch(_UPLOAD, value):
-        # the field stays a string: URL inputs (the issue's "upload ids or URLs") come later
-        # through the shared egress path; until then only uploads are accepted
-        raise ValueError("give an upload id (upl_...; POST /v1/uploads first): URL inputs are not accepted yet")
+    if not re.fullmatch(INPUT_REF, value, re.DOTALL):
+        raise ValueError("give an upload id (upl_...; POST /v1/uploads first), an https:// URL or a data: URI")
     return value
 
 
-SubjectImage = Annotated[str, Field(max_length=2048, description="An upload id (`upl_...`) of a photo of the "
-                                                                 "subject. (URL inputs: not yet.)"),
+SubjectImage = Annotated[str, Field(description="An upload id (`upl_...`) of a photo of the subject." + INPUT_HELP),
                          AfterValidator(_subject_image)]
 SubjectClass = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]*\S[^\x00-\x1f]*$",
                                     description='What the subject is, in a word or two ("dog", "backpack").')]
@@ -70,6 +66,7 @@ class SubjectModelRequest(JobRequest, TuningSettings):
     """Tune a subject model (job kind subject.tune) on 1-8 photos (3-8 recommended)."""
 
     model_config = REQUEST
+    INPUTS: ClassVar[tuple[str, ...]] = ("subject_images.*",)  # upload ids, URLs or data: URIs
 
     subject_images: list[SubjectImage] = Field(min_length=1, max_length=MAX_SUBJECT_IMAGES)
     subject_class: SubjectClass
@@ -84,6 +81,7 @@ class SubjectGenerationRequest(JobRequest):
     without one the job tunes first (`tuning` settings) and keeps the result as a subject model."""
 
     model_config = REQUEST
+    INPUTS: ClassVar[tuple[str, ...]] = ("subject_images.*",)  # upload ids, URLs or data: URIs
 
     subject_images: list[SubjectImage] = Field(
         [], max_length=MAX_SUBJECT_IMAGES, description="1-8 photos of the subject; with `subject_model` only "

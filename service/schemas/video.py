@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from service.schemas.common import (
-    JobRequest, MAX_PROMPT, MAX_SEED, MAX_STEPS, REQUEST, UPLOAD_ID, Prompt, RequiredPrompt,
+    JobRequest, MAX_PROMPT, MAX_SEED, MAX_STEPS, REQUEST, INPUT_REF, INPUT_HELP, Prompt, RequiredPrompt,
 )
 
 SEGMENT_LATENT_FRAMES = 13  # 49 pixel frames: the CogVideoX clip; the VAE compresses time 4x
@@ -36,7 +36,7 @@ class KvSharing(BaseModel):
     def _windows(self):
         for name, (a, b), top in (("steps", self.steps, 50), ("layers", self.layers, 30)):
             if not 0 <= a < b <= top:
-                raise ValueError(f"{name} must be a window [a, b) with 0 <= a < b <= {top}")
+                raise ValueError(f"{name}: must be a window [a, b) with 0 <= a < b <= {top}")
         return self
 
 
@@ -67,9 +67,9 @@ class VideoGenerationRequest(JobRequest):
     def _prompts(self):
         for i, p in enumerate(self.prompts):
             if not p.strip() or len(p) > MAX_PROMPT:
-                raise ValueError(f"prompts[{i}] must have 1..{MAX_PROMPT} characters")
+                raise ValueError(f"prompts[{i}]: must have 1..{MAX_PROMPT} characters")
         if self.segments is not None and len(self.prompts) != 1:
-            raise ValueError("segments applies to a single prompt; with several prompts the layout follows from them")
+            raise ValueError("segments: applies to a single prompt; with several prompts the layout follows from them")
         return self
 
 
@@ -101,8 +101,10 @@ class VideoEditRequest(JobRequest):
     or reuse an earlier tuning with `tuned_model` (tuning and the clip settings are skipped)."""
 
     model_config = REQUEST
+    INPUTS: ClassVar[tuple[str, ...]] = ("video",)  # upload ids, URLs or data: URIs
 
-    video: str | None = Field(None, pattern=UPLOAD_ID, description="Upload id of the clip (MP4, WebM, MOV or GIF).")
+    video: str | None = Field(None, pattern=INPUT_REF, description="Upload id of the clip (MP4, WebM, MOV or GIF)."
+                                                                     + INPUT_HELP)
     tuned_model: str | None = Field(None, pattern=TUNED_MODEL_ID, description="A tuned model id from an earlier edit.")
     source_prompt: Prompt | None = Field(None, max_length=MAX_PROMPT, description="What the clip shows (with `video`).")
     edits: list[RequiredPrompt] = Field(min_length=1, max_length=8, description="One edited video per prompt.")
@@ -123,7 +125,7 @@ class VideoEditRequest(JobRequest):
     @model_validator(mode="after")
     def _source(self):
         if (self.video is None) == (self.tuned_model is None):
-            raise ValueError("give exactly one of `video` (tune on it) or `tuned_model` (reuse a tuning)")
+            raise ValueError("video: give exactly one of `video` (tune on it) or `tuned_model` (reuse a tuning)")
         if self.video is not None and not (self.source_prompt or "").strip():
             raise ValueError("source_prompt: describe the clip when tuning on `video`")
         fixed = {"tune_steps", "frames", "frame_stride", "start_frame", "width", "height", "source_prompt"} & self.model_fields_set
@@ -131,7 +133,7 @@ class VideoEditRequest(JobRequest):
             raise ValueError(f"{', '.join(sorted(fixed))}: fixed by the tuned model; leave out")
         for i, p in enumerate(self.edits):
             if not p.strip() or len(p) > MAX_PROMPT:
-                raise ValueError(f"edits[{i}] must have 1..{MAX_PROMPT} characters")
+                raise ValueError(f"edits[{i}]: must have 1..{MAX_PROMPT} characters")
         return self
 
 

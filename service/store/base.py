@@ -57,6 +57,9 @@ class JobRecord:
     version: int = 0
     webhook_events: str | None = None  # ",succeeded,failed," : the states that trigger a delivery
     webhook_deliveries: dict[str, Any] | None = None  # event -> delivery state
+    logs: dict[str, Any] | None = None  # {"total": lines ever written, "lines": the last ones kept}
+    metrics: dict[str, float] | None = None  # queue_s, load_s, run_s, upload_s (worker-measured)
+    weights_fingerprint: str | None = None  # what the final attempt's models were loaded from
 
     @property
     def final(self) -> bool:
@@ -64,6 +67,26 @@ class JobRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# bucket bounds (seconds) of the job-time histograms; the last bucket is +Inf
+METRIC_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+JOB_METRICS = ("queue_s", "load_s", "run_s", "upload_s")
+
+
+def bucket_of(value: float) -> int:
+    return next((i for i, bound in enumerate(METRIC_BUCKETS) if value <= bound), len(METRIC_BUCKETS))
+
+
+# the worker-owned fields heartbeat/finish may set through `extra`
+EXTRA_FIELDS = frozenset({"logs", "metrics", "weights_fingerprint"})
+
+
+def check_extra(extra: dict[str, Any] | None) -> dict[str, Any]:
+    unknown = set(extra or ()) - EXTRA_FIELDS
+    if unknown:
+        raise ValueError(f"not worker-owned job fields: {sorted(unknown)}")
+    return {k: v for k, v in (extra or {}).items() if v is not None}
 
 
 @dataclass
@@ -176,10 +199,12 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def heartbeat(self, job_id: str, attempt: int, lease_s: float, *,
-                  progress: float | None = None, stage: str | None = None, result: dict | None = None) -> bool:
+                  progress: float | None = None, stage: str | None = None, result: dict | None = None,
+                  extra: dict[str, Any] | None = None) -> bool:
         """Renew the lease (and optionally report progress) while this attempt owns the job.
         `result` (with `progress` only): the partial result of a running job (a training's
-        per-epoch history), replaced by the final one at `finish`.
+        per-epoch history), replaced by the final one at `finish`. `extra`: other JobRecord
+        fields the worker owns (EXTRA_FIELDS: logs, metrics) written with the beat.
         Returns True when the job should stop: cancel requested, or the attempt lost ownership."""
 
     def should_stop(self, job_id: str, attempt: int) -> bool:
@@ -189,9 +214,11 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def finish(self, job_id: str, attempt: int, status: str, *, result: dict | None = None,
-               error: dict | None = None, model_profile: str | None = None) -> JobRecord | None:
+               error: dict | None = None, model_profile: str | None = None,
+               extra: dict[str, Any] | None = None) -> JobRecord | None:
         """Move this attempt's running job to a final state. None if it no longer owns it.
-        Without a `result`, the partial result the attempt reported (heartbeat) stays."""
+        Without a `result`, the partial result the attempt reported (heartbeat) stays.
+        `extra`: as for heartbeat (logs, metrics, weights_fingerprint)."""
 
     @abc.abstractmethod
     def reap_expired(self, now: float | None = None) -> list[str]:
@@ -234,6 +261,14 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def record_webhook(self, job_id: str, event: str, state: dict[str, Any]) -> None:
         """Delivery state, shown on the job."""
+
+    def webhook_snapshot(self, job_id: str, event: str) -> JobRecord | None:
+        """The job as it was when it entered `event` (written atomically with the transition
+        that enqueued the delivery): the payload of every attempt of that delivery."""
+        return None
+
+    def drop_webhook_snapshot(self, job_id: str, event: str) -> None:
+        """Forget the snapshot once its delivery is over (delivered or given up)."""
 
     # --- tenant-owned resources made by jobs (tuned video models, anomaly models) ---
     @abc.abstractmethod
@@ -297,6 +332,15 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def get_capabilities(self, kind: str, max_age_s: float = 120.0) -> list[dict[str, Any]]:
         """Capabilities reported by workers of `kind` within the last `max_age_s` seconds."""
+
+    # --- per-kind histograms of the jobs' time split (metrics), for /metrics ---
+    def observe_job_metrics(self, kind: str, metrics: dict[str, float]) -> None:
+        """Count a finished job's `metrics` (queue_s, load_s, run_s, upload_s) into the per-kind
+        histograms every API process exposes (kept in the store: workers have no HTTP port)."""
+
+    def job_metric_histograms(self) -> dict[tuple[str, str], tuple[list[int], float, int]]:
+        """(kind, metric) -> (count per bucket of METRIC_BUCKETS, the last one +Inf; sum; count)."""
+        return {}
 
     # --- operations ---
     @abc.abstractmethod

@@ -25,11 +25,17 @@ local function bump(p, id)
   redis.call('PUBLISH', p .. 'changes', id .. ' ' .. v .. ' ' .. (f[1] or ''))
   return v
 end
--- the webhook outbox: jobs that subscribed to `status` get a due delivery (member id|status)
+-- the webhook outbox: jobs that subscribed to `status` get a due delivery (member id|status) and
+-- a copy of the job as of the event (the delivery's payload, whenever it is sent). Every caller
+-- runs bump() right after hook(): the copy carries the version that bump gives the job.
 local function hook(p, jk, id, status)
   local events = redis.call('HGET', jk, 'webhook_events')
   if events and string.find(events, ',' .. status .. ',', 1, true) then
     redis.call('ZADD', p .. 'webhooks', 'NX', now, id .. '|' .. status)
+    local sk = p .. 'hooksnap:' .. id .. '|' .. status
+    redis.call('COPY', jk, sk, 'REPLACE')
+    redis.call('HINCRBY', sk, 'version', 1)
+    redis.call('EXPIRE', sk, 30 * 86400)
   end
 end
 -- retention deletes bytes too: the job's outputs (jobs/<id>/) are due for deletion with its record
@@ -104,7 +110,8 @@ bump(p, id)
 return 'claimed'
 """
 
-# ARGV: prefix, id, attempt, lease_s, progress|'', stage|'', result_json|''. Returns 1 = stop.
+# ARGV: prefix, id, attempt, lease_s, progress|'', stage|'', result_json|'', then field, value pairs
+# (worker-owned fields: logs, metrics). Returns 1 = stop.
 HEARTBEAT = _NOW + _EVENT + """
 local p, id = ARGV[1], ARGV[2]
 local jk = p .. 'job:' .. id
@@ -115,13 +122,15 @@ redis.call('HSET', jk, 'lease_until', now + tonumber(ARGV[4]))
 if ARGV[5] ~= '' then
   redis.call('HSET', jk, 'progress', ARGV[5], 'stage', ARGV[6])
   if ARGV[7] ~= '' then redis.call('HSET', jk, 'result', ARGV[7]) end
-  bump(p, id)
 end
+for i = 8, #ARGV, 2 do redis.call('HSET', jk, ARGV[i], ARGV[i + 1]) end
+if ARGV[5] ~= '' or #ARGV >= 8 then bump(p, id) end
 if f[3] == '1' then return 1 end
 return 0
 """
 
-# ARGV: prefix, id, attempt, status, result_json, error_json, retention_s, model_profile|''. Returns 1 when done.
+# ARGV: prefix, id, attempt, status, result_json, error_json, retention_s, model_profile|'', then field,
+# value pairs (worker-owned fields: logs, metrics, weights_fingerprint). Returns 1 when done.
 FINISH = _NOW + _EVENT + """
 local p, id = ARGV[1], ARGV[2]
 local jk = p .. 'job:' .. id
@@ -132,6 +141,7 @@ if ARGV[4] == 'succeeded' then progress = 1 end
 redis.call('HSET', jk, 'status', ARGV[4], 'finished_at', now, 'error', ARGV[6], 'stage', ARGV[4], 'progress', progress)
 if ARGV[5] ~= '' then redis.call('HSET', jk, 'result', ARGV[5]) end  -- none: a partial result stays
 if ARGV[8] ~= '' then redis.call('HSET', jk, 'model_profile', ARGV[8]) end
+for i = 9, #ARGV, 2 do redis.call('HSET', jk, ARGV[i], ARGV[i + 1]) end
 redis.call('ZREM', p .. 'leases', id)
 inactive(p, jk, id)
 move(p, jk, id, f[3], 'running', ARGV[4])

@@ -18,22 +18,27 @@ import json
 import time
 from typing import Any
 
-from service.store.base import ALL_STATES, QUEUED, Claim, IdempotencyMismatch, JobRecord, QueueStats, UploadRecord
+from service.store.base import (
+    ALL_STATES, JOB_METRICS, METRIC_BUCKETS, QUEUED, Claim, IdempotencyMismatch, JobRecord, QueueStats, UploadRecord,
+    bucket_of, check_extra,
+)
 from service.store.redis_resources import ResourceOps
 from service.store.redis_steps import Batch, Call, Compute, Script, call  # noqa: F401 - the drivers import them here
 from service.store.summary import summarize_params
 
 WORKER_LOST = json.dumps({"code": "worker_lost",
                           "message": "the worker running this job stopped answering on every attempt"})
-_JSON_FIELDS = ("params", "result", "error", "webhook_deliveries")
+_JSON_FIELDS = ("params", "result", "error", "webhook_deliveries", "logs", "metrics")
 _FLOAT_FIELDS = ("progress", "created_at", "started_at", "finished_at")
 _INT_FIELDS = ("attempt", "max_attempts", "version")
 _RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord))
 # a list page reads every field but the params, and the summary written next to them
-LIST_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord) if f.name != "params") + ("params_summary",)
+# (nor the logs: GET /v1/jobs/{id}/logs and the event stream have them)
+LIST_FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord) if f.name not in ("params", "logs")) + ("params_summary",)
 # what clients see of a job (status reads, waits): the worker-side fields keep their defaults
 VIEW_FIELDS = ("id", "tenant", "kind", "params", "status", "progress", "stage", "attempt", "created_at", "started_at",
-               "finished_at", "error", "result", "model_profile", "version", "webhook_deliveries")
+               "finished_at", "error", "result", "model_profile", "version", "webhook_deliveries", "logs", "metrics",
+               "weights_fingerprint")
 # the key's value is "<job id>|<fingerprint>" (a bare id: made before fingerprints)
 _FREE_KEY = ("local v = redis.call('GET', KEYS[1]) if v == ARGV[1] or (v and string.sub(v, 1, #ARGV[1] + 1) == "
              "ARGV[1] .. '|') then return redis.call('DEL', KEYS[1]) end return 0")
@@ -76,6 +81,14 @@ def decode(raw: dict[str, str], wire: int | None = None) -> JobRecord:
 
 def _wire(raw: dict[str, str]) -> int:
     return sum(map(len, raw.values()))
+
+
+def _pairs(extra: dict | None) -> list[str]:
+    """`extra` fields as HSET arguments (field, encoded value, ...)."""
+    flat: list[str] = []
+    for name, value in check_extra(extra).items():
+        flat += [name, json.dumps(value) if name in _JSON_FIELDS else str(value)]
+    return flat
 
 
 def _decode_listed(rows: list[dict[str, str]]) -> list[JobRecord]:
@@ -261,20 +274,22 @@ class RedisOps(ResourceOps):
     def release(self, job_id: str, attempt: int):
         return bool((yield Script("RELEASE", (self.p, job_id, attempt))))
 
-    def heartbeat(self, job_id: str, attempt: int, lease_s: float, *, progress=None, stage=None, result=None):
+    def heartbeat(self, job_id: str, attempt: int, lease_s: float, *, progress=None, stage=None, result=None,
+                  extra=None):
         stop = yield Script("HEARTBEAT", (self.p, job_id, attempt, lease_s,
                                           "" if progress is None else repr(float(progress)), stage or "",
-                                          "" if result is None else json.dumps(result)))
+                                          "" if result is None else json.dumps(result), *_pairs(extra)))
         return bool(stop)
 
     def should_stop(self, job_id: str, attempt: int):
         status, current, cancel = yield call("hmget", self.job_key(job_id), ("status", "attempt", "cancel_requested"))
         return status != "running" or current != str(attempt) or cancel == "1"
 
-    def finish(self, job_id: str, attempt: int, status: str, *, result=None, error=None, model_profile=None):
+    def finish(self, job_id: str, attempt: int, status: str, *, result=None, error=None, model_profile=None,
+               extra=None):
         done = yield Script("FINISH", (self.p, job_id, attempt, status, json.dumps(result) if result is not None else "",
                                        json.dumps(error) if error is not None else "", self.retention_s,
-                                       model_profile or ""))
+                                       model_profile or "", *_pairs(extra)))
         if not done:
             return None
         return (yield from self.get_job(job_id))
@@ -333,6 +348,40 @@ class RedisOps(ResourceOps):
 
     def schedule_webhook(self, job_id: str, event: str, delay_s: float):
         yield call("zadd", f"{self.p}webhooks", {f"{job_id}|{event}": time.time() + delay_s})
+
+    def webhook_snapshot(self, job_id: str, event: str):
+        raw = yield call("hgetall", f"{self.p}hooksnap:{job_id}|{event}")
+        return (yield Compute(decode, (raw,), heavy=_wire(raw) > HEAVY_BYTES)) if raw else None
+
+    def drop_webhook_snapshot(self, job_id: str, event: str):
+        yield call("delete", f"{self.p}hooksnap:{job_id}|{event}")
+
+    def observe_job_metrics(self, kind: str, metrics: dict[str, float]):
+        key, calls = f"{self.p}jobhist", []
+        for name in JOB_METRICS:
+            value = metrics.get(name)
+            if value is None:
+                continue
+            calls += [call("hincrby", key, f"{kind}|{name}|{bucket_of(value)}", 1),
+                      call("hincrbyfloat", key, f"{kind}|{name}|sum", float(value)),
+                      call("hincrby", key, f"{kind}|{name}|count", 1)]
+        if calls:
+            yield Batch(tuple(calls))
+
+    def job_metric_histograms(self):
+        raw = yield call("hgetall", f"{self.p}jobhist")
+        out: dict[tuple[str, str], tuple[list[int], float, int]] = {}
+        for field, value in raw.items():
+            kind, name, slot = field.rsplit("|", 2)
+            buckets, total, count = out.get((kind, name), ([0] * (len(METRIC_BUCKETS) + 1), 0.0, 0))
+            if slot == "sum":
+                total = float(value)
+            elif slot == "count":
+                count = int(value)
+            else:
+                buckets[int(slot)] = int(value)
+            out[(kind, name)] = (buckets, total, count)
+        return out
 
     def record_webhook(self, job_id: str, event: str, state: dict[str, Any]):
         key = self.job_key(job_id)

@@ -162,15 +162,16 @@ class RedisJobStore(JobStore):
     def claim(self, job_id, worker, lease_s):
         return self._do(self.ops.claim(job_id, worker, lease_s))
 
-    def heartbeat(self, job_id, attempt, lease_s, *, progress=None, stage=None, result=None):
-        return self._do(self.ops.heartbeat(job_id, attempt, lease_s, progress=progress, stage=stage, result=result))
+    def heartbeat(self, job_id, attempt, lease_s, *, progress=None, stage=None, result=None, extra=None):
+        return self._do(self.ops.heartbeat(job_id, attempt, lease_s, progress=progress, stage=stage, result=result,
+                                           extra=extra))
 
     def should_stop(self, job_id, attempt):
         return self._do(self.ops.should_stop(job_id, attempt))
 
-    def finish(self, job_id, attempt, status, *, result=None, error=None, model_profile=None):
+    def finish(self, job_id, attempt, status, *, result=None, error=None, model_profile=None, extra=None):
         return self._do(self.ops.finish(job_id, attempt, status, result=result, error=error,
-                                        model_profile=model_profile))
+                                        model_profile=model_profile, extra=extra))
 
     def release(self, job_id, attempt):
         return self._do(self.ops.release(job_id, attempt))
@@ -201,6 +202,18 @@ class RedisJobStore(JobStore):
 
     def schedule_webhook(self, job_id, event, delay_s):
         self._do(self.ops.schedule_webhook(job_id, event, delay_s))
+
+    def webhook_snapshot(self, job_id, event):
+        return self._do(self.ops.webhook_snapshot(job_id, event))
+
+    def drop_webhook_snapshot(self, job_id, event):
+        return self._do(self.ops.drop_webhook_snapshot(job_id, event))
+
+    def observe_job_metrics(self, kind, metrics):
+        return self._do(self.ops.observe_job_metrics(kind, metrics))
+
+    def job_metric_histograms(self):
+        return self._do(self.ops.job_metric_histograms())
 
     def record_webhook(self, job_id, event, state):
         self._do(self.ops.record_webhook(job_id, event, state))

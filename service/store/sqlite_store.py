@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from service.store.base import (
-    CANCELED, FAILED, FINAL_STATES, QUEUED, RUNNING, SUCCEEDED, Claim, IdempotencyMismatch, JobRecord, JobStore,
-    QueueStats, StoreFull, StoreUnavailable, UploadRecord,
+    CANCELED, FAILED, FINAL_STATES, JOB_METRICS, METRIC_BUCKETS, QUEUED, RUNNING, SUCCEEDED, Claim,
+    IdempotencyMismatch, JobRecord, JobStore, QueueStats, StoreFull, StoreUnavailable, UploadRecord, bucket_of,
+    check_extra,
 )
 from service.store.sqlite_resources import SqliteResources
 from service.store.summary import summarize_params
@@ -33,6 +34,10 @@ CREATE INDEX IF NOT EXISTS jobs_tenant_kind ON jobs (tenant, kind, id);
 CREATE INDEX IF NOT EXISTS jobs_tenant_kind_status ON jobs (tenant, kind, status, id);
 CREATE TABLE IF NOT EXISTS uploads (id TEXT PRIMARY KEY, expires_at REAL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS webhooks (job_id TEXT, event TEXT, due_at REAL, PRIMARY KEY (job_id, event));
+CREATE TABLE IF NOT EXISTS job_metric_hist (kind TEXT, metric TEXT, slot TEXT, value REAL,
+  PRIMARY KEY (kind, metric, slot));
+CREATE TABLE IF NOT EXISTS webhook_snapshots (job_id TEXT, event TEXT, expires_at REAL, doc TEXT,
+  PRIMARY KEY (job_id, event));
 CREATE TABLE IF NOT EXISTS resources (kind TEXT, id TEXT, tenant TEXT, doc TEXT, PRIMARY KEY (kind, id));
 CREATE INDEX IF NOT EXISTS resources_tenant ON resources (kind, tenant, id);
 CREATE TABLE IF NOT EXISTS capabilities (kind TEXT, worker TEXT, seen_at REAL, doc TEXT,
@@ -131,6 +136,9 @@ class SqliteJobStore(SqliteResources, JobStore):
         """Outbox: a transition into a subscribed state enqueues its delivery in the same transaction."""
         if job.webhook_events and f",{job.status}," in job.webhook_events:
             db.execute("INSERT OR IGNORE INTO webhooks VALUES (?,?,?)", (job.id, job.status, time.time()))
+            # the job as of the event: the delivery's payload, whenever it is sent
+            db.execute("INSERT OR REPLACE INTO webhook_snapshots VALUES (?,?,?,?)",
+                       (job.id, job.status, time.time() + 30 * 86400, json.dumps(job.to_dict())))
 
     def _notify(self, *jobs: JobRecord):
         with self._changed:
@@ -202,7 +210,7 @@ class SqliteJobStore(SqliteResources, JobStore):
 
     def list_jobs(self, tenant, *, kind=None, status=None, cursor=None, limit=20):
         # the document without its params (SQLite drops them while reading), and the summary
-        sql = "SELECT json_remove(doc, '$.params'), summary, id FROM jobs WHERE tenant=? AND (expires_at IS NULL OR expires_at>?)"
+        sql = "SELECT json_remove(doc, '$.params', '$.logs'), summary, id FROM jobs WHERE tenant=? AND (expires_at IS NULL OR expires_at>?)"
         args = [tenant, time.time()]
         for column, value in (("kind", kind), ("status", status)):
             if value:
@@ -315,7 +323,8 @@ class SqliteJobStore(SqliteResources, JobStore):
         self._notify(job)
         return Claim(job, "claimed")
 
-    def heartbeat(self, job_id, attempt, lease_s, *, progress=None, stage=None, result=None):
+    def heartbeat(self, job_id, attempt, lease_s, *, progress=None, stage=None, result=None, extra=None):
+        extra = check_extra(extra)
         with self._tx() as db:
             job = self._get(db, job_id)
             if job is None or job.status != RUNNING or job.attempt != attempt:
@@ -324,15 +333,19 @@ class SqliteJobStore(SqliteResources, JobStore):
                 job.progress, job.stage = float(progress), stage
                 if result is not None:
                     job.result = result
+            for name, value in extra.items():
+                setattr(job, name, value)
+            if progress is not None or extra:
                 self._save(db, job, time.time() + lease_s)
             else:
                 db.execute("UPDATE jobs SET lease_until=? WHERE id=?", (time.time() + lease_s, job_id))
-        if progress is not None:
+        if progress is not None or extra:
             self._notify(job)
         return job.cancel_requested
 
-    def finish(self, job_id, attempt, status, *, result=None, error=None, model_profile=None):
+    def finish(self, job_id, attempt, status, *, result=None, error=None, model_profile=None, extra=None):
         assert status in FINAL_STATES
+        extra = check_extra(extra)
         with self._tx() as db:
             job = self._get(db, job_id)
             if job is None or job.status != RUNNING or job.attempt != attempt:
@@ -341,6 +354,8 @@ class SqliteJobStore(SqliteResources, JobStore):
             job.error = error
             job.result = job.result if result is None else result  # none: a partial result stays
             job.model_profile = model_profile or job.model_profile
+            for name, value in extra.items():
+                setattr(job, name, value)
             if status == SUCCEEDED:
                 job.progress = 1.0
             self._save(db, job)
@@ -373,6 +388,7 @@ class SqliteJobStore(SqliteResources, JobStore):
             db.execute("DELETE FROM jobs WHERE expires_at IS NOT NULL AND expires_at<?", (wall,))
             db.execute("DELETE FROM uploads WHERE expires_at<?", (wall,))
             db.execute("DELETE FROM idempotency WHERE expires_at<?", (wall,))
+            db.execute("DELETE FROM webhook_snapshots WHERE expires_at<?", (wall,))
         if rows:
             self._notify(*changed)
         return requeued
@@ -389,6 +405,40 @@ class SqliteJobStore(SqliteResources, JobStore):
         """Sleep until some job changes (in-process) or `timeout` passes."""
         with self._changed:
             self._changed.wait(timeout)
+
+    def webhook_snapshot(self, job_id, event):
+        row = self._db().execute("SELECT doc FROM webhook_snapshots WHERE job_id=? AND event=?",
+                                 (job_id, event)).fetchone()
+        return self._load(row)
+
+    def drop_webhook_snapshot(self, job_id, event):
+        with self._tx() as db:
+            db.execute("DELETE FROM webhook_snapshots WHERE job_id=? AND event=?", (job_id, event))
+
+    def observe_job_metrics(self, kind, metrics):
+        rows = []
+        for name in JOB_METRICS:
+            value = metrics.get(name)
+            if value is not None:
+                rows += [(kind, name, str(bucket_of(value)), 1.0), (kind, name, "sum", float(value)),
+                         (kind, name, "count", 1.0)]
+        if rows:
+            with self._tx() as db:
+                db.executemany("INSERT INTO job_metric_hist VALUES (?,?,?,?) ON CONFLICT (kind, metric, slot) "
+                               "DO UPDATE SET value = value + excluded.value", rows)
+
+    def job_metric_histograms(self):
+        out = {}
+        for kind, name, slot, value in self._db().execute("SELECT kind, metric, slot, value FROM job_metric_hist"):
+            buckets, total, count = out.get((kind, name), ([0] * (len(METRIC_BUCKETS) + 1), 0.0, 0))
+            if slot == "sum":
+                total = value
+            elif slot == "count":
+                count = int(value)
+            else:
+                buckets[int(slot)] = int(value)
+            out[(kind, name)] = (buckets, total, count)
+        return out
 
     # --- operations ---
     def ping(self):

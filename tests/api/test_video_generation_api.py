@@ -70,9 +70,10 @@ def test_cancel_stops_a_running_generation(live):
 @pytest.mark.parametrize("body,field", [
     ({"prompts": []}, "prompts"),
     ({"prompts": ["a"] * 9}, "prompts"),
-    ({"prompts": ["a", "b"], "segments": 3}, "body"),
+    ({"prompts": ["a", "b"], "segments": 3}, "segments"),
     ({"prompts": ["a"], "width": 100}, "width"),
-    ({"prompts": ["a"], "kv_sharing": {"steps": [30, 20]}}, "kv_sharing"),
+    ({"prompts": ["a"], "kv_sharing": {"steps": [30, 20]}}, "kv_sharing.steps"),
+    ({"prompts": ["a", " "]}, "prompts.1"),
     ({"prompts": ["a"] * 8, "transition_segments": 4}, "prompts"),
     ({"prompts": ["a"], "metrics": ["fvd"]}, "metrics.0"),
     ({"prompts": ["a"], "fps": 0}, "fps"),

@@ -42,7 +42,8 @@ def service(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("client-service")
     port = free_port()
     env = clean_env(VISIONJOBS_MODEL_PROFILE="tiny", VISIONJOBS_API_KEYS=KEYS, VISIONJOBS_PROGRESS_INTERVAL_S="0.05",
-                    VISIONJOBS_WEBHOOK_ALLOW_HOSTS="127.0.0.1")  # the webhook test's receiver is local
+                    VISIONJOBS_WEBHOOK_ALLOW_HOSTS="127.0.0.1",  # the webhook test's receiver is local
+                    VISIONJOBS_URL_INPUT_ALLOW_HOSTS="127.0.0.1")  # and so is the URL input test's file server
     proc = Proc([*VISIONJOBS, "run", "--port", str(port), "--data-dir", str(tmp / "data")], env, tmp / "service.log")
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", proc)

@@ -3,6 +3,9 @@ in process; the service is the session's subprocess)."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 
 import pytest
 from click.testing import CliRunner
@@ -36,13 +39,18 @@ def test_submit_colorize_wait_out_writes_the_png(vj, tmp_path):
     out = tmp_path / "out"
     r = vj("submit", "colorize", tmp_path / "photo.jpg", "--prompt", "a blue sky", "--strokes", tmp_path / "strokes.json",
            "--steps", "2", "--seed", "4", "--wait", "--out", out)
-    assert (out / "output_0.png").is_file() and Image.open(out / "output_0.png").size == (90, 70)
-    assert "succeeded" in r.stdout and str(out / "output_0.png") in r.stdout
+    job_id = r.stdout.split()[0]
+    png = out / job_id / "output_0.png"  # <out>/<job id>/...: a second job never overwrites the first one's files
+    assert job_id.startswith("job_") and png.is_file() and Image.open(png).size == (90, 70)
+    assert "succeeded" in r.stdout and str(png) in r.stdout
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(png.stat().st_mode) == 0o666 & ~umask  # 0644 under the usual umask, not mkstemp's 0600
     # --json: one JSON document on stdout, with the files written
     r = vj("submit", "colorize", tmp_path / "photo.jpg", "--steps", "1", "--param", "guidance.scale=3",
            "--param", "sag_scale=0", "--wait", "--out", out / "j", "--json")
     job = json.loads(r.stdout)
-    assert job["status"] == "succeeded" and job["files"] == [str(out / "j" / "output_0.png")]
+    assert job["status"] == "succeeded" and job["files"] == [str(out / "j" / job["id"] / "output_0.png")]
     assert job["params"]["guidance"]["scale"] == 3 and job["params"]["sag_scale"] == 0
     assert job["params"]["strokes"] == []
 
@@ -90,7 +98,7 @@ def test_watch_shows_live_progress(vj, tmp_path):
     r = vj("jobs", "watch", job_id, "--progress", "lines", "--out", tmp_path / "w")
     lines = r.stderr.strip().splitlines()
     assert lines and job_id in lines[-1] and "succeeded" in lines[-1] and lines[-1].endswith("100%")
-    assert (tmp_path / "w" / "output_0.png").is_file()
+    assert (tmp_path / "w" / job_id / "output_0.png").is_file()
     job_id = vj("submit", "colorize", tmp_path / "p.png", "--steps", "3").stdout.strip()
     r = vj("jobs", "watch", job_id, "--progress", "bar", "--json")  # the rich bar on stderr, JSON on stdout
     assert json.loads(r.stdout)["status"] == "succeeded" and "100%" in r.stderr
@@ -108,6 +116,7 @@ def test_url_and_key_from_the_environment_and_errors(vj, service, tmp_path):
     photo(64, 64).save(tmp_path / "p.png")
     r = vj("submit", "colorize", tmp_path / "p.png", "--steps", "1000", code=3)
     assert "steps:" in r.stderr and "limit 100" in r.stderr
+    assert r.stderr.count("less than or equal to 100") == 1  # the field's message once, not in the headline too
     r = vj("submit", "colorize", tmp_path / "missing.png", code=2)
     assert "no such file" in r.stderr
     r = vj("submit", "colorize", tmp_path / "p.png", "--webhook", "https://example.com/hook", code=2)
@@ -131,7 +140,8 @@ def test_submit_video_generate_and_edit(vj, tmp_path):
     assert edited["params"]["frame_stride"] == 1  # a 6-frame clip: 4 frames at the official stride 2 need 7
     r = vj("submit", "video-edit", "--tuned-model", edited["result"]["tuned_model_id"], "--edit", "a bear",
            "--steps", "2", "--wait", "--out", tmp_path / "re", "--json")
-    assert json.loads(r.stdout)["result"]["tuning"] == "skipped" and (tmp_path / "re" / "edit_0.mp4").is_file()
+    reused = json.loads(r.stdout)
+    assert reused["result"]["tuning"] == "skipped" and (tmp_path / "re" / reused["id"] / "edit_0.mp4").is_file()
     vj("submit", "video-edit", "--edit", "x", code=2)  # neither a clip nor a tuned model
     tuned = edited["result"]["tuned_model_id"]
     listed = vj("tuned-models", "list").stdout.splitlines()
@@ -158,6 +168,40 @@ def test_submit_anomaly_fit_from_a_directory_then_score(vj, tmp_path):
     scored = json.loads(vj("submit", "anomaly-score", fit["result"]["model_id"], tmp_path / "test.png", "--wait",
                            "--out", tmp_path / "maps", "--json").stdout)
     assert scored["status"] == "succeeded" and len(scored["result"]["items"]) == 1 and len(scored["files"]) == 4
+    assert scored["result"]["items"][0]["filename"] == "test.png"
+
+
+def test_anomaly_fit_prints_the_model_id_scores_print_a_table_and_models_are_managed(vj, tmp_path):
+    from tests.models.anomaly_data import make_benchmark
+
+    bench = make_benchmark("grass", crop=64, n_train=4, n_validation=0, n_test_normal=1, n_test_per_defect=1, seed=2)
+    (tmp_path / "train").mkdir()
+    for i, im in enumerate(bench.train):
+        im.save(tmp_path / "train" / f"{i}.png")
+    for i, sample in enumerate(bench.test):
+        sample.image.save(tmp_path / f"inspect_{i}.png")
+    r = vj("submit", "anomaly-fit", tmp_path / "train", "--name", "lawn", "--backbone", "tiny", "--image-size", "64",
+           "--wait")
+    model_ids = re.findall(r"anomaly model: (anm_[0-9a-f]{24})", r.stdout)
+    assert len(model_ids) == 1, r.stdout
+    model_id = model_ids[0]
+    assert f"visionjobs submit anomaly-score {model_id}" in r.stdout
+    r = vj("submit", "anomaly-score", model_id, tmp_path / "inspect_0.png", tmp_path / "inspect_1.png", "--wait")
+    table = [line.split() for line in r.stdout.splitlines() if line.strip().startswith(("input", "inspect_"))]
+    assert table[0] == ["input", "score", "normalized", "label"]
+    assert [row[0] for row in table[1:]] == ["inspect_0.png", "inspect_1.png"]
+    assert all(row[3] in ("normal", "anomalous") and float(row[1]) >= 0 for row in table[1:])
+    assert model_id in vj("anomaly-models", "list").stdout
+    shown = json.loads(vj("anomaly-models", "show", model_id, "--json").stdout)
+    assert shown["name"] == "lawn"
+    r = vj("anomaly-models", "set-thresholds", model_id, "--image", "0.125", "--json")
+    changed = json.loads(r.stdout)["thresholds"]
+    assert changed["image"] == 0.125 and changed["image_method"] == "manual"
+    assert "image threshold 0.125 (manual)" in vj("anomaly-models", "show", model_id).stdout
+    vj("anomaly-models", "set-thresholds", model_id, code=2)  # nothing to change
+    assert vj("anomaly-models", "delete", model_id).stdout.strip() == f"deleted {model_id}"
+    r = vj("anomaly-models", "show", model_id, code=3)
+    assert "404" in r.stderr
 
 
 def test_submit_subject_in_context_tune_reuse_and_manage(vj, tmp_path):
@@ -170,7 +214,7 @@ def test_submit_subject_in_context_tune_reuse_and_manage(vj, tmp_path):
            "--width", "64", "--height", "64", "--metric", "clip_t", "--wait", "--out", tmp_path / "ic", "--json")
     job = json.loads(r.stdout)
     assert job["status"] == "succeeded" and job["result"]["method"] == "in_context"
-    assert len(job["params"]["subject_images"]) == 3 and (tmp_path / "ic" / "output_0.png").is_file()
+    assert len(job["params"]["subject_images"]) == 3 and (tmp_path / "ic" / job["id"] / "output_0.png").is_file()
     tuned = json.loads(vj("submit", "subject-tune", *sorted((tmp_path / "cat").iterdir()), "--class", "cat",
                           "--steps", "2", "--rank", "2", "--prior-preservation", "1", "--class-image-steps", "1",
                           "--wait", "--json").stdout)
@@ -206,3 +250,21 @@ def test_submit_anomaly_fit_reverse_distillation_from_a_folder_dataset(vj, tmp_p
     assert fit["params"]["learning_rate"] == 0.01 and fit["params"]["seed"] == 3
     training = fit["result"]["training"]
     assert [h["epoch"] for h in training["history"]] == [1, 2] and fit["result"]["counts"]["test_abnormal"] == 2
+
+
+def test_submit_takes_a_url_input_the_service_fetches(vj, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    photo(40, 32).save(tmp_path / "remote.png")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/remote.png"
+        job = json.loads(vj("submit", "colorize", url, "--steps", "1", "--wait", "--json").stdout)
+    finally:
+        httpd.shutdown()
+    assert job["status"] == "succeeded" and job["params"]["image"].startswith("upl_")

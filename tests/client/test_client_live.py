@@ -8,6 +8,7 @@ import io
 
 import numpy as np
 import pytest
+import standardwebhooks
 from PIL import Image
 
 import visionjobs_client as vc
@@ -269,7 +270,8 @@ def test_webhook_delivery_verifies_with_the_client_helper(client, receiver):
     events = []
     for headers, body in receiver.got:
         payload = vc.verify_webhook(secret, body, headers)
-        assert payload["job"]["id"] == job.id
+        assert standardwebhooks.Webhook(secret.encode()).verify(body, headers) == payload  # the standard's own check
+        assert payload["job"]["id"] == job.id and payload["job"]["status"] == payload["event"]  # as of the event
         events.append(payload["event"])
         with pytest.raises(vc.WebhookSignatureError):
             vc.verify_webhook("another-secret-0123456789", body, headers)

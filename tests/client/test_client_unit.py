@@ -270,16 +270,41 @@ def test_settings_from_flags_then_environment_then_defaults():
 
 
 def test_the_distribution_is_light():
-    """httpx and pydantic only; importing it loads neither PIL, numpy nor the server."""
+    """httpx, pydantic and standardwebhooks (pure Python) only; importing it loads neither PIL,
+    numpy nor the server."""
     meta = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]
     assert meta["name"] == "visionjobs-client"
-    assert sorted(d.split(">")[0].split("=")[0] for d in meta["dependencies"]) == ["httpx", "pydantic"]
+    assert sorted(d.split(">")[0].split("=")[0] for d in meta["dependencies"]) == ["httpx", "pydantic", "standardwebhooks"]
     code = ("import sys, visionjobs_client; c = visionjobs_client.Client('http://x'); "
             "bad = [m for m in sys.modules if m.split('.')[0] in "
             "('PIL', 'numpy', 'torch', 'service', 'worker', 'models', 'visionjobs', 'fastapi')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "client")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_verify_webhook_on_the_standard_webhooks_scheme():
+    import base64
+    from datetime import datetime, timezone
+
+    import standardwebhooks
+
+    body, now = b'{"event": "running", "job": {"id": "job_x"}}', int(time.time())
+    for secret, key in (("s" * 20, b"s" * 20), ("whsec_" + base64.b64encode(b"k" * 24).decode(), b"k" * 24)):
+        signature = standardwebhooks.Webhook(key).sign("job_x:running", datetime.fromtimestamp(now, tz=timezone.utc),
+                                                       body.decode())
+        headers = {"webhook-id": "job_x:running", "webhook-timestamp": str(now), "webhook-signature": signature}
+        assert vc.verify_webhook(secret, body, headers)["event"] == "running"
+        assert vc.sign_webhook(secret, now, body, msg_id="job_x:running") == signature
+        for bad_body, bad_headers, at in [
+            (body + b" ", headers, now),  # tampered
+            (body, {**headers, "webhook-id": "job_x:succeeded"}, now),  # another delivery's id
+            (body, headers, now + 301),  # too old: a replay
+            (body, {**headers, "webhook-timestamp": str(now + 1)}, now),
+            (body, {**headers, "webhook-signature": "v1,AAAA"}, now),
+        ]:
+            with pytest.raises(vc.WebhookSignatureError):
+                vc.verify_webhook(secret, bad_body, bad_headers, now=at)
 
 
 def test_verify_webhook_against_an_independent_hmac():

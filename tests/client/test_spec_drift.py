@@ -21,7 +21,7 @@ from visionjobs_client._base import dump_body
 from tests.client.conftest import route_absent
 
 # Models that must be in the committed spec under the same name.
-CORE = [m.Job, m.JobPage, m.JobError, m.Upload, m.ImageOutput, m.ColorizationRequest, m.ColorizationResult, m.Stroke,
+CORE = [m.Job, m.JobPage, m.JobMetrics, m.JobLogs, m.KindList, m.KindInfo, m.KindWorker, m.JobError, m.Upload, m.ImageOutput, m.ColorizationRequest, m.ColorizationResult, m.Stroke,
         m.Guidance, m.ColorizationParity, m.VideoGenerationRequest, m.VideoGenerationResult, m.VideoOutput, m.KvSharing, m.VideoEditRequest,
         m.VideoEditResult, m.EditedVideo, m.TunedVideoModel, m.TunedVideoModelPage]
 # The anomaly kinds' models: checked whenever the spec has the anomaly routes.

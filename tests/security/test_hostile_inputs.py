@@ -370,7 +370,7 @@ CASES: dict[str, Case] = {
     "anomaly/name-with-NUL": Case(fit(name="m\x00", images=lambda w: [w.img]), 422, "name"),
     "anomaly/image-size-not-a-multiple-of-32": Case(fit(images=lambda w: [w.img], image_size=100), 422, "image_size"),
     "anomaly/coreset-ratio-zero": Case(fit(images=lambda w: [w.img], coreset_ratio=0), 422, "coreset_ratio"),
-    "anomaly/both-images-and-archive": Case(fit(images=lambda w: [w.img], archive=lambda w: w.archive), 422, "body"),
+    "anomaly/both-images-and-archive": Case(fit(images=lambda w: [w.img], archive=lambda w: w.archive), 422, "images"),
     "anomaly/score-model-of-another-tenant": Case(lambda w: dict(method="POST", url="/v1/anomaly-scores",
                                                                  json={"model_id": w.model, "images": [w.bob_img]}),
                                                   422, "model_id", key=BOB),

@@ -4,6 +4,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from service.store.base import JobRecord, UploadRecord, new_id
 
 
@@ -371,3 +373,52 @@ def test_queue_stats_give_depth_oldest_age_and_busy_workers_per_kind(store):
     queued_old = JobRecord(id=new_id("job"), tenant="t1", kind="anomaly.fit", params={}, created_at=time.time() - 42)
     store.create_job(queued_old)
     assert 41 <= store.queue_stats(["anomaly.fit"])["anomaly.fit"].oldest_age_s < 60
+
+
+def test_worker_owned_fields_written_with_a_beat_and_the_final_write(store):
+    job, _ = store.create_job(JobRecord(id=new_id("job"), tenant="t", kind="colorize", params={}))
+    claimed = store.claim(job.id, "w1", 30).job
+    logs = {"total": 2, "lines": ["a", "b"]}
+    store.heartbeat(job.id, claimed.attempt, 30, extra={"logs": logs})
+    running = store.get_job(job.id)
+    assert running.logs == logs and running.version > claimed.version  # a beat with logs wakes readers
+    store.finish(job.id, claimed.attempt, "succeeded", result={}, extra={
+        "logs": {"total": 3, "lines": ["a", "b", "c"]}, "metrics": {"queue_s": 0.5, "load_s": 0.0, "run_s": 1.0,
+                                                                     "upload_s": 0.1},
+        "weights_fingerprint": "tiny:0123"})
+    done = store.get_job(job.id)
+    assert done.logs["total"] == 3 and done.metrics["run_s"] == 1.0 and done.weights_fingerprint == "tiny:0123"
+    listed = store.list_jobs("t")[0][0]
+    assert listed.logs is None and listed.metrics["queue_s"] == 0.5  # list pages carry no logs
+    with pytest.raises(ValueError):
+        store.heartbeat(job.id, claimed.attempt, 30, extra={"status": "failed"})
+
+
+def test_each_webhook_event_keeps_the_job_as_of_the_event(store):
+    job = JobRecord(id=new_id("job"), tenant="t1", kind="colorize", params={"p": 1}, webhook_events=",running,succeeded,")
+    store.create_job(job)
+    claimed = store.claim(job.id, "w", 30).job
+    store.heartbeat(job.id, 1, 30, progress=0.5, stage="denoising 1/2")
+    store.finish(job.id, 1, "succeeded", result={"images": []})
+    running, done = store.webhook_snapshot(job.id, "running"), store.webhook_snapshot(job.id, "succeeded")
+    assert running.status == "running" and running.progress == 0.0 and running.result is None
+    assert running.version == claimed.version and running.params == {"p": 1}
+    assert done.status == "succeeded" and done.result == {"images": []} and done.version == store.get_job(job.id).version
+    store.drop_webhook_snapshot(job.id, "running")
+    assert store.webhook_snapshot(job.id, "running") is None and store.webhook_snapshot(job.id, "succeeded")
+    quiet, _ = make_job(store)
+    store.claim(quiet.id, "w", 30)
+    assert store.webhook_snapshot(quiet.id, "running") is None  # no webhook: no copy
+
+
+def test_job_metric_histograms_count_per_kind_and_bucket(store):
+    from service.store.base import METRIC_BUCKETS
+
+    store.observe_job_metrics("colorize", {"queue_s": 0.01, "load_s": 3.0, "run_s": 7.5, "upload_s": 0.2})
+    store.observe_job_metrics("colorize", {"queue_s": 0.02, "load_s": 0.0, "run_s": 9999.0, "upload_s": 0.1})
+    store.observe_job_metrics("video.edit", {"queue_s": 1.0, "load_s": 0.0, "upload_s": 0.1})  # no run_s: failed early
+    hists = store.job_metric_histograms()
+    buckets, total, count = hists[("colorize", "run_s")]
+    assert count == 2 and total == pytest.approx(10006.5) and sum(buckets) == 2
+    assert buckets[METRIC_BUCKETS.index(10.0)] == 1 and buckets[-1] == 1  # 7.5 s <= 10 s; 9999 s: +Inf
+    assert hists[("colorize", "queue_s")][0][0] == 2 and ("video.edit", "run_s") not in hists

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from models import profiles
 from service.kinds import KINDS, JobKind, kinds_on, queues, select
@@ -25,6 +26,9 @@ def test_every_declaration_resolves_and_names_registered_models():
         for model in kind.models + kind.optional_models:
             assert model in profiles.REGISTRY, f"{name}: model {model!r} is not in models.profiles.REGISTRY"
         assert (rt.batch_key is None) == (rt.run_batch is None)
+        assert kind.path.startswith("/v1/") and kind.request and kind.result, name
+        for dotted in (kind.request, kind.result):  # GET /v1/kinds shows their schemas
+            assert issubclass(resolve(dotted), BaseModel), dotted
     assert runtime("colorize").batch_key is not None  # dynamic batching is declared, not hard-coded
     assert queues() == list(KINDS) and kinds_on(["colorize", "anomaly.fit"]) == ["anomaly.fit", "colorize"]
     assert select(["anomaly", "colorize"]) == ["anomaly.fit", "anomaly.score", "colorize"]

@@ -288,6 +288,7 @@ def score(ctx: "JobContext") -> dict:
         files = model.render(image, item, segmentation=True)
         keys = {name.split(".")[0] + "_key": ctx.write_output(f"item_{k}_{name}", blob, "image/png")
                 for name, blob in files.items()}
-        out.append({"image": upload_id, **item.to_dict(), **keys})
+        upload = ctx.store.get_upload(upload_id)  # its file name, shown next to the score
+        out.append({"image": upload_id, "filename": upload.filename if upload else None, **item.to_dict(), **keys})
         del image, item, files
     return {"model_id": p["model_id"], "model": doc.get("model", PATCHCORE), "items": out}

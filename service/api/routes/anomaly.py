@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 
 from service import quotas
+from service.url_inputs import fetch_inputs
 from service.api.deps import BaseUrl, Ctx, Tenant
 from service.archives import ArchiveError, check_archive, folder_counts
 from service.core.errors import field_error, not_found
@@ -61,6 +62,7 @@ def _check_dataset(ctx, body: AnomalyFitRequest, archive_counts: dict | None) ->
                      "(job kind anomaly.fit)")
 async def fit_model(body: AnomalyFitRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
                     idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
+    body = await fetch_inputs(ctx, tenant, body)  # URL and data: inputs -> uploads
     archive_pixels, archive_counts = 0, None
     if body.archive:
         rec = await ctx.astore.get_upload(body.archive)
@@ -93,6 +95,7 @@ async def fit_model(body: AnomalyFitRequest, ctx: Ctx, tenant: Tenant, base: Bas
              summary="Score images with a fitted anomaly model (job kind anomaly.score)")
 async def score(body: AnomalyScoreRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
                 idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
+    body = await fetch_inputs(ctx, tenant, body)  # URL and data: inputs -> uploads
     model = await ctx.astore.get_resource(ANOMALY_MODEL, body.model_id)
     if model is None or model["tenant"] != tenant:
         raise field_error("model_id", f"no anomaly model {body.model_id}")

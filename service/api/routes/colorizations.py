@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header
 
+from service.url_inputs import fetch_inputs
 from service.api.deps import BaseUrl, Ctx, Tenant
 from service.core.errors import field_error
 from service.jobs import accept
@@ -48,6 +49,7 @@ async def image_upload(ctx, tenant: str, upload_id: str, field: str):
              responses={202: {"headers": {"Location": {"schema": {"type": "string"}}}}})
 async def create_colorization(body: ColorizationRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
                               idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
+    body = await fetch_inputs(ctx, tenant, body)  # URL and data: inputs -> uploads
     s = ctx.settings
     image = await image_upload(ctx, tenant, body.image, "image")
     check_strokes(body, image.width, image.height)

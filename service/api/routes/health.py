@@ -4,7 +4,7 @@ import asyncio
 import logging
 
 from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, RedirectResponse
 
 from service.api.deps import Ctx
 from service.core.errors import ApiError
@@ -15,6 +15,12 @@ from service.metrics import render_metrics
 router = APIRouter(tags=["health"])
 log = logging.getLogger("visionjobs.api")
 READY_TIMEOUT_S = 5.0  # a stalled dependency makes /readyz answer 503, not hang
+
+
+@router.get("/", include_in_schema=False)
+async def root() -> RedirectResponse:
+    """A browser opening the service's address lands on the web console."""
+    return RedirectResponse("/console", status_code=307)
 
 
 @router.get("/healthz", summary="Alive")
@@ -49,5 +55,6 @@ async def readyz(ctx: Ctx) -> dict:
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
 async def metrics(request: Request, ctx: Ctx) -> PlainTextResponse:
     # the collectors read the store with the sync client: in a pool thread, never on the loop
-    body = await ctx.offload("cpu", render_metrics, request.app.state.registry)
+    body = await ctx.offload("cpu", render_metrics, request.app.state.registry,
+                             getattr(request.app.state, "http_registry", None))
     return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -14,7 +14,7 @@ from service.api.streaming import EventStreamResponse, client_gone
 from service.core.errors import ApiError
 from service.jobs import job_response, page_response, render_json
 from service.kinds import KINDS
-from service.schemas import Job, JobPage, JobStatus
+from service.schemas import Job, JobLogs, JobPage, JobStatus
 from service.schemas.common import JOB_ID
 from service.store.base import JobRecord, StoreUnavailable
 from service.waiters import TooManyWaiters
@@ -128,26 +128,57 @@ async def cancel_job(job_id: str, request: Request):
     return await job_response(ctx, job, base)
 
 
+def log_lines(job: JobRecord) -> tuple[int, list[str]]:
+    """(index of the first kept line, the kept lines) of a job's log."""
+    logs = job.logs or {}
+    lines = list(logs.get("lines") or [])
+    return int(logs.get("total", len(lines))) - len(lines), lines
+
+
+@router.get("/{job_id}/logs", response_model=JobLogs, openapi_extra=BEARER,
+            summary="The job's log: stage changes, warnings, a failure's traceback summary")
+async def job_logs(job_id: str, request: Request):
+    ctx, tenant, _ = await authenticate(request)
+    job = await find_job(ctx, tenant, job_id)
+    first, lines = log_lines(job)
+    return JobLogs(job_id=job.id, total=first + len(lines), dropped=first, lines=lines)
+
+
+def log_frames(job: JobRecord, sent: int) -> tuple[list[str], int]:
+    """`event: log` frames for the lines of `job`'s log from index `sent` on; the next `sent`."""
+    first, lines = log_lines(job)
+    frames = [f"event: log\ndata: {json.dumps({'index': first + i, 'line': line})}\n\n"
+              for i, line in enumerate(lines) if first + i >= sent]
+    return frames, max(sent, first + len(lines))
+
+
 @router.get("/{job_id}/events", summary="Server-sent events of the job's state until it is final",
             response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                             "description": "`event: job` frames whose data is the Job JSON; ends after a final state."}},
+                             "description": "`event: job` frames whose data is the Job JSON; `event: log` frames "
+                                            "(`{\"index\", \"line\"}`) for each new line of the job's log, before "
+                                            "the job frame of the same change (on a reconnect with Last-Event-ID, "
+                                            "only lines written after it); ends after a final state."}},
             openapi_extra=BEARER)
 async def job_events(job_id: str, request: Request,
                      last_event_id: Annotated[str | None, Header()] = None) -> EventStreamResponse:
     ctx, tenant, base = await authenticate(request)
     job = await find_job(ctx, tenant, job_id)
     sent = event_id(last_event_id)
+    logs_sent = log_lines(job)[0] + len(log_lines(job)[1]) if sent >= 0 else 0
     try:
         waiter = ctx.hub.watch(tenant, job.id, job.version)
     except TooManyWaiters as exc:
         raise too_many_waiters(exc)
 
     async def frames():
-        nonlocal job, sent
+        nonlocal job, sent, logs_sent
         body = None
         with waiter:
             while True:
+                logs, logs_sent = log_frames(job, logs_sent)
+                for frame in logs:
+                    yield frame
                 if job.version > sent:
                     body = body or await render_json(ctx, job, base)
                     yield f"id: {job.version}\nevent: job\ndata: {body}\n\n"

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header
 
+from service.url_inputs import fetch_inputs
 from service.api.deps import BaseUrl, Ctx, Tenant
 from service.api.routes.subject_models import check_photos, check_quota, check_tuning_limits, owned_model
 from service.core.errors import field_error
@@ -23,6 +24,7 @@ _RESPONSES = {202: {"headers": {"Location": {"schema": {"type": "string"}}}},
              summary="Generate images of a subject: in-context (no tuning) or expert (DreamBooth-LoRA)")
 async def create_subject_generation(body: SubjectGenerationRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
                                     idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
+    body = await fetch_inputs(ctx, tenant, body)  # URL and data: inputs -> uploads
     s = ctx.settings
     params = body.model_dump()  # the effective request: `method` and `tuning` defaults filled in
     # 1. the combinations of fields

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 
 from service import quotas
+from service.url_inputs import fetch_inputs
 from service.api.deps import BaseUrl, Ctx, Tenant
 from service.core.errors import ApiError, field_error
 from service.jobs import accept
@@ -74,6 +75,7 @@ async def owned_model(ctx, tenant: str, model_id: str, field: str | None = None)
              summary="Tune a subject model: DreamBooth-LoRA on 1-8 photos (job kind subject.tune)")
 async def create_subject_model(body: SubjectModelRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
                                idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
+    body = await fetch_inputs(ctx, tenant, body)  # URL and data: inputs -> uploads
     check_photo_count(ctx, body.subject_images)
     check_tuning_limits(ctx, body)
     await check_photos(ctx, tenant, body.subject_images)

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 
 from service import quotas
+from service.url_inputs import fetch_inputs
 from service.api.deps import BaseUrl, Ctx, Tenant
 from service.core.errors import field_error
 from service.jobs import accept
@@ -48,6 +49,7 @@ TUNED_VIDEO_MODEL = "tuned_video_model"  # resource kind in the job store
              responses={202: {"headers": {"Location": {"schema": {"type": "string"}}}}})
 async def create_video_edit(body: VideoEditRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
                             idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
+    body = await fetch_inputs(ctx, tenant, body)  # URL and data: inputs -> uploads
     s = ctx.settings
     if body.video:
         rec = await ctx.astore.get_upload(body.video)

@@ -1,0 +1,135 @@
+"""Inputs given as URLs (`https://...`) or `data:` URIs wherever an upload id is accepted:
+fetched by the API into an upload before the job is accepted, so workers only ever read uploads.
+
+- The fields that take an input are declared on each request model (`INPUTS`: dotted paths,
+  `*` for every item of a list), so a prompt that happens to start with https:// is never fetched.
+- A URL leaves through the hardened egress path the webhooks use (service/egress.py): resolved
+  once, non-public destinations refused unless VISIONJOBS_URL_INPUT_ALLOW_HOSTS lists them, no
+  proxies, no redirects, one total deadline (VISIONJOBS_URL_INPUT_TIMEOUT_S), the body read up
+  to VISIONJOBS_MAX_UPLOAD_BYTES and no further.
+- Fetched bytes (and decoded data: URIs) go through the upload route's own check (type sniffed
+  from the bytes, decode budget, structure limits), so a URL input costs what an upload costs.
+- At most VISIONJOBS_MAX_URL_INPUTS per request; every failure is a 4xx naming the field.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+from urllib.parse import unquote_to_bytes, urlsplit
+
+from pydantic import BaseModel
+
+from service.core.errors import ApiError, field_error
+from service.egress import EgressError, EgressPolicy, EgressRefused, open_stream
+from service.uploads import check_upload
+
+_URL = re.compile(r"^https?://", re.IGNORECASE)
+_DATA = re.compile(r"^data:([^,]*),", re.IGNORECASE | re.DOTALL)
+
+
+def is_remote(value: Any) -> bool:
+    return isinstance(value, str) and bool(_URL.match(value) or _DATA.match(value))
+
+
+def _slots(doc: Any, path: list[str], prefix: str):
+    """(container, key, dotted field) of every value at `path` in `doc`."""
+    if not path or doc is None:
+        return
+    head, rest = path[0], path[1:]
+    if head == "*":
+        if isinstance(doc, list):
+            for i in range(len(doc)):
+                yield from (_slots(doc[i], rest, f"{prefix}.{i}") if rest else [(doc, i, f"{prefix}.{i}")])
+        return
+    if isinstance(doc, dict) and head in doc:
+        field = f"{prefix}.{head}" if prefix else head
+        yield from (_slots(doc[head], rest, field) if rest else [(doc, head, field)])
+
+
+def _too_large(field: str, limit: int) -> ApiError:
+    return ApiError(413, "Payload too large", f"{field}: the input is larger than the limit of {limit} bytes "
+                    "(VISIONJOBS_MAX_UPLOAD_BYTES)", code="payload_too_large",
+                    errors=[{"field": field, "message": "too large", "limit": limit}])
+
+
+def decode_data_uri(value: str, field: str, limit: int) -> bytes:
+    head = _DATA.match(value)
+    payload = value[head.end():]
+    try:
+        if head.group(1).lower().endswith(";base64"):
+            data = base64.b64decode(payload, validate=True)
+        else:
+            data = unquote_to_bytes(payload)
+    except (binascii.Error, ValueError) as exc:
+        raise field_error(field, f"not a readable data: URI ({exc})")
+    if len(data) > limit:
+        raise _too_large(field, limit)
+    return data
+
+
+def fetch_url(url: str, field: str, policy: EgressPolicy, limit: int) -> bytes:
+    """GET `url` through the egress path (blocking: call it off the event loop)."""
+    try:
+        with open_stream("GET", url, policy=policy, headers={"Accept": "*/*"}) as response:
+            if response.status_code != 200:
+                raise field_error(field, f"fetching the URL answered HTTP {response.status_code} (200 expected; "
+                                         "redirects are not followed)")
+            declared = dict((k.lower(), v) for k, v in response.headers).get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise _too_large(field, limit)
+            data, truncated = response.read(limit)
+    except EgressRefused as exc:
+        raise field_error(field, f"this URL is not fetched: {exc}")
+    except EgressError as exc:
+        raise field_error(field, f"the URL could not be fetched: {exc}")
+    if truncated:
+        raise _too_large(field, limit)
+    return data
+
+
+def _filename(value: str) -> str:
+    if _DATA.match(value):
+        return "data"
+    name = urlsplit(value).path.rsplit("/", 1)[-1]
+    return name or "download"
+
+
+async def fetch_inputs(ctx, tenant: str, body: BaseModel) -> BaseModel:
+    """`body` with every URL or data: input replaced by the id of an upload of its bytes."""
+    paths = getattr(type(body), "INPUTS", ())
+    doc = body.model_dump()
+    remote = [(c, k, f) for path in paths for c, k, f in _slots(doc, path.split("."), "") if is_remote(c[k])]
+    if not remote:
+        return body
+    s = ctx.settings
+    if len(remote) > s.max_url_inputs:
+        raise field_error(remote[s.max_url_inputs][2], f"{len(remote)} URL or data: inputs; a request may give at "
+                          f"most {s.max_url_inputs} (VISIONJOBS_MAX_URL_INPUTS): upload the rest first",
+                          limit=s.max_url_inputs)
+    policy = EgressPolicy(allow=tuple(s.url_input_allow_list()), timeout_s=s.url_input_timeout_s,
+                          resolve_timeout_s=min(5.0, s.url_input_timeout_s), allow_setting="VISIONJOBS_URL_INPUT_ALLOW_HOSTS")
+    fetched: dict[str, str] = {}  # the same URL twice in one request is fetched once
+    for container, key, field in remote:
+        value = container[key]
+        if value not in fetched:
+            if _DATA.match(value):
+                data = decode_data_uri(value, field, s.max_upload_bytes)
+            else:
+                data = await ctx.offload("egress", fetch_url, value, field, policy, s.max_upload_bytes)
+            try:
+                rec = await check_upload(ctx, tenant, _filename(value), data)
+            except ApiError as exc:  # the upload check names `file`: here the input is `field`
+                raise _renamed(exc, field)
+            await ctx.offload("storage", ctx.objects.put, rec.key, data, rec.content_type)
+            await ctx.astore.put_upload(rec)
+            fetched[value] = rec.id
+        container[key] = fetched[value]
+    return type(body).model_validate(doc)
+
+
+def _renamed(exc: ApiError, field: str) -> ApiError:
+    errors = [{**e, "field": field} for e in (exc.errors or [])] or None
+    detail = exc.detail.replace("file:", f"{field}:", 1) if exc.detail.startswith("file") else f"{field}: {exc.detail}"
+    return ApiError(exc.status, exc.title, detail, code=exc.code, errors=errors, headers=exc.headers)
