@@ -78,13 +78,15 @@ def key_reused(exc: IdempotencyMismatch) -> ApiError:
 
 
 async def submit(ctx, *, tenant: str, kind: str, params: dict[str, Any], idempotency_key: str | None,
-                 admit: Callable[[], Awaitable[None]] | None = None) -> tuple[JobRecord, bool]:
+                 admit: Callable[[], Awaitable[None]] | None = None,
+                 sent: dict[str, Any] | None = None) -> tuple[JobRecord, bool]:
     """Create the job (or find the one this Idempotency-Key made) and hand it to the workers.
 
     A repeated key is answered before any quota or admission check (`admit`: the route's own
-    quotas): the retry of a request that was accepted gets its job, whatever the tenant's load now."""
+    quotas): the retry of a request that was accepted gets its job, whatever the tenant's load now.
+    `sent`: the request before its URL inputs became uploads (a retry fetches them into new ones)."""
     store = ctx.astore
-    bound = fingerprint(kind, params)  # before the seed is drawn: the client's request, not ours
+    bound = fingerprint(kind, params if sent is None else sent)  # before the seed is drawn: the client's request
     try:
         if idempotency_key and (existing := await store.find_idempotent(tenant, idempotency_key, bound)):
             return existing, False
@@ -152,10 +154,11 @@ async def _dispatch(ctx, job: JobRecord, idempotency_key: str | None) -> None:
 
 
 async def accept(ctx, *, tenant: str, base_url: str, kind: str, params: dict[str, Any],
-                 idempotency_key: str | None, admit: Callable[[], Awaitable[None]] | None = None) -> Response:
+                 idempotency_key: str | None, admit: Callable[[], Awaitable[None]] | None = None,
+                 sent: dict[str, Any] | None = None) -> Response:
     """Submit and answer like every submission route: 202 + Location, or 200 for a repeated key."""
     job, created = await submit(ctx, tenant=tenant, kind=kind, params=params, idempotency_key=idempotency_key,
-                                admit=admit)
+                                admit=admit, sent=sent)
     return await job_response(ctx, job, base_url, status_code=202 if created else 200,
                               headers={"Location": f"{base_url}/v1/jobs/{job.id}"})
 

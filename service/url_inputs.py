@@ -21,6 +21,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 from pydantic import BaseModel
 
+from service import quotas
 from service.core.errors import ApiError, field_error
 from service.egress import EgressError, EgressPolicy, EgressRefused, open_stream
 from service.uploads import check_upload
@@ -122,8 +123,14 @@ async def fetch_inputs(ctx, tenant: str, body: BaseModel) -> BaseModel:
                 rec = await check_upload(ctx, tenant, _filename(value), data)
             except ApiError as exc:  # the upload check names `file`: here the input is `field`
                 raise _renamed(exc, field)
-            await ctx.offload("storage", ctx.objects.put, rec.key, data, rec.content_type)
-            await ctx.astore.put_upload(rec)
+            # a fetched input is an upload: it counts against the uploads quota like one
+            await quotas.charge(ctx, tenant, quotas.UPLOADS, rec.id, rec.size, s.retention_s, field)
+            try:
+                await ctx.offload("storage", ctx.objects.put, rec.key, data, rec.content_type)
+                await ctx.astore.put_upload(rec)
+            except BaseException:
+                await ctx.astore.release_bytes(tenant, quotas.UPLOADS, rec.id)
+                raise
             fetched[value] = rec.id
         container[key] = fetched[value]
     return type(body).model_validate(doc)

@@ -122,3 +122,23 @@ def test_a_prompt_that_looks_like_a_url_is_not_fetched(allowed, server):
     up = allowed.post("/v1/uploads", files={"file": ("p.png", PNG, "image/png")}, headers=auth(ALICE)).json()
     r = colorize(allowed, up["id"], prompt=f"{server}/missing")
     assert r.status_code == 202 and r.json()["params"]["prompt"] == f"{server}/missing"
+
+
+def test_a_retry_with_the_same_key_and_url_inputs_gets_its_job(allowed, server):
+    # the retry fetches the URL again (a new upload id): the key is bound to what the client sent
+    body = {"image": f"{server}/photo.png"}
+    first = allowed.post("/v1/colorizations", json=body, headers={**auth(ALICE), "Idempotency-Key": "url-retry"})
+    again = allowed.post("/v1/colorizations", json=body, headers={**auth(ALICE), "Idempotency-Key": "url-retry"})
+    assert first.status_code == 202 and again.status_code == 200, again.text
+    assert again.json()["id"] == first.json()["id"]
+    other = allowed.post("/v1/colorizations", json={"image": f"{server}/photo.png", "prompt": "red"},
+                         headers={**auth(ALICE), "Idempotency-Key": "url-retry"})
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+
+
+def test_url_inputs_count_against_the_uploads_quota(tmp_path, server):
+    with make_client(tmp_path, url_input_allow_hosts="127.0.0.1", max_tenant_upload_bytes=len(PNG) + 10) as c:
+        assert colorize(c, f"{server}/photo.png").status_code == 202
+        r = colorize(c, "data:image/png;base64," + base64.b64encode(PNG).decode())
+        assert r.status_code == 429 and r.json()["code"] == "storage_quota_exceeded", r.text
+        assert r.json()["errors"][0]["field"] == "image" and r.json()["detail"].startswith("image: ")

@@ -62,6 +62,7 @@ def _check_dataset(ctx, body: AnomalyFitRequest, archive_counts: dict | None) ->
                      "(job kind anomaly.fit)")
 async def fit_model(body: AnomalyFitRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
                     idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
+    sent = body.model_dump()  # the request as the client sent it: what its Idempotency-Key is bound to
     body = await fetch_inputs(ctx, tenant, body)  # URL and data: inputs -> uploads
     archive_pixels, archive_counts = 0, None
     if body.archive:
@@ -87,7 +88,7 @@ async def fit_model(body: AnomalyFitRequest, ctx: Ctx, tenant: Tenant, base: Bas
     masks = [m for m in body.abnormal_masks or [] if m is not None]
     await check_job_pixels(ctx, [*body.images, *body.abnormal, *masks, *validation],
                            "archive" if body.archive else "images", archive_pixels)
-    return await accept(ctx, tenant=tenant, base_url=base, kind="anomaly.fit", params=body.model_dump(),
+    return await accept(ctx, tenant=tenant, base_url=base, kind="anomaly.fit", sent=sent, params=body.model_dump(),
                         idempotency_key=idempotency_key, admit=lambda: quotas.check_artifacts(ctx, tenant, "name"))
 
 
@@ -95,13 +96,14 @@ async def fit_model(body: AnomalyFitRequest, ctx: Ctx, tenant: Tenant, base: Bas
              summary="Score images with a fitted anomaly model (job kind anomaly.score)")
 async def score(body: AnomalyScoreRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
                 idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
+    sent = body.model_dump()  # the request as the client sent it: what its Idempotency-Key is bound to
     body = await fetch_inputs(ctx, tenant, body)  # URL and data: inputs -> uploads
     model = await ctx.astore.get_resource(ANOMALY_MODEL, body.model_id)
     if model is None or model["tenant"] != tenant:
         raise field_error("model_id", f"no anomaly model {body.model_id}")
     await _images(ctx, tenant, body.images, "images")
     await check_job_pixels(ctx, body.images, "images")
-    return await accept(ctx, tenant=tenant, base_url=base, kind="anomaly.score", params=body.model_dump(),
+    return await accept(ctx, tenant=tenant, base_url=base, kind="anomaly.score", sent=sent, params=body.model_dump(),
                   idempotency_key=idempotency_key)
 
 

@@ -49,6 +49,7 @@ async def image_upload(ctx, tenant: str, upload_id: str, field: str):
              responses={202: {"headers": {"Location": {"schema": {"type": "string"}}}}})
 async def create_colorization(body: ColorizationRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
                               idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
+    sent = body.model_dump()  # the request as the client sent it: what its Idempotency-Key is bound to
     body = await fetch_inputs(ctx, tenant, body)  # URL and data: inputs -> uploads
     s = ctx.settings
     image = await image_upload(ctx, tenant, body.image, "image")
@@ -73,5 +74,5 @@ async def create_colorization(body: ColorizationRequest, ctx: Ctx, tenant: Tenan
         raise field_error("num_outputs", f"at most {s.max_outputs} outputs", limit=s.max_outputs)
     if len(body.prompt) > s.max_prompt_chars:
         raise field_error("prompt", f"at most {s.max_prompt_chars} characters", limit=s.max_prompt_chars)
-    return await accept(ctx, tenant=tenant, base_url=base, kind="colorize", params=body.model_dump(),
+    return await accept(ctx, tenant=tenant, base_url=base, kind="colorize", sent=sent, params=body.model_dump(),
                   idempotency_key=idempotency_key)

@@ -24,6 +24,7 @@ _RESPONSES = {202: {"headers": {"Location": {"schema": {"type": "string"}}}},
              summary="Generate images of a subject: in-context (no tuning) or expert (DreamBooth-LoRA)")
 async def create_subject_generation(body: SubjectGenerationRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
                                     idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
+    sent = body.model_dump()  # the request as the client sent it: what its Idempotency-Key is bound to
     body = await fetch_inputs(ctx, tenant, body)  # URL and data: inputs -> uploads
     s = ctx.settings
     params = body.model_dump()  # the effective request: `method` and `tuning` defaults filled in
@@ -63,5 +64,5 @@ async def create_subject_generation(body: SubjectGenerationRequest, ctx: Ctx, te
         params["subject_class"] = model["subject_class"]
     await check_photos(ctx, tenant, body.subject_images)
     admit = (lambda: check_quota(ctx, tenant)) if body.tuning is not None else None  # after a repeated key
-    return await accept(ctx, tenant=tenant, base_url=base, kind="subject.generate", params=params,
+    return await accept(ctx, tenant=tenant, base_url=base, kind="subject.generate", sent=sent, params=params,
                         idempotency_key=idempotency_key, admit=admit)

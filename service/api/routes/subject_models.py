@@ -75,11 +75,12 @@ async def owned_model(ctx, tenant: str, model_id: str, field: str | None = None)
              summary="Tune a subject model: DreamBooth-LoRA on 1-8 photos (job kind subject.tune)")
 async def create_subject_model(body: SubjectModelRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
                                idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
+    sent = body.model_dump()  # the request as the client sent it: what its Idempotency-Key is bound to
     body = await fetch_inputs(ctx, tenant, body)  # URL and data: inputs -> uploads
     check_photo_count(ctx, body.subject_images)
     check_tuning_limits(ctx, body)
     await check_photos(ctx, tenant, body.subject_images)
-    return await accept(ctx, tenant=tenant, base_url=base, kind="subject.tune", params=body.model_dump(),
+    return await accept(ctx, tenant=tenant, base_url=base, kind="subject.tune", sent=sent, params=body.model_dump(),
                         idempotency_key=idempotency_key, admit=lambda: check_quota(ctx, tenant))
 
 

@@ -49,6 +49,7 @@ TUNED_VIDEO_MODEL = "tuned_video_model"  # resource kind in the job store
              responses={202: {"headers": {"Location": {"schema": {"type": "string"}}}}})
 async def create_video_edit(body: VideoEditRequest, ctx: Ctx, tenant: Tenant, base: BaseUrl,
                             idempotency_key: Annotated[str | None, Header(max_length=200)] = None):
+    sent = body.model_dump()  # the request as the client sent it: what its Idempotency-Key is bound to
     body = await fetch_inputs(ctx, tenant, body)  # URL and data: inputs -> uploads
     s = ctx.settings
     if body.video:
@@ -64,5 +65,5 @@ async def create_video_edit(body: VideoEditRequest, ctx: Ctx, tenant: Tenant, ba
     if body.steps > s.max_steps:
         raise field_error("steps", f"at most {s.max_steps} steps", limit=s.max_steps)
     admit = (lambda: quotas.check_artifacts(ctx, tenant, "video")) if body.video else None  # a tuning keeps one
-    return await accept(ctx, tenant=tenant, base_url=base, kind="video.edit", params=body.model_dump(),
+    return await accept(ctx, tenant=tenant, base_url=base, kind="video.edit", sent=sent, params=body.model_dump(),
                         idempotency_key=idempotency_key, admit=admit)
