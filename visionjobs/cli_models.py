@@ -75,6 +75,11 @@ def kind_status(kind: str, model_dir: Path) -> dict:
 
     class Pretrained:  # the runtime view capability probes read
         settings = WorkerSettings(model_dir=model_dir, model_profile="pretrained")
+        name = "models-check"
+
+        @staticmethod
+        def weights_fingerprint(_kind: str) -> None:  # a check hashes no weights
+            return None
 
         @staticmethod
         def profile_for(_kind: str) -> str:

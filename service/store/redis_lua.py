@@ -35,7 +35,7 @@ local function hook(p, jk, id, status)
     local sk = p .. 'hooksnap:' .. id .. '|' .. status
     redis.call('COPY', jk, sk, 'REPLACE')
     redis.call('HINCRBY', sk, 'version', 1)
-    redis.call('EXPIRE', sk, 30 * 86400)
+    redis.call('EXPIRE', sk, 86400)  -- a day: deliveries end within 8 attempts (under 90 min); no longer-lived copy
   end
 end
 -- retention deletes bytes too: the job's outputs (jobs/<id>/) are due for deletion with its record

@@ -23,6 +23,8 @@ from service.store.base import (
 from service.store.sqlite_resources import SqliteResources
 from service.store.summary import summarize_params
 
+SNAPSHOT_S = 86400  # a webhook payload's copy: deliveries end within 8 attempts (under 90 min)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
   id TEXT PRIMARY KEY, tenant TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
@@ -138,7 +140,7 @@ class SqliteJobStore(SqliteResources, JobStore):
             db.execute("INSERT OR IGNORE INTO webhooks VALUES (?,?,?)", (job.id, job.status, time.time()))
             # the job as of the event: the delivery's payload, whenever it is sent
             db.execute("INSERT OR REPLACE INTO webhook_snapshots VALUES (?,?,?,?)",
-                       (job.id, job.status, time.time() + 30 * 86400, json.dumps(job.to_dict())))
+                       (job.id, job.status, time.time() + SNAPSHOT_S, json.dumps(job.to_dict())))
 
     def _notify(self, *jobs: JobRecord):
         with self._changed:

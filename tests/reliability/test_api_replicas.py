@@ -53,8 +53,11 @@ def post(base: str, path: str, body: dict | None = None, **headers) -> httpx.Res
 def stream(base: str, job_id: str, frames: list[dict], started: threading.Event) -> None:
     with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/events", headers=auth(ALICE), timeout=60) as r:
         assert r.status_code == 200
+        event = None
         for line in r.iter_lines():
-            if line.startswith("data: "):
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "job":  # `event: log` frames carry log lines
                 frames.append(json.loads(line[6:]))
                 if frames[-1]["status"] == "running" and frames[-1]["progress"] > 0:
                     started.set()
