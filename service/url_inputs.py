@@ -24,7 +24,8 @@ from pydantic import BaseModel
 from service import quotas
 from service.core.errors import ApiError, field_error
 from service.egress import EgressError, EgressPolicy, EgressRefused, open_stream
-from service.uploads import check_upload
+from service.offload import POOLS
+from service.uploads import DecodeGate, check_upload
 
 _URL = re.compile(r"^https?://", re.IGNORECASE)
 _DATA = re.compile(r"^data:([^,]*),", re.IGNORECASE | re.DOTALL)
@@ -90,6 +91,32 @@ def fetch_url(url: str, field: str, policy: EgressPolicy, limit: int) -> bytes:
     return data
 
 
+class FetchGate(DecodeGate):
+    """The egress pool's threads, shared fairly: a key holds at most half of them, so one key's
+    slow URLs never leave another key's inputs waiting for a thread (the decode gate's counting,
+    with its own answers)."""
+
+    def _busy(self, full: str, wait_s: float) -> ApiError:
+        # "file:" as the upload errors say it: fetch_inputs renames it to the input's field
+        if full == "tenant":
+            return ApiError(429, "Too many requests", f"file: this key already has {self.per_tenant} URL inputs "
+                            "being fetched; retry shortly", code="fetch_busy", headers={"Retry-After": "2"},
+                            errors=[{"field": "file", "message": "too many concurrent URL fetches",
+                                     "limit": self.per_tenant}])
+        return ApiError(503, "Service unavailable", f"file: {self.per_process} URL inputs are being fetched and "
+                        f"none finished within {wait_s:g} s; retry shortly", code="fetch_busy",
+                        headers={"Retry-After": "2"},
+                        errors=[{"field": "file", "message": "URL fetcher busy", "limit": self.per_process}])
+
+    async def acquire(self, tenant: str, wait_s: float) -> None:
+        if self.in_use(tenant) >= self.per_tenant:  # the key's own fetches: refused now, not queued
+            raise self._busy("tenant", wait_s)
+        await super().acquire(tenant, wait_s)
+
+
+FETCHES = FetchGate(per_process=POOLS["egress"], per_tenant=max(1, POOLS["egress"] // 2))
+
+
 def _filename(value: str) -> str:
     if _DATA.match(value):
         return "data"
@@ -118,7 +145,14 @@ async def fetch_inputs(ctx, tenant: str, body: BaseModel) -> BaseModel:
             if _DATA.match(value):
                 data = decode_data_uri(value, field, s.max_upload_bytes)
             else:
-                data = await ctx.offload("egress", fetch_url, value, field, policy, s.max_upload_bytes)
+                try:
+                    await FETCHES.acquire(tenant, wait_s=s.url_input_timeout_s)
+                except ApiError as exc:
+                    raise _renamed(exc, field)
+                try:
+                    data = await ctx.offload("egress", fetch_url, value, field, policy, s.max_upload_bytes)
+                finally:
+                    FETCHES.release(tenant)
             try:
                 rec = await check_upload(ctx, tenant, _filename(value), data)
             except ApiError as exc:  # the upload check names `file`: here the input is `field`

@@ -7,13 +7,14 @@ import base64
 import hashlib
 import http.server
 import threading
+import time
 
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import build_context, create_app
 from service.core.config import Settings
-from tests.helpers import ALICE, KEYS, auth, photo, png_bytes
+from tests.helpers import ALICE, BOB, KEYS, auth, photo, png_bytes
 
 PROBLEM = "application/problem+json"
 PNG = png_bytes(photo(40, 30))
@@ -25,6 +26,9 @@ def server():
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             if self.path == "/photo.png":
+                body = PNG
+            elif self.path.startswith("/slow"):  # a server that answers after 3 s
+                time.sleep(3)
                 body = PNG
             elif self.path == "/big":
                 body = b"\x89PNG" + b"0" * 300_000
@@ -142,3 +146,26 @@ def test_url_inputs_count_against_the_uploads_quota(tmp_path, server):
         r = colorize(c, "data:image/png;base64," + base64.b64encode(PNG).decode())
         assert r.status_code == 429 and r.json()["code"] == "storage_quota_exceeded", r.text
         assert r.json()["errors"][0]["field"] == "image" and r.json()["detail"].startswith("image: ")
+
+
+def test_one_tenant_cannot_hold_every_url_fetch_slot(tmp_path, server):
+    # the egress pool has 4 threads per process: a key fetches at most 2 URLs at once, so another
+    # key's URL input is fetched at once while one key's slow URLs hold their slots
+    with make_client(tmp_path, url_input_allow_hosts="127.0.0.1") as c:
+        answers = {}
+
+        def slow(i):
+            answers[i] = colorize(c, f"{server}/slow/{i}.png")
+
+        threads = [threading.Thread(target=slow, args=(i,)) for i in range(3)]
+        [t.start() for t in threads]
+        time.sleep(1.0)  # alice's fetches are under way
+        began = time.monotonic()
+        r = c.post("/v1/colorizations", json={"image": f"{server}/photo.png"}, headers=auth(BOB))
+        assert r.status_code == 202 and time.monotonic() - began < 1.5, r.text
+        [t.join() for t in threads]
+        codes = sorted(a.status_code for a in answers.values())
+        assert codes == [202, 202, 429], [a.text for a in answers.values()]
+        busy = next(a for a in answers.values() if a.status_code == 429)
+        assert busy.json()["code"] == "fetch_busy" and busy.json()["errors"][0]["field"] == "image"
+        assert "Retry-After" in busy.headers
